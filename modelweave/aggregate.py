@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 
+from google.protobuf.message import Message as ProtoMessage
+
 from modelweave.adapters.base import import_object
 from modelweave.errors import ModelError
-from modelweave.messages import clone, set_part
+from modelweave.messages import clone, part_name, set_part
 from modelweave.spec import AggregateSpec
 from modelweave.v1 import messages_pb2 as pb
 
@@ -50,7 +52,14 @@ def aggregate(spec: AggregateSpec, base: pb.Message, results: Sequence[pb.Messag
         set_part(out, merged)
         return out, f"concat: {len(gens)} parts"
     fn = import_object(spec.function or "")
-    part = fn([r for r, _, _ in ok])
+    try:
+        part = fn([r for r, _, _ in ok])
+    except Exception as exc:  # user code: surface as a typed error
+        raise ModelError(f"aggregate function {spec.function} failed: {type(exc).__name__}: {exc}") from exc
+    expected = part_name(spec.produces or "")
+    if not isinstance(part, ProtoMessage) or part.DESCRIPTOR.name != expected:
+        got = part.DESCRIPTOR.full_name if isinstance(part, ProtoMessage) else type(part).__name__
+        raise ModelError(f"aggregate function {spec.function} returned {got}, declared {expected}")
     set_part(out, part)
     return out, f"custom: {spec.function}"
 

@@ -232,7 +232,9 @@ class _Walker:
                 import_object(agg.function or "")
             except GraphSpecError as exc:
                 raise GraphSpecError(f"{path}: aggregate.function: {exc.message}") from None
-            return common | {produced}, writes | {produced}, reads
+            # aggregate() builds the output from the node's input plus the produced part;
+            # branch outputs are not carried over.
+            return available | {produced}, {produced}, reads
         return common, writes, reads  # first_valid: one whole branch's output
 
     def _route(self, node: RouteNode, path: str, available: frozenset[str], info: NodeInfo):
@@ -251,7 +253,10 @@ class _Walker:
             reads |= r.reads
         for i, rule in enumerate(node.rules):
             for j, cond in enumerate(rule.when):
-                reads |= _check_condition(cond, route_input, f"{path}: rules[{i}].when[{j}]")
+                # Parts the router just produced are not reads of the route's input.
+                reads |= _check_condition(cond, route_input, f"{path}: rules[{i}].when[{j}]") - (
+                    route_input - available
+                )
         outs = []
         for label, branch in node.branches.items():
             if branch is None:  # pass-through branch

@@ -150,12 +150,15 @@ class Executor:
     async def _run(self, node: Node, msg: pb.Message, ctx: RequestContext, parent: str, attempt: int) -> pb.Message:
         path = f"{parent}/{node.name}"
         handler = getattr(self, f"_run_{node.kind}")
+        # Nodes write into the envelope in place; with a fallback, keep the input intact
+        # so the fallback runs on what this node received, not on a half-updated copy.
+        work = msg if node.fallback is None else clone(msg)
         try:
             if node.timeout_s is None:
-                return await handler(node, msg, ctx, path, attempt)
+                return await handler(node, work, ctx, path, attempt)
             try:
                 async with asyncio.timeout(node.timeout_s):
-                    return await handler(node, msg, ctx, path, attempt)
+                    return await handler(node, work, ctx, path, attempt)
             except TimeoutError:
                 raise DeadlineExceeded(f"node timeout of {node.timeout_s * 1000:.0f} ms exceeded",
                                        node=path) from None
@@ -189,10 +192,11 @@ class Executor:
             if span.error:
                 ctx.record(span)
         expected = self.graph.info(node).produces
-        if part.DESCRIPTOR.name != expected:
+        if not isinstance(part, ProtoMessage) or part.DESCRIPTOR.name != expected:
+            got = part.DESCRIPTOR.full_name if isinstance(part, ProtoMessage) else type(part).__name__
             span.error = ModelError.status.value
             ctx.record(span)
-            raise ModelError(f"model returned {part.DESCRIPTOR.full_name}, declared {expected}", node=path)
+            raise ModelError(f"model returned {got}, declared {expected}", node=path)
         set_part(msg, part, tensor_name=node.name)
         if isinstance(part, pb.Verdict):
             span.verdict = "passed" if part.passed else "failed"
@@ -232,7 +236,15 @@ class Executor:
             ctx.record(span)
             raise first
         weights = node.aggregate.weights or [1.0] * len(node.branches)
-        out, detail = aggregate(node.aggregate, msg, results, weights)
+        try:
+            out, detail = aggregate(node.aggregate, msg, results, weights)
+        except ModelweaveError as exc:
+            exc.node = exc.node or path
+            span.error = exc.status.value
+            span.detail = exc.message[:300]
+            span.latency_ms = (time.monotonic() - start) * 1000.0
+            ctx.record(span)
+            raise
         span.detail = detail + (f"; {len(errors)} branch(es) failed" if errors else "")
         span.latency_ms = (time.monotonic() - start) * 1000.0
         ctx.record(span)

@@ -290,6 +290,12 @@ class IngressSettings(_Strict):
     max_ongoing_requests: int = Field(256, ge=1)
     max_queued_requests: int = Field(-1, ge=-1)
 
+    @model_validator(mode="after")
+    def _replicas_xor_autoscaling(self) -> IngressSettings:
+        if self.num_replicas is not None and self.autoscaling_config is not None:
+            raise ValueError("set either num_replicas or autoscaling_config, not both")
+        return self
+
 
 class GraphSpec(_Strict):
     """A whole graph file."""
@@ -319,12 +325,26 @@ for _model in (NodeBase, ModelNode, ChainNode, ParallelNode, RouteNode, Validate
 _KINDS = {"model", "chain", "parallel", "route", "validate", "cache"}
 
 
+#: Fields whose value is a node (a discriminated union); pydantic puts the tag after them.
+_NODE_FIELDS = {"flow", "fallback", "target", "body", "escalate"}
+
+
+def _is_kind_tag(loc: tuple[Any, ...], i: int) -> bool:
+    """True when ``loc[i]`` is a discriminator tag pydantic inserted, not a user's key."""
+    if loc[i] not in _KINDS or i == 0:
+        return False
+    prev = loc[i - 1]
+    # A node sits under a node field, a list index (steps, branches) or a route branch label.
+    return prev in _NODE_FIELDS or isinstance(prev, int) or (i >= 2 and loc[i - 2] == "branches")
+
+
 def _format_validation_error(exc: ValidationError, source: str) -> str:
     lines = []
     for err in exc.errors():
         # Drop the discriminator tags pydantic inserts ("chain", "model" ...): users
         # think in field paths like flow.steps.0.deployment.
-        loc = ".".join(str(p) for p in err["loc"] if p not in _KINDS)
+        raw = err["loc"]
+        loc = ".".join(str(p) for i, p in enumerate(raw) if not _is_kind_tag(raw, i))
         lines.append(f"  {loc or '<root>'}: {err['msg']}")
     return f"invalid graph {source}:\n" + "\n".join(lines)
 
@@ -363,4 +383,20 @@ def load_graph(path: str | pathlib.Path) -> GraphSpec:
 
 def dump_graph(graph: GraphSpec) -> dict[str, Any]:
     """Returns the graph as plain data (what ``modelweave build`` embeds in a Serve config)."""
-    return graph.model_dump(mode="json", exclude_defaults=True)
+    slim = graph.model_dump(mode="json", exclude_defaults=True)
+    # ``kind`` equals its default on every node, but it is the discriminator that
+    # parse_graph needs to read the data back: put it back on every node.
+    _restore_kinds(graph.model_dump(mode="json"), slim)
+    return slim
+
+
+def _restore_kinds(full: Any, slim: Any) -> None:
+    if isinstance(full, dict) and isinstance(slim, dict):
+        if full.get("kind") in _KINDS and "name" in full:
+            slim["kind"] = full["kind"]
+        for key, value in slim.items():
+            if key in full:
+                _restore_kinds(full[key], value)
+    elif isinstance(full, list) and isinstance(slim, list) and len(full) == len(slim):
+        for f, s in zip(full, slim, strict=True):
+            _restore_kinds(f, s)

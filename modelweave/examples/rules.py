@@ -48,7 +48,8 @@ def _words(text: str) -> list[str]:
 def _distribution(pos: float, neg: float, label_model: str) -> pb.Classification:
     """Turns positive/negative evidence into a 3-way distribution."""
     evidence = pos + neg
-    neutral = 1.0 / (1.0 + evidence)
+    # One clear lexicon hit should beat "neutral", so the neutral prior is 0.5 evidence units.
+    neutral = 0.5 / (0.5 + evidence)
     rest = 1.0 - neutral
     p_pos = rest * (pos / evidence) if evidence else 0.0
     p_neg = rest * (neg / evidence) if evidence else 0.0
