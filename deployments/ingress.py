@@ -82,8 +82,10 @@ class GraphIngress:
     # -- HTTP -------------------------------------------------------------------------
 
     async def __call__(self, request: Request) -> Response:
+        # Serve's proxy already answers with an x-request-id header (the client's, when it sent
+        # one); the trace carries the id the executor used, which a body request_id overrides.
         request_id = request.headers.get("x-request-id") or new_request_id()
-        headers = {"x-request-id": request_id}
+        headers: dict[str, str] = {}
         suffix = request.url.path.rstrip("/").rsplit("/", 1)[-1]
         try:
             if request.method == "GET" and suffix == "describe":
@@ -96,7 +98,6 @@ class GraphIngress:
             body = await self._read_body(request)
             infer = parse_infer_json(body, self.spec.limits)
             request_id = infer.request_id or request_id
-            headers["x-request-id"] = request_id
             if suffix == "stream":
                 return StreamingResponse(self._http_stream(infer, request_id), media_type="application/x-ndjson",
                                          headers=headers)
@@ -175,7 +176,9 @@ class GraphIngress:
         async for event in self._events(request, request_id):
             if isinstance(event, ModelweaveError):
                 self._set_grpc_error(grpc_context, event)
-                return
+                # A stream's status travels with its messages; with none yet sent, Serve only
+                # carries the code we set when the method raises (it then keeps our code).
+                raise event
             yield event
 
     async def DescribeGraph(  # noqa: N802

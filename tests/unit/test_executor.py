@@ -999,5 +999,6 @@ async def test_demo_errors_are_typed(demo):
     ex, _ = demo
     with pytest.raises(InvalidArgument):
         await run(ex, pb.Message())
-    with pytest.raises(ModelweaveError):
+    with pytest.raises(InvalidArgument, match="must not be empty") as info:
         await run(ex, text("   "))
+    assert isinstance(info.value, ModelweaveError)

@@ -99,6 +99,18 @@ def test_dump_round_trips_and_omits_defaults():
     assert dumped["flow"]["steps"][1]["deployment"] == {"num_replicas": 2}
 
 
+def test_dump_round_trips_every_node_kind(demo_path: pathlib.Path):
+    spec = load_graph(demo_path)
+    dumped = dump_graph(spec)
+    assert parse_graph(dumped, "dumped") == spec
+    cache = dumped["flow"]["steps"][2]
+    assert (dumped["flow"]["kind"], cache["kind"], cache["body"]["kind"]) == ("chain", "cache", "route")
+    ensemble = cache["body"]["branches"]["english"]["steps"][1]["branches"]["escalate"]
+    assert ensemble["kind"] == "parallel"
+    assert ensemble["fallback"]["kind"] == "model"
+    assert dumped["flow"]["steps"][3]["escalate"]["kind"] == "model"
+
+
 def test_parse_does_not_modify_input_dict():
     data = g(chain(m("a"), m("b")))
     before = copy.deepcopy(data)
@@ -176,6 +188,11 @@ def test_route_branch_label_equal_to_a_kind_name_stays_in_the_path():
     lines = error_lines(g({"kind": "route", "name": "r", "default": "model",
                            "branches": {"model": m("Bad")}}))
     assert lines[0].startswith("flow.branches.model.name:"), lines
+
+
+def test_user_key_spelled_like_a_kind_outside_branches_stays_in_the_path():
+    lines = error_lines(g(m("a", deployment={"ray_actor_options": {"resources": {"model": "lots"}}})))
+    assert lines[0].startswith("flow.deployment.ray_actor_options.resources.model:"), lines
 
 
 def test_deep_path_through_route_and_validate():

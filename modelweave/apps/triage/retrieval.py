@@ -1,0 +1,229 @@
+"""Answering stages of the triage app: embed, retrieve a chatterbot answer, validate it.
+
+The retriever ranks the chatterbot answers for the question and returns the
+candidate for the current attempt, so a validate/retry loop walks down the
+ranking: attempt 1 gets the best answer, attempt 2 the second best, and so on.
+The grounding validator accepts an answer when its cosine similarity to the
+question reaches a threshold calibrated on the validation split (and it is not
+profane).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field
+
+from modelweave.adapters.base import ModelAdapter
+from modelweave.adapters.onnx import OnnxEmbedder, OnnxEmbedderParams
+from modelweave.apps.triage import artifacts as art
+from modelweave.errors import FailedPrecondition, InvalidArgument
+from modelweave.v1 import messages_pb2 as pb
+
+if TYPE_CHECKING:
+    import numpy as np
+
+
+class MiniLMEmbedderParams(OnnxEmbedderParams):
+    """:class:`~modelweave.adapters.onnx.OnnxEmbedderParams` defaulting to int8 MiniLM."""
+
+    model_path: str = art.ONNX_MODEL
+    tokenizer_path: str = art.TOKENIZER
+    model_name: str = art.EMBEDDING_MODEL
+
+
+class MiniLMEmbedder(OnnxEmbedder):
+    """Text -> Embedding (384-d, L2-normalised) with all-MiniLM-L6-v2 int8 on ONNX Runtime."""
+
+    Params = MiniLMEmbedderParams
+
+
+def attempt_index(envelope: pb.Message) -> int:
+    """0-based candidate index from ``metadata["attempt"]`` (1-based string; default 1)."""
+    raw = envelope.metadata.get("attempt", "1").strip()
+    if not raw.isdigit() or int(raw) < 1:
+        raise InvalidArgument(f"metadata.attempt must be a positive integer, got {raw!r}")
+    return int(raw) - 1
+
+
+class RetrieverParams(art.TriageParams):
+    """Parameters of :class:`AnswerRetriever`.
+
+    Attributes:
+        input: Read the question vector from the ``Embedding`` part (produced by
+            :class:`MiniLMEmbedder`) or embed ``Text`` here.
+        match: Rank answers by similarity to the answer text (``answer``), to the
+            corpus questions they reply to (``question``) or the larger of both.
+        max_candidates: Attempts beyond this get an empty ``Generation``, which the
+            validator rejects.
+        threads: ONNX Runtime threads (``input: Text`` only).
+    """
+
+    input: Literal["Embedding", "Text"] = "Embedding"
+    match: Literal["answer", "question", "both"] = "both"
+    max_candidates: int = Field(default=5, ge=1, le=100)
+    threads: int | None = Field(default=None, ge=1)
+
+
+class AnswerRetriever(ModelAdapter):
+    """Embedding (or Text) -> Generation: the k-th nearest chatterbot answer, k = attempt."""
+
+    consumes = ("Embedding",)
+    produces = "Generation"
+    Params = RetrieverParams
+
+    @classmethod
+    def signature(cls, params: Mapping[str, Any]) -> tuple[tuple[str, ...], str]:
+        """Consumes what ``input`` names."""
+        return (cls.validate_params(params).input,), cls.produces
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self._embedder: OnnxEmbedder | None = None
+        self.answers: list[dict[str, Any]] = []
+        self._answer_vecs: Any = None
+        self._question_vecs: Any = None
+        self._pair_question: Any = None
+        self._pair_starts: Any = None
+
+    def load(self) -> None:
+        """Loads the answer index (and the encoder for ``input: Text``)."""
+        import numpy as np
+
+        arts = art.Artifacts(self.params.data_dir)
+        index = json.loads(arts.path(art.QA_INDEX).read_text(encoding="utf-8"))
+        self.answers = index["answers"]
+        self._answer_vecs = np.load(arts.path(art.QA_ANSWER_VECTORS))
+        self._question_vecs = np.load(arts.path(art.QA_QUESTION_VECTORS))
+        # (question, answer) pairs sorted by answer, so a per-answer max over its
+        # questions is one np.maximum.reduceat over contiguous runs.
+        pairs = sorted((a, q) for q, entry in enumerate(index["questions"]) for a in entry["answers"])
+        answer_of = np.array([a for a, _ in pairs], dtype=np.int64)
+        self._pair_question = np.array([q for _, q in pairs], dtype=np.int64)
+        self._pair_starts = np.flatnonzero(np.r_[True, answer_of[1:] != answer_of[:-1]])
+        if len(self._pair_starts) != len(self.answers):
+            raise FailedPrecondition("qa_index.json: some answer has no question")
+        if self.params.input == "Text":
+            self._embedder = art.minilm_embedder(self.params.threads)
+            self._embedder.load()
+
+    def scores(self, queries: np.ndarray) -> np.ndarray:
+        """Similarity of each query vector to each answer, ``[n_queries, n_answers]``."""
+        import numpy as np
+
+        if self._answer_vecs is None:
+            raise FailedPrecondition("AnswerRetriever used before load()")
+        by_answer = queries @ self._answer_vecs.T
+        if self.params.match == "answer":
+            return by_answer
+        per_pair = (queries @ self._question_vecs.T)[:, self._pair_question]
+        by_question = np.maximum.reduceat(per_pair, self._pair_starts, axis=1)
+        return by_question if self.params.match == "question" else np.maximum(by_answer, by_question)
+
+    def _queries(self, batch: Sequence[pb.Message]) -> np.ndarray:
+        import numpy as np
+
+        if self._embedder is not None:
+            return self._embedder.embed([m.text.content for m in batch])
+        for m in batch:
+            if m.embedding.model and m.embedding.model != art.EMBEDDING_MODEL:
+                raise InvalidArgument(
+                    f"AnswerRetriever: embedding from {m.embedding.model!r}, expected {art.EMBEDDING_MODEL!r}"
+                )
+            if len(m.embedding.values) != self._answer_vecs.shape[1]:
+                raise InvalidArgument(f"AnswerRetriever: embedding has {len(m.embedding.values)} values")
+        return np.array([m.embedding.values for m in batch], dtype=np.float32)
+
+    def predict(self, batch: Sequence[pb.Message]) -> list[pb.Generation]:
+        """Returns, per envelope, the candidate at rank ``attempt - 1``."""
+        import numpy as np
+
+        if not batch:
+            return []
+        ks = [attempt_index(m) for m in batch]
+        scores = self.scores(self._queries(batch))
+        out = []
+        for row, k in zip(scores, ks, strict=True):
+            if k >= min(self.params.max_candidates, len(row)):
+                out.append(pb.Generation(text="", source="", score=0.0, candidate=k))
+                continue
+            # argsort is stable with kind="stable": equal scores keep corpus order.
+            i = int(np.argsort(-row, kind="stable")[k])
+            answer = self.answers[i]
+            score = float(min(max(row[i], 0.0), 1.0))
+            out.append(pb.Generation(text=answer["text"], source=answer["id"], score=score, candidate=k))
+        return out
+
+
+class GroundingParams(art.TriageParams):
+    """Parameters of :class:`GroundingValidator`.
+
+    Attributes:
+        threshold: Override of the calibrated question/answer cosine threshold.
+        profanity_threshold: Reject answers whose alt-profanity-check probability
+            reaches this; None skips the check.
+        threads: ONNX Runtime threads.
+    """
+
+    threshold: float | None = Field(default=None, ge=-1.0, le=1.0)
+    profanity_threshold: float | None = Field(default=0.5, ge=0.0, le=1.0)
+    threads: int | None = Field(default=None, ge=1)
+
+
+class GroundingValidator(ModelAdapter):
+    """Text + Generation -> Verdict: is the answer on topic (cosine) and clean (profanity)?"""
+
+    consumes = ("Text", "Generation")
+    produces = "Verdict"
+    Params = GroundingParams
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self._embedder: OnnxEmbedder | None = None
+        self._profanity: Any = None
+        self.threshold = 0.0
+
+    def load(self) -> None:
+        """Loads the encoder, the calibrated threshold and the profanity model."""
+        arts = art.Artifacts(self.params.data_dir)
+        t = self.params.threshold
+        self.threshold = t if t is not None else arts.calibration("grounding_threshold")
+        self._embedder = art.minilm_embedder(self.params.threads)
+        self._embedder.load()
+        if self.params.profanity_threshold is not None:
+            import profanity_check
+
+            self._profanity = profanity_check
+
+    def predict(self, batch: Sequence[pb.Message]) -> list[pb.Verdict]:
+        """Judges each envelope's ``Generation.text`` against its ``Text.content``."""
+        if self._embedder is None:
+            raise FailedPrecondition("GroundingValidator.predict called before load()")
+        if not batch:
+            return []
+        questions = [m.text.content for m in batch]
+        answers = [m.generation.text for m in batch]
+        q, a = self._embedder.embed(questions), self._embedder.embed([x or " " for x in answers])
+        similarity = (q * a).sum(axis=1)
+        profane = self._profanity.predict_prob(answers) if self._profanity is not None else [0.0] * len(batch)
+        out = []
+        for answer, sim, prof in zip(answers, similarity.tolist(), profane, strict=True):
+            reasons = []
+            if not answer.strip():
+                reasons.append("no answer (candidates exhausted)")
+            elif sim < self.threshold:
+                reasons.append(f"answer not grounded in the question: similarity {sim:.2f} < {self.threshold:.2f}")
+            limit = self.params.profanity_threshold
+            if answer.strip() and limit is not None and float(prof) >= limit:
+                reasons.append(f"answer is profane: score {float(prof):.2f} >= {limit:.2f}")
+            out.append(
+                pb.Verdict(
+                    passed=not reasons,
+                    score=float(min(max(sim, 0.0), 1.0)),
+                    reason="; ".join(reasons),
+                    validator="grounding",
+                )
+            )
+        return out
