@@ -60,13 +60,14 @@ def ingress_name(spec: GraphSpec) -> str:
 def graph_app(spec: GraphSpec) -> Application:
     """Type-checks ``spec`` and binds its Serve application (no side effects until deployed)."""
     checked = check_graph(spec)
+    deployment: Any = serve.deployment  # typed as a decorator factory; used here as a plain call
     handles = {
-        name: serve.deployment(ModelDeployment)
+        name: deployment(ModelDeployment)
         .options(name=name, **deployment_options(node.deployment))
         .bind(node.model_dump(mode="json"))
         for name, node in checked.models.items()
     }
-    ingress = serve.deployment(GraphIngress).options(name=ingress_name(spec), **deployment_options(spec.ingress))
+    ingress = deployment(GraphIngress).options(name=ingress_name(spec), **deployment_options(spec.ingress))
     return ingress.bind(dump_graph(spec), handles)
 
 

@@ -34,8 +34,10 @@ class ModelDeployment:
         batching = self.node.deployment.batching
         self._batching = batching is not None
         if batching is not None:
-            self._batched.set_max_batch_size(batching.max_batch_size)
-            self._batched.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
+            # serve.batch wrappers expose setters, so batch size is per node, not per class.
+            batched: Any = self._batched
+            batched.set_max_batch_size(batching.max_batch_size)
+            batched.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
 
     async def __call__(self, message: pb.Message) -> ProtoMessage:
         """Answers one envelope with the produced part."""

@@ -49,7 +49,7 @@ def evaluate(cond: Condition, message: pb.Message, threshold: float | None = Non
     if cond.op == "exists":
         present = actual is not None and actual != "" and actual != 0
         return present if cond.value is None else present == bool(cond.value)
-    expected = threshold if cond.value_from is not None else cond.value
+    expected: Any = threshold if cond.value_from is not None else cond.value
     if actual is None:
         return cond.op in ("ne", "not_in")
     op = cond.op

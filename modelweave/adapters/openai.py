@@ -23,7 +23,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from modelweave.adapters.base import ModelAdapter
-from modelweave.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, Unavailable
+from modelweave.errors import DeadlineExceeded, FailedPrecondition, GraphSpecError, InvalidArgument, Unavailable
 from modelweave.v1 import messages_pb2 as pb
 
 _JSON_OBJECT = re.compile(r"\{.*\}", re.DOTALL)
@@ -89,7 +89,7 @@ class _OpenAIBase(ModelAdapter):
             if name is not None
         } - self.fields
         if unknown:
-            raise InvalidArgument(
+            raise GraphSpecError(
                 f"{type(self).__name__}: params.prompt_template uses unknown fields {sorted(unknown)}; "
                 f"available: {sorted(self.fields)}"
             )

@@ -1,0 +1,605 @@
+"""modelweave's overhead versus hand-written Ray Serve composition, on one local Ray cluster.
+
+Both sides run the same trivial model (append one character to ``Text.content``) as a
+chain of N deployments behind an ingress deployment, with identical Serve options
+(``max_ongoing_requests=64``, ``num_cpus=0.1``, same logging config):
+
+* **modelweave**: ``graph_app(spec)`` of a chain graph of N model nodes (``AppendChar``,
+  a non-blocking ``ModelAdapter``), called via HTTP (``POST /<graph>``) and via the
+  ingress handle (``Infer``).
+* **hand-written**: N plain ``@serve.deployment`` classes and an ingress deployment that
+  awaits their handles one after another, called the same two ways.
+
+For each N the two apps are deployed side by side and measured in alternating rounds
+(so drift on a shared machine hits both), first with one sequential client (p50/p99
+latency) and then with concurrent clients (throughput). Run from the repository root::
+
+    python benchmarks/overhead.py                     # N = 1, 2, 4; HTTP and handle paths
+    python benchmarks/overhead.py --profile /tmp/prof # plus py-spy profiles of the ingresses
+
+See ``benchmarks/README.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import importlib
+import json
+import os
+import pathlib
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from google.protobuf.message import Message as ProtoMessage
+from starlette.requests import Request
+from starlette.responses import Response
+
+from modelweave.adapters.base import ModelAdapter
+from modelweave.v1 import messages_pb2 as pb
+
+HERE = pathlib.Path(__file__).resolve().parent
+#: Importable name of this file inside Ray workers (``HERE`` is put on their PYTHONPATH).
+MODULE = "overhead"
+INPUT_TEXT = "hello modelweave"
+MAX_ONGOING = 64
+NUM_CPUS = 0.1
+
+
+# -- the trivial model, shared by both sides -------------------------------------------
+
+
+def append_char(message: pb.Message) -> pb.Text:
+    """The model's whole work: the input text with one character appended."""
+    return pb.Text(content=message.text.content + "x", language=message.text.language)
+
+
+class AppendChar(ModelAdapter):
+    """A non-blocking adapter running :func:`append_char` (no thread hop, no batching)."""
+
+    consumes: ClassVar[tuple[str, ...]] = ("Text",)
+    produces: ClassVar[str] = "Text"
+    blocking: ClassVar[bool] = False
+
+    def predict(self, batch: Sequence[pb.Message]) -> list[ProtoMessage]:
+        """One appended ``Text`` per envelope."""
+        return [append_char(m) for m in batch]
+
+
+class HandStep:
+    """Hand-written model deployment: the same work as ``AppendChar``, no wrapper."""
+
+    async def __call__(self, message: pb.Message) -> pb.Text:
+        """Answers one envelope with the produced ``Text``."""
+        return append_char(message)
+
+
+class HandIngress:
+    """Hand-written ingress: parses the same JSON, awaits each step's handle in turn.
+
+    Args:
+        steps: Deployment handles of the chain, in order.
+    """
+
+    def __init__(self, steps: list[Any]) -> None:
+        self.steps = steps
+
+    async def _chain(self, message: pb.Message) -> pb.Message:
+        for step in self.steps:
+            message.text.CopyFrom(await step.remote(message))
+        return message
+
+    async def __call__(self, request: Request) -> Response:
+        """HTTP: ``{"input": {"text": {"content": ...}}}`` -> ``{"result": {"text": {"content": ...}}}``."""
+        data = json.loads(await request.body())
+        message = pb.Message(text=pb.Text(content=data["input"]["text"]["content"]))
+        out = await self._chain(message)
+        body = json.dumps({"result": {"text": {"content": out.text.content}}}).encode()
+        return Response(body, media_type="application/json")
+
+    async def infer(self, message: pb.Message) -> pb.Message:
+        """Handle path: envelope in, envelope out."""
+        return await self._chain(message)
+
+
+# -- apps ---------------------------------------------------------------------------------
+
+
+def mw_name(n: int) -> str:
+    """Application (and graph) name of the modelweave chain of ``n`` nodes."""
+    return f"ovh-mw{n}"
+
+
+def hw_name(n: int) -> str:
+    """Application name of the hand-written chain of ``n`` deployments."""
+    return f"ovh-hw{n}"
+
+
+def chain_spec(n: int) -> dict[str, Any]:
+    """A modelweave graph: a chain of ``n`` ``AppendChar`` model nodes."""
+    settings = {"max_ongoing_requests": MAX_ONGOING, "ray_actor_options": {"num_cpus": NUM_CPUS}}
+    return {
+        "name": mw_name(n),
+        "input": ["Text"],
+        "output": ["Text"],
+        "ingress": settings,
+        "flow": {
+            "kind": "chain",
+            "name": "main",
+            "steps": [
+                {"kind": "model", "name": f"step{i}", "impl": f"{MODULE}:AppendChar", "deployment": settings}
+                for i in range(n)
+            ],
+        },
+    }
+
+
+def modelweave_app(n: int) -> Any:
+    """The modelweave Serve application of :func:`chain_spec`."""
+    from deployments.app import graph_app
+    from modelweave.spec import parse_graph
+
+    return graph_app(parse_graph(chain_spec(n), "benchmark"))
+
+
+def hand_app(n: int) -> Any:
+    """The hand-written application, with exactly the options modelweave gives its deployments."""
+    from ray import serve
+
+    from deployments.app import deployment_options
+    from modelweave.spec import DeploymentSettings, IngressSettings
+
+    step_opts = deployment_options(DeploymentSettings.model_validate(
+        {"max_ongoing_requests": MAX_ONGOING, "ray_actor_options": {"num_cpus": NUM_CPUS}}))
+    ingress_opts = deployment_options(IngressSettings.model_validate(
+        {"max_ongoing_requests": MAX_ONGOING, "ray_actor_options": {"num_cpus": NUM_CPUS}}))
+    steps = [serve.deployment(HandStep).options(name=f"step{i}", **step_opts).bind() for i in range(n)]
+    return serve.deployment(HandIngress).options(name="Ingress", **ingress_opts).bind(steps)
+
+
+# -- load generation -----------------------------------------------------------------------
+
+
+@dataclass
+class Sample:
+    """Latencies (seconds) of one measured phase and its wall time."""
+
+    latencies: list[float] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    def extend(self, other: Sample) -> None:
+        """Merges another round of the same phase."""
+        self.latencies.extend(other.latencies)
+        self.wall_s += other.wall_s
+
+    def pct_ms(self, q: float) -> float:
+        """The ``q``-quantile latency in milliseconds (nearest rank)."""
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000.0
+
+    def rps(self) -> float:
+        """Completed requests per second of wall time."""
+        return len(self.latencies) / self.wall_s if self.wall_s else 0.0
+
+
+Call = Callable[[], Awaitable[None]]
+
+
+async def drive(call: Call, total: int, concurrency: int) -> Sample:
+    """Sends ``total`` requests with ``concurrency`` workers; each request is ``await call()``."""
+    sample = Sample()
+    remaining = total
+
+    async def worker() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            start = time.perf_counter()
+            await call()
+            sample.latencies.append(time.perf_counter() - start)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    sample.wall_s = time.perf_counter() - start
+    return sample
+
+
+def expected_text(n: int) -> str:
+    """What a chain of ``n`` steps returns for :data:`INPUT_TEXT`."""
+    return INPUT_TEXT + "x" * n
+
+
+class Target:
+    """One app reachable over HTTP and through its ingress handle."""
+
+    def __init__(self, kind: str, n: int, http_base: str) -> None:
+        from ray import serve
+
+        self.kind, self.n = kind, n
+        name = mw_name(n) if kind == "modelweave" else hw_name(n)
+        self.url = f"{http_base}/{name}"
+        self.handle = serve.get_app_handle(name)
+        self.body = json.dumps({"input": {"text": {"content": INPUT_TEXT}}}).encode()
+        self.expected = expected_text(n)
+
+    def http_call(self, client: Any) -> Call:
+        """A request over Serve's HTTP proxy (status checked, body parsed only on warm-up)."""
+
+        async def call() -> None:
+            r = await client.post(self.url, content=self.body, headers={"content-type": "application/json"})
+            if r.status_code != 200:
+                raise RuntimeError(f"{self.kind} N={self.n}: HTTP {r.status_code}: {r.text[:300]}")
+
+        return call
+
+    def handle_call(self) -> Call:
+        """A request through the ingress deployment handle (no proxy)."""
+        if self.kind == "modelweave":
+            from modelweave.v1 import service_pb2 as svc
+
+            request = svc.InferRequest(input=pb.Message(text=pb.Text(content=INPUT_TEXT)), request_id="bench")
+
+            async def call() -> None:
+                # request_id is set, so Infer never touches its (absent) gRPC context.
+                await self.handle.Infer.remote(request, None)
+        else:
+            message = pb.Message(text=pb.Text(content=INPUT_TEXT))
+
+            async def call() -> None:
+                await self.handle.infer.remote(message)
+
+        return call
+
+    async def verify(self, client: Any) -> None:
+        """Checks both paths return the chain's result before anything is timed."""
+        r = await client.post(self.url, content=self.body, headers={"content-type": "application/json"})
+        r.raise_for_status()
+        got = r.json()["result"]["text"]["content"]
+        if got != self.expected:
+            raise RuntimeError(f"{self.kind} N={self.n} over HTTP returned {got!r}, expected {self.expected!r}")
+        if self.kind == "modelweave":
+            from modelweave.v1 import service_pb2 as svc
+
+            resp = await self.handle.Infer.remote(
+                svc.InferRequest(input=pb.Message(text=pb.Text(content=INPUT_TEXT)), request_id="bench"), None)
+            got = resp.result.text.content
+        else:
+            got = (await self.handle.infer.remote(pb.Message(text=pb.Text(content=INPUT_TEXT)))).text.content
+        if got != self.expected:
+            raise RuntimeError(f"{self.kind} N={self.n} via handle returned {got!r}, expected {self.expected!r}")
+
+
+@dataclass
+class Options:
+    """Benchmark sizes."""
+
+    sizes: list[int]
+    sequential: int
+    concurrent: int
+    concurrency: int
+    warmup: int
+    rounds: int
+    paths: list[str]
+
+
+Key = tuple[str, int, str, str]  # (path, n, phase, kind)
+
+
+async def measure(n: int, http_base: str, opts: Options, results: dict[Key, Sample]) -> None:
+    """Measures both apps of size ``n`` in alternating rounds, for each path and phase."""
+    import httpx
+
+    targets = [Target("hand-written", n, http_base), Target("modelweave", n, http_base)]
+    limits = httpx.Limits(max_connections=opts.concurrency * 2, max_keepalive_connections=opts.concurrency * 2)
+    async with httpx.AsyncClient(timeout=60.0, limits=limits) as client:
+        for t in targets:
+            await t.verify(client)
+        for path in opts.paths:
+            calls = {t.kind: (t.http_call(client) if path == "http" else t.handle_call()) for t in targets}
+            for call in calls.values():  # warm-up: connections, handle routers, code paths
+                await drive(call, opts.warmup, 1)
+                await drive(call, opts.warmup * 4, opts.concurrency)
+            for phase, total, conc in (("seq", opts.sequential, 1), ("conc", opts.concurrent, opts.concurrency)):
+                per_round = max(1, total // opts.rounds)
+                for r in range(opts.rounds):
+                    # Alternate which side goes first, so slow drift does not favour one.
+                    order = list(calls.items()) if r % 2 == 0 else list(reversed(calls.items()))
+                    for kind, call in order:
+                        sample = await drive(call, per_round, conc)
+                        results.setdefault((path, n, phase, kind), Sample()).extend(sample)
+
+
+# -- in-process cost of the modelweave ingress code (no Ray) -------------------------------
+
+
+def inprocess_cost_us(n: int, iterations: int = 2000) -> dict[str, float]:
+    """Microseconds per request that modelweave's ingress code spends outside Ray, by stage.
+
+    Runs the real codecs and executor with a caller that answers instantly, so the
+    numbers are pure modelweave CPU per request on the ingress replica.
+    """
+    from modelweave.checker import check_graph
+    from modelweave.codecs import check_request, parse_infer_json, to_json
+    from modelweave.executor import Executor
+    from modelweave.spec import ModelNode, parse_graph
+    from modelweave.v1 import service_pb2 as svc
+
+    spec = parse_graph(chain_spec(n), "benchmark")
+    graph = check_graph(spec)
+
+    class InstantCaller:
+        async def call(self, model: ModelNode, message: pb.Message) -> ProtoMessage:
+            return append_char(message)
+
+    executor = Executor(graph, InstantCaller())
+    body = json.dumps({"input": {"text": {"content": INPUT_TEXT}}}).encode()
+    out: dict[str, float] = {}
+
+    start = time.perf_counter()
+    for _ in range(iterations):
+        request = parse_infer_json(body, spec.limits)
+        check_request(request, spec.limits)
+    out["parse+check JSON request"] = (time.perf_counter() - start) / iterations * 1e6
+
+    async def run_many() -> svc.InferResponse:
+        response = svc.InferResponse()
+        for _ in range(iterations):
+            result = await executor.run(request.input, request_id="bench")
+            response = svc.InferResponse(result=result.message, trace=result.trace, graph=spec.name)
+        return response
+
+    start = time.perf_counter()
+    response = asyncio.run(run_many())
+    out[f"executor.run, {n} instant hop(s)"] = (time.perf_counter() - start) / iterations * 1e6
+
+    start = time.perf_counter()
+    for _ in range(iterations):
+        to_json(response)
+    out["to_json(InferResponse)"] = (time.perf_counter() - start) / iterations * 1e6
+
+    start = time.perf_counter()
+    for _ in range(iterations):
+        data = json.loads(body)
+        message = pb.Message(text=pb.Text(content=data["input"]["text"]["content"]))
+        json.dumps({"result": {"text": {"content": message.text.content}}}).encode()
+    out["hand-written: json.loads + json.dumps"] = (time.perf_counter() - start) / iterations * 1e6
+    return out
+
+
+# -- profiling --------------------------------------------------------------------------------
+
+
+def replica_pids(app: str, deployment: str) -> list[int]:
+    """PIDs of this driver's Ray workers serving ``app``'s ``deployment`` (by process title)."""
+    import psutil
+
+    title = f"ServeReplica:{app}:{deployment}"
+    pids = []
+    for proc in psutil.Process(os.getpid()).children(recursive=True):
+        try:
+            if title in " ".join(proc.cmdline()):
+                pids.append(proc.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return pids
+
+
+def proxy_pids() -> list[int]:
+    """PIDs of this driver's Serve proxy actors."""
+    import psutil
+
+    pids = []
+    for proc in psutil.Process(os.getpid()).children(recursive=True):
+        try:
+            if "ProxyActor" in " ".join(proc.cmdline()):
+                pids.append(proc.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return pids
+
+
+def summarize_profile(path: pathlib.Path, top: int = 18) -> list[str]:
+    """Inclusive share of samples per function in a py-spy ``--format raw`` (collapsed) file.
+
+    Idle samples (the event loop waiting in ``select``/``epoll``) are excluded, so shares
+    are of the replica's busy time.
+    """
+    inclusive: collections.Counter[str] = collections.Counter()
+    busy = 0
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        stack, _, count_s = line.rpartition(" ")
+        if not stack or not count_s.isdigit():
+            continue
+        frames = stack.split(";")
+        leaf = frames[-1]
+        if any(idle in leaf for idle in ("select (selectors", "epoll", "poll (", "wait (threading", "_wait_once")):
+            continue
+        count = int(count_s)
+        busy += count
+        for name in set(frames):
+            inclusive[name] += count
+    if not busy:
+        return ["  (no busy samples)"]
+    rows = [f"  busy samples: {busy}"]
+    interesting = [(name, c) for name, c in inclusive.most_common()
+                   if any(k in name for k in ("modelweave", "deployments/", "json_format", "CopyFrom", "ray/serve",
+                                               "starlette", "uvicorn", "protobuf", "pickle", "asyncio"))]
+    for name, c in interesting[:top]:
+        rows.append(f"  {100.0 * c / busy:5.1f}%  {name[:150]}")
+    return rows
+
+
+async def profile_run(n: int, http_base: str, opts: Options, out_dir: pathlib.Path, duration_s: int) -> list[str]:
+    """py-spy records each ingress replica and the proxy while concurrent HTTP load runs."""
+    import httpx
+
+    py_spy = shutil.which("py-spy")
+    if py_spy is None:
+        return ["py-spy not found: pip install py-spy"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = []
+    for kind, app in (("modelweave", mw_name(n)), ("hand-written", hw_name(n))):
+        target = Target(kind, n, http_base)
+        pids = {"ingress": replica_pids(app, "Ingress"), "step0": replica_pids(app, "step0"),
+                "proxy": proxy_pids()}
+        procs = []
+        files = {}
+        for role, found in pids.items():
+            if not found:
+                report.append(f"{kind}: no {role} process found")
+                continue
+            files[role] = out_dir / f"{app}-{role}.txt"
+            procs.append(subprocess.Popen(
+                [py_spy, "record", "--pid", str(found[0]), "--duration", str(duration_s), "--rate", "250",
+                 "--format", "raw", "--nonblocking", "--output", str(files[role])],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        limits = httpx.Limits(max_connections=opts.concurrency * 2)
+        async with httpx.AsyncClient(timeout=60.0, limits=limits) as client:
+            call = target.http_call(client)
+            deadline = time.monotonic() + duration_s
+            done = 0
+            while time.monotonic() < deadline:
+                await drive(call, opts.concurrency * 8, opts.concurrency)
+                done += opts.concurrency * 8
+        for proc in procs:
+            await asyncio.to_thread(proc.wait, 60)
+        report.append(f"== {kind} N={n}: {done} requests during {duration_s} s of profiling ==")
+        for role, path in files.items():
+            report.append(f"-- {role} ({path})")
+            report.extend(summarize_profile(path) if path.exists() else ["  (py-spy wrote nothing)"])
+    return report
+
+
+# -- report -----------------------------------------------------------------------------------
+
+
+def table(results: dict[Key, Sample], opts: Options) -> str:
+    """The results as a fixed-width table with modelweave/hand-written ratios."""
+    header = f"{'path':<7}{'N':>3}  {'metric':<22}{'hand-written':>13}{'modelweave':>12}{'mw/hw':>8}"
+    lines = [header, "-" * len(header)]
+    metrics: list[tuple[str, str, Callable[[Sample], float]]] = [
+        ("seq", "seq p50 (ms)", lambda s: s.pct_ms(0.50)),
+        ("seq", "seq p99 (ms)", lambda s: s.pct_ms(0.99)),
+        ("conc", f"{opts.concurrency} conc req/s", Sample.rps),
+        ("conc", f"{opts.concurrency} conc p50 (ms)", lambda s: s.pct_ms(0.50)),
+    ]
+    for path in opts.paths:
+        for n in opts.sizes:
+            for phase, label, fn in metrics:
+                hw = results.get((path, n, phase, "hand-written"))
+                mw = results.get((path, n, phase, "modelweave"))
+                if hw is None or mw is None:
+                    continue
+                a, b = fn(hw), fn(mw)
+                ratio = b / a if a else float("nan")
+                lines.append(f"{path:<7}{n:>3}  {label:<22}{a:>13.1f}{b:>12.1f}{ratio:>8.2f}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def free_port() -> int:
+    """An unused TCP port on loopback."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def parse_args(argv: Sequence[str] | None) -> tuple[Options, argparse.Namespace]:
+    """Command-line options."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--sizes", default="1,2,4", help="chain lengths N, comma-separated")
+    p.add_argument("--sequential", type=int, default=200, help="sequential requests per app and path")
+    p.add_argument("--concurrent", type=int, default=1000, help="concurrent-phase requests per app and path")
+    p.add_argument("--concurrency", type=int, default=16, help="concurrent clients")
+    p.add_argument("--warmup", type=int, default=20, help="sequential warm-up requests (x4 concurrent)")
+    p.add_argument("--rounds", type=int, default=2, help="alternating rounds per phase")
+    p.add_argument("--paths", default="http,handle", help="http and/or handle")
+    p.add_argument("--num-cpus", type=int, default=8, help="logical CPUs of the local Ray cluster")
+    p.add_argument("--profile", type=pathlib.Path, default=None,
+                   help="directory for py-spy profiles of the largest N under concurrent HTTP load")
+    p.add_argument("--profile-seconds", type=int, default=15)
+    p.add_argument("--no-inprocess", action="store_true", help="skip the in-process cost breakdown")
+    args = p.parse_args(argv)
+    opts = Options(
+        sizes=[int(s) for s in args.sizes.split(",") if s],
+        sequential=args.sequential,
+        concurrent=args.concurrent,
+        concurrency=args.concurrency,
+        warmup=args.warmup,
+        rounds=args.rounds,
+        paths=[s for s in args.paths.split(",") if s],
+    )
+    for path in opts.paths:
+        if path not in ("http", "handle"):
+            p.error(f"unknown path {path!r}")
+    return opts, args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the whole benchmark on a fresh local Ray cluster and prints the table."""
+    import ray
+    from ray import serve
+
+    from deployments.app import LOGGING_CONFIG
+
+    opts, args = parse_args(argv)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    t0 = time.perf_counter()
+    if not args.no_inprocess:
+        print("modelweave ingress code, in-process (no Ray), microseconds per request:")
+        for n in opts.sizes:
+            for stage, us in inprocess_cost_us(n).items():
+                print(f"  N={n}  {stage:<40}{us:8.1f}")
+        print()
+
+    ray.init(
+        address="local",  # never join another cluster on this machine
+        num_cpus=args.num_cpus,
+        include_dashboard=False,
+        log_to_driver=False,
+        namespace="modelweave-bench",
+        runtime_env={"env_vars": {"PYTHONPATH": str(HERE)}},  # replicas import `overhead:AppendChar`
+    )
+    http_port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": http_port}, logging_config=LOGGING_CONFIG)
+    http_base = f"http://127.0.0.1:{http_port}"
+    results: dict[Key, Sample] = {}
+    profile_report: list[str] = []
+    try:
+        for n in opts.sizes:
+            t_deploy = time.perf_counter()
+            serve.run(hand_app(n), name=hw_name(n), route_prefix=f"/{hw_name(n)}")
+            serve.run(modelweave_app(n), name=mw_name(n), route_prefix=f"/{mw_name(n)}")
+            t_run = time.perf_counter()
+            asyncio.run(measure(n, http_base, opts, results))
+            print(f"N={n}: deployed in {t_run - t_deploy:.1f} s, measured in {time.perf_counter() - t_run:.1f} s",
+                  flush=True)
+            if args.profile is not None and n == max(opts.sizes):
+                profile_report = asyncio.run(profile_run(n, http_base, opts, args.profile, args.profile_seconds))
+            serve.delete(hw_name(n))
+            serve.delete(mw_name(n))
+    finally:
+        ray.shutdown()
+    print()
+    print(f"sequential: {opts.sequential} requests, concurrent: {opts.concurrent} requests with "
+          f"{opts.concurrency} clients, per app, path and N; {opts.rounds} alternating rounds; "
+          f"{os.cpu_count()} cores")
+    print(table(results, opts))
+    if profile_report:
+        print("\n".join(profile_report))
+    print(f"total {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    # Re-import this file under its importable name, so the deployment classes pickle by
+    # reference to the same module the replicas import (not by value from __main__).
+    sys.path.insert(0, str(HERE))
+    sys.exit(importlib.import_module(MODULE).main())

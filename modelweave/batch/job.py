@@ -1,0 +1,269 @@
+"""Run any graph as a streaming Ray Data batch job, with the same semantics as online serving.
+
+Design: one graph stage (a ``map_batches`` callable class on an actor pool) runs the
+*same* :class:`modelweave.executor.Executor` that the online ingress runs, over a
+caller that sends model calls to per-model-node actor pools in micro-batches
+(:mod:`modelweave.batch.pools`, :mod:`modelweave.batch.caller`).
+
+Why not one Ray Data operator per model node: the flow is dynamic. Routes send each
+row to a different branch, validate nodes loop a data-dependent number of times,
+parallel nodes aggregate, fallbacks run only on failure, and caches skip whole
+sub-flows. A static operator chain would have to re-implement all of that outside the
+executor (and keep it in step with it), so batch and online would drift. Instead the
+models still get their own pools and real batches (the per-operator benefit), and the
+flow logic exists exactly once.
+
+Semantics shared with online: the request checks and limits of the ingress
+(``check_request``, ``check_input``), per-row deadlines (the graph's ``timeout_s``),
+typed errors, one result cache per cache node shared by every stage of the job (plus
+single-flight inside a stage, so duplicates in one batch compute once), and feedback
+variables shared by the whole job (starting from their initial values, like a freshly
+deployed graph). Feedback makes results depend on processing order, as it does
+online under concurrency.
+
+Lifetime: :class:`BatchJob` starts the model pools and the job's state actor when it
+is created (so a model that cannot load fails the job before any data is read). The
+returned dataset is lazy and streams when consumed; the pools live until
+:meth:`BatchJob.shutdown` or the driver exits.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from actors.shared_state import NAMESPACE, GraphState
+from modelweave.batch.pools import ModelPools, fit_plans, plan_pool
+from modelweave.batch.rows import output_fields
+from modelweave.batch.stage import GraphStage
+from modelweave.checker import CheckedGraph, check_graph
+from modelweave.errors import InvalidArgument
+from modelweave.spec import GraphSpec, dump_graph
+
+#: Ray Data block size cap: small blocks keep the job streaming (RAY_NOTES).
+TARGET_MAX_BLOCK_SIZE = 8 * 1024 * 1024
+
+
+class JobState(GraphState):
+    """The job's state actor: shared caches and feedback variables, plus row counters."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._rows = 0
+        self._failures = 0
+        self._cache_hits = 0
+        self._routes: Counter[str] = Counter()
+        self._errors: Counter[str] = Counter()
+        self._first: float | None = None
+        self._last: float | None = None
+
+    def record(self, counts: dict[str, Any]) -> None:
+        """Adds one batch's counters."""
+        now = time.time()
+        self._first = self._first or now
+        self._last = now
+        self._rows += counts["rows"]
+        self._failures += counts["failures"]
+        self._cache_hits += counts["cache_hits"]
+        self._routes.update(counts["routes"])
+        self._errors.update(counts["errors"])
+
+    def counters(self) -> dict[str, Any]:
+        """Everything recorded so far."""
+        return {"rows": self._rows, "failures": self._failures, "cache_hits": self._cache_hits,
+                "routes": dict(self._routes), "errors": dict(self._errors)}
+
+
+@dataclass
+class BatchSummary:
+    """What a finished job did.
+
+    Attributes:
+        rows: Rows processed by the graph stage.
+        failures: Rows with an ``error``.
+        cache_hits: Rows answered (partly) from a cache node.
+        routes: Count of each ``route`` value among successful rows.
+        errors: Count of each error code among failed rows.
+        elapsed_s: Wall time the caller measured for the job.
+    """
+
+    rows: int
+    failures: int
+    cache_hits: int
+    routes: dict[str, int] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+
+    @property
+    def rows_per_s(self) -> float:
+        """Throughput over ``elapsed_s``."""
+        return self.rows / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def format(self, top: int = 10) -> str:
+        """Human-readable multi-line summary (what the CLI prints)."""
+        lines = [f"rows: {self.rows}  failures: {self.failures}  cache hits: {self.cache_hits}  "
+                 f"elapsed: {self.elapsed_s:.1f} s  ({self.rows_per_s:.0f} rows/s)"]
+        if self.routes:
+            lines.append("routes:")
+            for route, n in sorted(self.routes.items(), key=lambda kv: -kv[1])[:top]:
+                lines.append(f"  {n:>8}  {route or '(none)'}")
+            if len(self.routes) > top:
+                lines.append(f"  ... {len(self.routes) - top} more")
+        if self.errors:
+            lines.append("errors: " + ", ".join(f"{code} x{n}" for code, n in sorted(self.errors.items())))
+        return "\n".join(lines)
+
+
+def _as_checked(graph: GraphSpec | CheckedGraph) -> CheckedGraph:
+    return graph if isinstance(graph, CheckedGraph) else check_graph(graph)
+
+
+class BatchJob:
+    """One batch run of a graph: model pools, the job's state actor and the graph stage.
+
+    Args:
+        graph: The graph (checked here when given as a spec).
+        batch_size: Rows per Ray Data batch, and the default micro-batch size per model.
+        concurrency: Graph stage actors (default: 1 per 4 CPUs, at least 1).
+        stage_num_cpus: Logical CPUs per graph stage actor.
+        pools: Reuse pools started for an identical set of model nodes (not shut down
+            by this job).
+        max_wait_s: Longest wait of a model call for its micro-batch to fill.
+    """
+
+    def __init__(self, graph: GraphSpec | CheckedGraph, *, batch_size: int = 64, concurrency: int | None = None,
+                 stage_num_cpus: float = 0.25, pools: ModelPools | None = None, max_wait_s: float = 0.005) -> None:
+        import ray
+
+        if batch_size < 1:
+            raise InvalidArgument("batch_size must be at least 1")
+        self.graph = _as_checked(graph)
+        self.batch_size = batch_size
+        self.max_wait_s = max_wait_s
+        available = ray.available_resources()
+        cpus = float(available.get("CPU", 0.0))
+        self.concurrency = concurrency or max(1, int(ray.cluster_resources().get("CPU", 1)) // 4)
+        self.stage_num_cpus = stage_num_cpus
+        if pools is not None:
+            if not pools.covers(self.graph):
+                raise InvalidArgument("the given pools do not run this graph's model nodes")
+            self.pools, self._owns_pools = pools, False
+        else:
+            plans = fit_plans([plan_pool(n, batch_size) for n in self.graph.models.values()], available_cpus=cpus,
+                              available_gpus=float(available.get("GPU", 0.0)),
+                              stage_cpus=self.concurrency * stage_num_cpus)
+            self.pools, self._owns_pools = ModelPools(self.graph, {p.name: p for p in plans}), True
+        self.job_id = uuid.uuid4().hex[:8]
+        self.state = ray.remote(JobState).options(  # type: ignore[attr-defined]
+            name=f"modelweave-batch-state:{self.graph.spec.name}:{self.job_id}", namespace=NAMESPACE,
+            num_cpus=0, max_restarts=0).remote()
+        try:
+            self.load_s = self.pools.wait_ready()
+        except BaseException:
+            self.shutdown()
+            raise
+
+    def run(self, dataset: Any, *, text_column: str = "text", timeout_s: float | None = None, prefix: str = "",
+            include_trace: bool = False) -> Any:
+        """Returns the lazy dataset of results: input columns plus result/trace/error columns.
+
+        Args:
+            dataset: A ``ray.data.Dataset`` with a text column.
+            text_column: Column holding each row's input text.
+            timeout_s: Per-row deadline (default: the graph's ``timeout_s``).
+            prefix: Prefix for the added column names (when the input already has e.g. ``label``).
+            include_trace: Also add ``trace_json`` with each row's full trace.
+
+        Raises:
+            InvalidArgument: the input schema (when known without reading) lacks the text
+                column or already has a result column name.
+        """
+        import ray
+
+        schema = dataset.schema(fetch_if_missing=False)
+        if schema is not None:
+            names = set(schema.names)
+            if text_column not in names:
+                raise InvalidArgument(f"input has no column {text_column!r} (columns: {sorted(names)})")
+            clash = {c for _, c, _ in output_fields(prefix=prefix, include_trace=include_trace)} & names
+            if clash:
+                raise InvalidArgument(f"input column(s) {sorted(clash)} collide with result columns; set a prefix")
+        out = dataset.map_batches(
+            GraphStage,
+            compute=ray.data.ActorPoolStrategy(size=self.concurrency),
+            fn_constructor_kwargs={
+                "graph": dump_graph(self.graph.spec),
+                "pools": self.pools.handles(),
+                "batch_sizes": self.pools.batch_sizes(),
+                "state_actor": self.state,
+                "text_column": text_column,
+                "timeout_s": timeout_s,
+                "prefix": prefix,
+                "include_trace": include_trace,
+                "max_wait_s": self.max_wait_s,
+            },
+            batch_size=self.batch_size,
+            batch_format="pyarrow",
+            num_cpus=self.stage_num_cpus,
+        )
+        configure_context(out.context, exclude_cpus=self.pools.cpus, exclude_gpus=self.pools.gpus)
+        return out
+
+    def summary(self, elapsed_s: float = 0.0) -> BatchSummary:
+        """Counters recorded by the graph stages so far (call after consuming the dataset)."""
+        import ray
+
+        c = ray.get(self.state.counters.remote())
+        return BatchSummary(rows=c["rows"], failures=c["failures"], cache_hits=c["cache_hits"],
+                            routes=c["routes"], errors=c["errors"], elapsed_s=elapsed_s)
+
+    def cache_stats(self) -> dict[str, Any]:
+        """Sizes and hit/miss counts of the job's cache nodes."""
+        import ray
+
+        stats: dict[str, Any] = ray.get(self.state.stats.remote())
+        return stats
+
+    def shutdown(self) -> None:
+        """Stops the job's state actor and the pools it started (idempotent)."""
+        import ray
+
+        if self._owns_pools:
+            self.pools.shutdown()
+        try:
+            ray.kill(self.state)
+        except Exception:  # already gone
+            pass
+
+
+def configure_context(ctx: Any, *, exclude_cpus: float = 0.0, exclude_gpus: float = 0.0) -> None:
+    """Keeps a dataset streaming and tells Ray Data which resources the model pools hold.
+
+    Lowers ``target_max_block_size`` to 8 MiB (never raises a smaller value) and adds
+    the pools' CPUs/GPUs to ``execution_options.exclude_resources``, so Ray Data's
+    scheduler does not plan with resources it cannot get.
+    """
+    from ray.data import ExecutionResources
+
+    if ctx.target_max_block_size is None or ctx.target_max_block_size > TARGET_MAX_BLOCK_SIZE:
+        ctx.target_max_block_size = TARGET_MAX_BLOCK_SIZE
+    if exclude_cpus or exclude_gpus:
+        prior = ctx.execution_options.exclude_resources
+        extra = ExecutionResources(cpu=exclude_cpus, gpu=exclude_gpus)
+        ctx.execution_options.exclude_resources = extra if prior is None else prior.add(extra)
+
+
+def run_batch(graph: GraphSpec | CheckedGraph, dataset: Any, *, text_column: str = "text", batch_size: int = 64,
+              concurrency: int | None = None, timeout_s: float | None = None, prefix: str = "",
+              include_trace: bool = False) -> Any:
+    """Runs ``graph`` over ``dataset`` as a streaming batch job; returns the lazy result dataset.
+
+    Starts the model pools now (they live until the driver exits; use :class:`BatchJob`
+    to stop them earlier or to read the job's summary). See :meth:`BatchJob.run` for the
+    output columns.
+    """
+    job = BatchJob(graph, batch_size=batch_size, concurrency=concurrency)
+    return job.run(dataset, text_column=text_column, timeout_s=timeout_s, prefix=prefix, include_trace=include_trace)

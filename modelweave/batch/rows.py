@@ -1,0 +1,110 @@
+"""The batch output row: result columns, a compact trace and the error of one graph run.
+
+Pure functions over :class:`modelweave.executor.Result`, shared by the graph stage, the
+tests (to summarise an in-process reference run the same way) and the benchmark.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+
+from modelweave.codecs import to_json
+from modelweave.errors import ModelweaveError
+from modelweave.executor import Result
+
+#: Columns added to every input row, in order, with their Arrow types (all nullable).
+RESULT_FIELDS: tuple[tuple[str, pa.DataType], ...] = (
+    ("label", pa.string()),
+    ("confidence", pa.float32()),
+    ("generation", pa.string()),
+    ("verdict_passed", pa.bool_()),
+    ("language", pa.string()),
+    ("route", pa.string()),
+    ("attempts", pa.int32()),
+    ("verdict", pa.string()),
+    ("cache_hit", pa.bool_()),
+    ("latency_ms", pa.float64()),
+    ("result_json", pa.string()),
+    ("error", pa.string()),
+)
+
+#: Optional column with the full protobuf-JSON trace (``include_trace=True``).
+TRACE_FIELD: tuple[str, pa.DataType] = ("trace_json", pa.string())
+
+
+def route_of(result: Result) -> str:
+    """The routes taken, in trace order: ``"by-language=english>confidence=keep"``.
+
+    Each segment is ``<node name>=<branch>`` for a span that records a branch (route
+    nodes, and validate nodes that escalated). Empty when no route was taken (for
+    example when a cache hit skipped the routed body).
+    """
+    return ">".join(f"{span.node.rsplit('/', 1)[-1]}={span.route}" for span in result.trace.spans if span.route)
+
+
+def result_row(result: Result, *, include_trace: bool = False) -> dict[str, Any]:
+    """Result columns and compact trace of a successful run (``error`` is None)."""
+    msg = result.message
+    spans = result.trace.spans
+    has_cls = msg.HasField("classification")
+    verdicts = [s.verdict for s in spans if s.kind == "validate" and s.verdict] or [s.verdict for s in spans
+                                                                                   if s.verdict]
+    row: dict[str, Any] = {
+        "label": msg.classification.label if has_cls else None,
+        "confidence": msg.classification.confidence if has_cls else None,
+        "generation": msg.generation.text if msg.HasField("generation") else None,
+        "verdict_passed": msg.verdict.passed if msg.HasField("verdict") else None,
+        "language": (msg.text.language or None) if msg.HasField("text") else None,
+        "route": route_of(result),
+        "attempts": max((s.attempt for s in spans), default=1),
+        "verdict": verdicts[-1] if verdicts else None,
+        "cache_hit": any(s.cache_hit for s in spans),
+        "latency_ms": result.trace.total_ms,
+        "result_json": to_json(msg).decode(),
+        "error": None,
+    }
+    if include_trace:
+        row[TRACE_FIELD[0]] = to_json(result.trace).decode()
+    return row
+
+
+def error_text(exc: BaseException) -> str:
+    """``"CODE: message (node path)"`` for a failed row."""
+    if isinstance(exc, ModelweaveError):
+        return f"{exc.status.value}: {exc}"
+    return f"INTERNAL: {type(exc).__name__}: {exc}"
+
+
+def error_row(exc: BaseException, latency_ms: float, *, include_trace: bool = False) -> dict[str, Any]:
+    """Columns of a failed row: everything None except ``error`` and ``latency_ms``."""
+    row: dict[str, Any] = {name: None for name, _ in RESULT_FIELDS}
+    row["error"] = error_text(exc)
+    row["latency_ms"] = latency_ms
+    if include_trace:
+        row[TRACE_FIELD[0]] = None
+    return row
+
+
+def output_fields(*, prefix: str = "", include_trace: bool = False) -> list[tuple[str, str, pa.DataType]]:
+    """``(row key, column name, type)`` of every added column."""
+    fields = [*RESULT_FIELDS, TRACE_FIELD] if include_trace else list(RESULT_FIELDS)
+    return [(name, f"{prefix}{name}", dtype) for name, dtype in fields]
+
+
+def append_columns(table: pa.Table, rows: list[dict[str, Any]], *, prefix: str = "",
+                   include_trace: bool = False) -> pa.Table:
+    """Adds the result columns of ``rows`` (one per table row) to ``table``.
+
+    Raises:
+        ValueError: an input column already has the name of an added column.
+    """
+    fields = output_fields(prefix=prefix, include_trace=include_trace)
+    clash = sorted({column for _, column, _ in fields} & set(table.column_names))
+    if clash:
+        raise ValueError(f"input column(s) {clash} collide with modelweave's result columns; "
+                         "set a result column prefix (run_batch(prefix=...), --prefix)")
+    for key, column, dtype in fields:
+        table = table.append_column(pa.field(column, dtype), pa.array([r[key] for r in rows], type=dtype))
+    return table

@@ -1,0 +1,140 @@
+"""The graph stage: the Ray Data callable class that runs every row through the executor.
+
+One stage actor holds one :class:`modelweave.executor.Executor` over a
+:class:`modelweave.batch.caller.PoolCaller`, the per-job shared cache and the feedback
+state. For each Ray Data batch it runs all rows concurrently (``asyncio.gather``), so
+calls to the same model coalesce into micro-batches, and returns the input columns
+plus result, trace and error columns. A failing row gets an ``error`` value; it never
+fails the batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from typing import Any
+
+import pyarrow as pa
+
+from actors.shared_state import ActorCache, ActorState
+from modelweave.batch.caller import PoolCaller
+from modelweave.batch.rows import append_columns, error_row, result_row
+from modelweave.checker import check_graph
+from modelweave.codecs import check_request, message_from_text
+from modelweave.executor import Executor
+from modelweave.spec import CacheNode, parse_graph
+from modelweave.state import CacheBackend
+from modelweave.v1 import service_pb2 as svc
+
+
+class SingleFlightCache:
+    """Wraps a shared cache so concurrent misses on one key compute it once.
+
+    Within one stage many rows run at once; without this, duplicates in the same Ray
+    Data batch would all miss. The first miss owns the key; later ``get`` calls for it
+    wait until the owner stores the value (then they hit) or the owner's task ends
+    without storing (then they miss and compute themselves). Across stages the shared
+    cache actor dedupes as it does online.
+
+    Args:
+        backend: The shared cache (the job's state actor).
+    """
+
+    def __init__(self, backend: CacheBackend) -> None:
+        self._backend = backend
+        self._owners: dict[str, tuple[asyncio.Event, asyncio.Task[Any] | None]] = {}
+
+    async def get(self, key: str) -> bytes | None:
+        entry = self._owners.get(key)
+        if entry is not None and entry[1] is not asyncio.current_task():
+            await entry[0].wait()
+        value = await self._backend.get(key)
+        if value is None and key not in self._owners:
+            task = asyncio.current_task()
+            event = asyncio.Event()
+            self._owners[key] = (event, task)
+            if task is not None:
+                task.add_done_callback(lambda _t: self._release(key, event))
+        return value
+
+    async def put(self, key: str, value: bytes) -> None:
+        try:
+            await self._backend.put(key, value)
+        finally:
+            entry = self._owners.get(key)
+            if entry is not None:
+                self._release(key, entry[0])
+
+    def _release(self, key: str, event: asyncio.Event) -> None:
+        entry = self._owners.get(key)
+        if entry is not None and entry[0] is event:
+            del self._owners[key]
+        event.set()
+
+
+class GraphStage:
+    """Ray Data callable class (``map_batches``) running a graph over pyarrow batches.
+
+    Args:
+        graph: The graph spec as plain data (``dump_graph``).
+        pools: Model worker actor handles per model node name.
+        batch_sizes: Micro-batch size per model node name.
+        state_actor: The job's state actor (shared cache, feedback variables, counters).
+        text_column: Input column holding the text of each row.
+        timeout_s: Per-row deadline; defaults to the graph's ``timeout_s``.
+        prefix: Prefix of the added column names.
+        include_trace: Also add ``trace_json`` with each row's full trace.
+        max_wait_s: Longest wait of a model call for its micro-batch to fill.
+    """
+
+    def __init__(self, *, graph: dict[str, Any], pools: dict[str, list[Any]], batch_sizes: dict[str, int],
+                 state_actor: Any, text_column: str = "text", timeout_s: float | None = None, prefix: str = "",
+                 include_trace: bool = False, max_wait_s: float = 0.005) -> None:
+        self.graph = check_graph(parse_graph(graph, "batch job"))
+        self.text_column = text_column
+        self.timeout_s = timeout_s
+        self.prefix = prefix
+        self.include_trace = include_trace
+        self._state_actor = state_actor
+
+        def cache_factory(path: str, node: CacheNode) -> CacheBackend:
+            return SingleFlightCache(ActorCache(state_actor, path, node))
+
+        self.executor = Executor(self.graph, PoolCaller(pools, batch_sizes, max_wait_s=max_wait_s),
+                                 cache_factory=cache_factory, state=ActorState(state_actor))
+        self._loop = asyncio.new_event_loop()
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        """Runs every row of ``batch``; returns it with the result columns appended."""
+        if self.text_column not in batch.column_names:
+            raise ValueError(f"input has no column {self.text_column!r} (columns: {batch.column_names}); "
+                             "choose the text column with text_column= / --text-column")
+        texts = batch.column(self.text_column).to_pylist()
+        rows = self._loop.run_until_complete(self._run_all(texts))
+        self._report(rows)
+        return append_columns(batch, rows, prefix=self.prefix, include_trace=self.include_trace)
+
+    async def _run_all(self, texts: list[Any]) -> list[dict[str, Any]]:
+        return list(await asyncio.gather(*(self._run_row(t) for t in texts)))
+
+    async def _run_row(self, text: Any) -> dict[str, Any]:
+        start = time.monotonic()
+        try:
+            request = svc.InferRequest(input=message_from_text("" if text is None else str(text)))
+            check_request(request, self.graph.spec.limits)  # the same limits as the online ingress
+            result = await self.executor.run(request.input, timeout_s=self.timeout_s)
+        except Exception as exc:  # a failing row never fails the job
+            return error_row(exc, (time.monotonic() - start) * 1000.0, include_trace=self.include_trace)
+        return result_row(result, include_trace=self.include_trace)
+
+    def _report(self, rows: list[dict[str, Any]]) -> None:
+        """Sends this batch's counters to the job's state actor (fire and forget)."""
+        failures = [r["error"] for r in rows if r["error"] is not None]
+        self._state_actor.record.remote({
+            "rows": len(rows),
+            "failures": len(failures),
+            "cache_hits": sum(1 for r in rows if r["cache_hit"]),
+            "routes": dict(Counter(r["route"] for r in rows if r["error"] is None)),
+            "errors": dict(Counter(e.split(":", 1)[0] for e in failures)),
+        })

@@ -1,0 +1,72 @@
+"""Helpers for end-to-end tests: the real `modelweave` CLI in a subprocess on free ports."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    """An unused TCP port on loopback."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Runs `modelweave ARGS` to completion."""
+    return subprocess.run([sys.executable, "-m", "modelweave.cli", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@dataclass
+class RunningServer:
+    """A `modelweave run` subprocess."""
+
+    proc: subprocess.Popen[str]
+    http: str
+    grpc: str
+    stdout: list[str] = field(default_factory=list)
+
+    def stop(self, timeout: float = 90) -> int:
+        """Ctrl-C, then wait for a clean exit."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        return self.proc.wait(timeout=timeout)
+
+
+def start_server(graph: str, ready_timeout: float = 240) -> RunningServer:
+    """Starts `modelweave run GRAPH` on free ports and waits until it says it is ready."""
+    http_port, grpc_port, dash_port = free_port(), free_port(), free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "modelweave.cli", "run", graph, "--http-port", str(http_port),
+         "--grpc-port", str(grpc_port), "--dashboard-port", str(dash_port)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )
+    server = RunningServer(proc, f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}")
+    ready = threading.Event()
+
+    def _pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            server.stdout.append(line)
+            if "Press Ctrl-C" in line:
+                ready.set()
+
+    threading.Thread(target=_pump, daemon=True).start()
+    deadline = time.monotonic() + ready_timeout
+    while not ready.wait(1.0):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError("modelweave run did not become ready:\n" + "".join(server.stdout[-60:]))
+    return server
