@@ -519,7 +519,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Options, argparse.Namespace]
     p.add_argument("--concurrent", type=int, default=1000, help="concurrent-phase requests per app and path")
     p.add_argument("--concurrency", type=int, default=16, help="concurrent clients")
     p.add_argument("--warmup", type=int, default=20, help="sequential warm-up requests (x4 concurrent)")
-    p.add_argument("--rounds", type=int, default=2, help="alternating rounds per phase")
+    p.add_argument("--rounds", type=int, default=4, help="alternating rounds per phase")
     p.add_argument("--paths", default="http,handle", help="http and/or handle")
     p.add_argument("--num-cpus", type=int, default=8, help="logical CPUs of the local Ray cluster")
     p.add_argument("--profile", type=pathlib.Path, default=None,
@@ -552,6 +552,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     opts, args = parse_args(argv)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     t0 = time.perf_counter()
+    load_start = os.getloadavg()[0]
     if not args.no_inprocess:
         print("modelweave ingress code, in-process (no Ray), microseconds per request:")
         for n in opts.sizes:
@@ -590,7 +591,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(f"sequential: {opts.sequential} requests, concurrent: {opts.concurrent} requests with "
           f"{opts.concurrency} clients, per app, path and N; {opts.rounds} alternating rounds; "
-          f"{os.cpu_count()} cores")
+          f"{os.cpu_count()} cores; load average at start {load_start:.1f}, at end {os.getloadavg()[0]:.1f}")
     print(table(results, opts))
     if profile_report:
         print("\n".join(profile_report))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -24,12 +25,14 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from actors.shared_state import ActorCache, ActorState, get_state_actor
+from deployments.metrics import RayMetricsSink
 from deployments.serve_caller import ServeCaller
 from deployments.transport_errors import GRPC_STATUS, HTTP_STATUS
 from modelweave.checker import check_graph
 from modelweave.codecs import check_request, describe_graph, error_body, parse_infer_json, to_json
 from modelweave.errors import InvalidArgument, ModelError, ModelweaveError, NotFound, ResourceExhausted
 from modelweave.executor import Executor
+from modelweave.observe import TraceMetrics
 from modelweave.spec import parse_graph
 from modelweave.trace import new_request_id
 from modelweave.v1 import messages_pb2 as pb
@@ -60,15 +63,24 @@ class GraphIngress:
             state=ActorState(actor),
         )
         self.description = describe_graph(self.graph)
+        self.metrics = TraceMetrics(self.graph, RayMetricsSink())
         self._error_log_budget = 100  # bounded logging of unexpected errors
 
     # -- shared -----------------------------------------------------------------------
 
     async def _infer(self, request: svc.InferRequest, request_id: str, on_span: Any = None) -> svc.InferResponse:
-        check_request(request, self.spec.limits)
-        timeout_s = request.timeout_ms / 1000.0 if request.timeout_ms else None
-        result = await self.executor.run(request.input, request_id=request_id, timeout_s=timeout_s,
-                                         on_span=on_span)
+        start = time.monotonic()
+        try:
+            check_request(request, self.spec.limits)
+            timeout_s = request.timeout_ms / 1000.0 if request.timeout_ms else None
+            result = await self.executor.run(request.input, request_id=request_id, timeout_s=timeout_s,
+                                             on_span=on_span)
+        except ModelweaveError as exc:
+            self.metrics.record(exc.trace, status=exc.status.value, latency_ms=(time.monotonic() - start) * 1e3)
+            logger.warning("request %s failed: %s %s", request_id, exc.status.value, exc)
+            raise
+        self.metrics.record(result.trace, status="OK", latency_ms=(time.monotonic() - start) * 1e3)
+        self.metrics.record_feedback(self.executor.feedback_values())
         return svc.InferResponse(result=result.message, trace=result.trace, graph=self.spec.name)
 
     def _typed(self, exc: BaseException) -> ModelweaveError:

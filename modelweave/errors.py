@@ -9,6 +9,7 @@ knows about transports.
 from __future__ import annotations
 
 import enum
+from typing import Any
 
 
 class Status(enum.StrEnum):
@@ -37,6 +38,8 @@ class ModelweaveError(Exception):
         super().__init__(message)
         self.message = message
         self.node = node
+        #: Partial trace (a ``modelweave.v1.Trace``) when the executor raised it.
+        self.trace: Any = None
 
     def __reduce__(self) -> tuple[object, ...]:
         # Errors cross process boundaries (Ray replicas); keep keyword state.

@@ -126,8 +126,17 @@ class Executor:
             async with asyncio.timeout(budget):
                 out = await self._run(spec.flow, clone(message), ctx, spec.name, 1)
         except TimeoutError:
-            raise DeadlineExceeded(f"request deadline of {budget * 1000:.0f} ms exceeded") from None
+            err = DeadlineExceeded(f"request deadline of {budget * 1000:.0f} ms exceeded")
+            err.trace = ctx.trace()
+            raise err from None
+        except ModelweaveError as exc:
+            exc.trace = ctx.trace()  # the hops before the failure, for metrics and debugging
+            raise
         return Result(out, ctx.trace())
+
+    def feedback_values(self) -> dict[str, float]:
+        """Last known value of each feedback variable this executor has read or adjusted."""
+        return {state: value for state, (value, _) in self._state_cache.items()}
 
     def check_input(self, message: pb.Message) -> None:
         """Refuses an input that lacks a part the graph reads from its input.

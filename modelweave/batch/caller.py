@@ -1,36 +1,23 @@
 """The executor's caller over model actor pools, with per-model micro-batching.
 
 Many rows run through the executor concurrently in one graph stage. Each row's
-``call`` for a model joins that model's pending list; the list is sent as one
-``predict`` to the least-loaded worker of the model's pool when it reaches the
-model's batch size, when the event loop goes idle (every row that was ready has
-queued its call), or after ``max_wait_s``. Rows that take different branches
-therefore only reach their own branches' models, and each model still gets real
-batches.
+``call`` for a model joins that model's queue (see :mod:`modelweave.batch.coalesce`);
+the queue goes out as one ``predict`` to the least-loaded worker of the model's pool.
+Rows that take different branches therefore only reach their own branches' models,
+and each model still gets real batches.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
-from dataclasses import dataclass, field
+from collections.abc import Hashable
 from typing import Any
 
 from google.protobuf.message import Message as ProtoMessage
 
+from modelweave.batch.coalesce import Coalescer
 from modelweave.errors import ModelError, ModelweaveError, Unavailable
 from modelweave.spec import ModelNode
 from modelweave.v1 import messages_pb2 as pb
-
-
-@dataclass
-class _Pending:
-    """Calls waiting to be sent to one model's pool."""
-
-    items: list[tuple[pb.Message, asyncio.Future[ProtoMessage]]] = field(default_factory=list)
-    first_at: float = 0.0
-    seen: int = 0
-    scheduled: bool = False
 
 
 class PoolCaller:
@@ -45,83 +32,31 @@ class PoolCaller:
     def __init__(self, pools: dict[str, list[Any]], batch_sizes: dict[str, int], *,
                  max_wait_s: float = 0.005) -> None:
         self.pools = pools
-        self.batch_sizes = batch_sizes
-        self.max_wait_s = max_wait_s
-        self._pending: dict[str, _Pending] = {}
         self._in_flight: dict[str, list[int]] = {name: [0] * len(actors) for name, actors in pools.items()}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._batcher: Coalescer[pb.Message, ProtoMessage] = Coalescer(
+            self._send, max_batch=lambda name: batch_sizes.get(str(name), 64), max_wait_s=max_wait_s)
 
     async def call(self, model: ModelNode, message: pb.Message) -> ProtoMessage:
         """Queues one envelope for ``model`` and waits for its part."""
         if model.name not in self.pools:
             raise ModelError(f"no worker pool for model {model.name!r}")
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[ProtoMessage] = loop.create_future()
-        pending = self._pending.setdefault(model.name, _Pending())
-        if not pending.items:
-            pending.first_at = time.monotonic()
-        pending.items.append((message, future))
-        if len(pending.items) >= self.batch_sizes.get(model.name, 64):
-            self._flush(model.name)
-        elif not pending.scheduled:
-            pending.scheduled = True
-            pending.seen = 0
-            loop.call_soon(self._tick, model.name)
-        return await future
+        return await self._batcher.submit(model.name, message)
 
-    def _tick(self, name: str) -> None:
-        """Sends the batch once no new call joined during a loop iteration (or it waited too long)."""
-        pending = self._pending.get(name)
-        if pending is None or not pending.items:
-            if pending is not None:
-                pending.scheduled = False
-            return
-        grew = len(pending.items) != pending.seen
-        waited = time.monotonic() - pending.first_at
-        if grew and waited < self.max_wait_s:
-            pending.seen = len(pending.items)
-            asyncio.get_running_loop().call_soon(self._tick, name)
-            return
-        pending.scheduled = False
-        self._flush(name)
-
-    def _flush(self, name: str) -> None:
-        pending = self._pending[name]
-        size = self.batch_sizes.get(name, 64)
-        while pending.items:
-            batch, pending.items = pending.items[:size], pending.items[size:]
-            task = asyncio.ensure_future(self._send(name, batch))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        pending.first_at = time.monotonic()
-
-    async def _send(self, name: str, batch: list[tuple[pb.Message, asyncio.Future[ProtoMessage]]]) -> None:
-        live = [(m, f) for m, f in batch if not f.done()]  # rows past their deadline are cancelled
-        if not live:
-            return
+    async def _send(self, key: Hashable, messages: list[pb.Message]) -> list[Any]:
+        name = str(key)
         loads = self._in_flight[name]
         index = min(range(len(loads)), key=loads.__getitem__)
-        loads[index] += len(live)
+        loads[index] += len(messages)
         try:
-            outcomes = await self.pools[name][index].predict.remote([m for m, _ in live])
+            outcomes: list[Any] = await self.pools[name][index].predict.remote(messages)
         except Exception as exc:
-            error = _transport_error(name, exc)
-            for _, future in live:
-                if not future.done():
-                    future.set_exception(error)
-            return
+            return [_transport_error(name, exc) for _ in messages]
         finally:
-            loads[index] -= len(live)
-        if len(outcomes) != len(live):
+            loads[index] -= len(messages)
+        if len(outcomes) != len(messages):
             got = len(outcomes)
-            outcomes = [ModelError(f"worker returned {got} outputs for {len(live)} inputs") for _ in live]
-        for (_, future), outcome in zip(live, outcomes, strict=True):
-            if future.done():
-                continue
-            if isinstance(outcome, BaseException):
-                future.set_exception(outcome)
-            else:
-                future.set_result(outcome)
+            return [ModelError(f"worker returned {got} outputs for {len(messages)} inputs") for _ in messages]
+        return outcomes
 
 
 def _transport_error(name: str, exc: BaseException) -> ModelweaveError:
@@ -133,8 +68,8 @@ def _transport_error(name: str, exc: BaseException) -> ModelweaveError:
     if isinstance(exc, RayTaskError):
         cause = exc.cause if exc.cause is not None else exc
         if isinstance(cause, ModelweaveError):
-            return cause
+            return type(cause)(cause.message, node=cause.node)
         return ModelError(f"model failed: {type(cause).__name__}: {cause}")
     if isinstance(exc, ModelweaveError):
-        return exc
+        return type(exc)(exc.message, node=exc.node)
     return ModelError(f"model call failed: {type(exc).__name__}: {exc}")

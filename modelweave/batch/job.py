@@ -31,13 +31,13 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from actors.shared_state import NAMESPACE, GraphState
+from actors.shared_state import NAMESPACE
 from modelweave.batch.pools import ModelPools, fit_plans, plan_pool
 from modelweave.batch.rows import output_fields
+from modelweave.batch.shared import JobState
 from modelweave.batch.stage import GraphStage
 from modelweave.checker import CheckedGraph, check_graph
 from modelweave.errors import InvalidArgument
@@ -45,36 +45,6 @@ from modelweave.spec import GraphSpec, dump_graph
 
 #: Ray Data block size cap: small blocks keep the job streaming (RAY_NOTES).
 TARGET_MAX_BLOCK_SIZE = 8 * 1024 * 1024
-
-
-class JobState(GraphState):
-    """The job's state actor: shared caches and feedback variables, plus row counters."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._rows = 0
-        self._failures = 0
-        self._cache_hits = 0
-        self._routes: Counter[str] = Counter()
-        self._errors: Counter[str] = Counter()
-        self._first: float | None = None
-        self._last: float | None = None
-
-    def record(self, counts: dict[str, Any]) -> None:
-        """Adds one batch's counters."""
-        now = time.time()
-        self._first = self._first or now
-        self._last = now
-        self._rows += counts["rows"]
-        self._failures += counts["failures"]
-        self._cache_hits += counts["cache_hits"]
-        self._routes.update(counts["routes"])
-        self._errors.update(counts["errors"])
-
-    def counters(self) -> dict[str, Any]:
-        """Everything recorded so far."""
-        return {"rows": self._rows, "failures": self._failures, "cache_hits": self._cache_hits,
-                "routes": dict(self._routes), "errors": dict(self._errors)}
 
 
 @dataclass
@@ -209,7 +179,7 @@ class BatchJob:
             batch_format="pyarrow",
             num_cpus=self.stage_num_cpus,
         )
-        configure_context(out.context, exclude_cpus=self.pools.cpus, exclude_gpus=self.pools.gpus)
+        configure_context(out.context)
         return out
 
     def summary(self, elapsed_s: float = 0.0) -> BatchSummary:
@@ -239,21 +209,10 @@ class BatchJob:
             pass
 
 
-def configure_context(ctx: Any, *, exclude_cpus: float = 0.0, exclude_gpus: float = 0.0) -> None:
-    """Keeps a dataset streaming and tells Ray Data which resources the model pools hold.
-
-    Lowers ``target_max_block_size`` to 8 MiB (never raises a smaller value) and adds
-    the pools' CPUs/GPUs to ``execution_options.exclude_resources``, so Ray Data's
-    scheduler does not plan with resources it cannot get.
-    """
-    from ray.data import ExecutionResources
-
+def configure_context(ctx: Any) -> None:
+    """Keeps a dataset streaming: lowers ``target_max_block_size`` to 8 MiB (never raises it)."""
     if ctx.target_max_block_size is None or ctx.target_max_block_size > TARGET_MAX_BLOCK_SIZE:
         ctx.target_max_block_size = TARGET_MAX_BLOCK_SIZE
-    if exclude_cpus or exclude_gpus:
-        prior = ctx.execution_options.exclude_resources
-        extra = ExecutionResources(cpu=exclude_cpus, gpu=exclude_gpus)
-        ctx.execution_options.exclude_resources = extra if prior is None else prior.add(extra)
 
 
 def run_batch(graph: GraphSpec | CheckedGraph, dataset: Any, *, text_column: str = "text", batch_size: int = 64,

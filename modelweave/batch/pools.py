@@ -16,6 +16,7 @@ fails with a message instead of a silent deadlock.
 from __future__ import annotations
 
 import logging
+import math
 import time
 import uuid
 from collections.abc import Sequence
@@ -120,7 +121,10 @@ def fit_plans(plans: Sequence[PoolPlan], *, available_cpus: float, available_gpu
         return list(plans)
     factor = max(budget - explicit, 0.0) / inherited
     logger.warning("scaling inherited model CPU requests by %.2f to fit %.2f free CPUs", factor, available_cpus)
-    return [p if p.explicit_cpus else replace(p, num_cpus=round(p.num_cpus * factor, 4)) for p in plans]
+    # Round down (Ray counts in 1e-4 CPU units): rounding up by a hair leaves 0.9999 CPU
+    # free and Ray Data's one-CPU listing task then never starts.
+    return [p if p.explicit_cpus else replace(p, num_cpus=math.floor(p.num_cpus * factor * 1e4) / 1e4)
+            for p in plans]
 
 
 class ModelWorker:

@@ -17,9 +17,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from actors.shared_state import ActorCache, ActorState
 from modelweave.batch.caller import PoolCaller
 from modelweave.batch.rows import append_columns, error_row, result_row
+from modelweave.batch.shared import BatchedCache, BatchedState, SharedStateClient
 from modelweave.checker import check_graph
 from modelweave.codecs import check_request, message_from_text
 from modelweave.executor import Executor
@@ -98,11 +98,13 @@ class GraphStage:
         self.include_trace = include_trace
         self._state_actor = state_actor
 
+        shared = SharedStateClient(state_actor, max_wait_s=max_wait_s)
+
         def cache_factory(path: str, node: CacheNode) -> CacheBackend:
-            return SingleFlightCache(ActorCache(state_actor, path, node))
+            return SingleFlightCache(BatchedCache(shared, path, node))
 
         self.executor = Executor(self.graph, PoolCaller(pools, batch_sizes, max_wait_s=max_wait_s),
-                                 cache_factory=cache_factory, state=ActorState(state_actor))
+                                 cache_factory=cache_factory, state=BatchedState(shared))
         self._loop = asyncio.new_event_loop()
 
     def __call__(self, batch: pa.Table) -> pa.Table:

@@ -20,6 +20,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+#: Ray's Prometheus endpoint for the session cluster.
+METRICS_PORT = free_port()
+
+
 @dataclass
 class ServeEndpoints:
     """Where the session's Serve proxies listen."""
@@ -40,11 +44,18 @@ def ray_cluster() -> Iterator[None]:
         include_dashboard=False,
         log_to_driver=False,
         namespace="modelweave",
+        _metrics_export_port=METRICS_PORT,
         # Test-only adapters live next to the tests; replicas import them from here.
         runtime_env={"env_vars": {"PYTHONPATH": str(HERE)}},
     )
     yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def metrics_port(ray_cluster: None) -> int:
+    """Port of the session cluster's Prometheus endpoint."""
+    return METRICS_PORT
 
 
 @pytest.fixture(scope="session")

@@ -26,11 +26,12 @@ def _need(*packages: str) -> None:
 
 def test_normalizer_repairs_text_and_keeps_other_fields() -> None:
     _need("ftfy")
-    norm = Normalizer(max_chars=40)
+    norm = Normalizer()
     norm.load()
-    out = norm.predict([_msg("The Mona Lisa doesnÃ¢â‚¬â„¢t  have\n eyebrows &amp; more", language="en"), _msg("x" * 100)])
-    assert out[0].content == "The Mona Lisa doesn't have eyebrows & more" and out[0].language == "en"
-    assert out[1].content == "x" * 40
+    (out,) = norm.predict([_msg("The Mona Lisa doesnÃ¢â‚¬â„¢t  have\n eyebrows &amp; more", language="en")])
+    assert out.content == "The Mona Lisa doesn't have eyebrows & more" and out.language == "en"
+    short = Normalizer(max_chars=40)
+    assert short.predict([_msg("x" * 100)])[0].content == "x" * 40
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +129,7 @@ def test_guard_options() -> None:
     pii_text = "Call me at +1 415 555 0199, I'm John Smith, john@example.com"
     strict = InputGuard(profanity_threshold=0.8)
     strict.load()
-    (pii, rude) = strict.predict([_msg(pii_text), _msg("you are a fucking idiot")])
+    (pii, rude) = strict.predict([_msg(pii_text), _msg("this product is shit, total garbage")])
     assert not pii.passed and pii.reason.startswith("pii")
     assert not rude.passed and rude.validator == "profanity-check"
     lenient = InputGuard(allow_categories=["pii"])

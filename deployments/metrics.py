@@ -1,0 +1,57 @@
+"""``ray.util.metrics`` backend for :mod:`modelweave.observe`.
+
+Series appear on Ray's Prometheus endpoint (and the dashboard's Metrics view) as
+``ray_modelweave_<name>``, e.g. ``ray_modelweave_route_decisions_total``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.util import metrics as ray_metrics
+
+from modelweave.observe import ATTEMPT_BOUNDARIES, LATENCY_MS_BOUNDARIES
+
+_COST_BOUNDARIES: list[float] = [0.5, 1, 2, 3, 5, 8, 13, 21, 34, 55, 100]
+
+#: name -> (kind, description, tag keys, histogram boundaries)
+_SERIES: dict[str, tuple[str, str, tuple[str, ...], list[float] | None]] = {
+    "requests_total": ("counter", "Graph requests by final status", ("graph", "status"), None),
+    "request_latency_ms": ("histogram", "End-to-end graph latency (ms)", ("graph",), LATENCY_MS_BOUNDARIES),
+    "request_cost": ("histogram", "Modelled cost units per request", ("graph",), _COST_BOUNDARIES),
+    "node_calls_total": ("counter", "Hops through a node", ("graph", "node", "kind"), None),
+    "node_latency_ms": ("histogram", "Latency of a node (ms)", ("graph", "node", "kind"), LATENCY_MS_BOUNDARIES),
+    "node_errors_total": ("counter", "Failed hops by status", ("graph", "node", "code"), None),
+    "route_decisions_total": ("counter", "Branches taken by route nodes", ("graph", "node", "branch"), None),
+    "validation_verdicts_total": ("counter", "Final verdicts of validate nodes", ("graph", "node", "verdict"), None),
+    "validation_attempts": ("histogram", "Attempts used by validate nodes", ("graph", "node"), ATTEMPT_BOUNDARIES),
+    "escalations_total": ("counter", "Validate nodes that escalated", ("graph", "node"), None),
+    "cache_lookups_total": ("counter", "Cache lookups by result", ("graph", "node", "result"), None),
+    "modelled_cost_total": ("counter", "Modelled cost units spent per model node", ("graph", "node"), None),
+    "feedback_value": ("gauge", "Current value of a feedback variable", ("graph", "state"), None),
+}
+
+
+class RayMetricsSink:
+    """Creates the Ray metric objects once per process and forwards observations."""
+
+    def __init__(self) -> None:
+        self._metrics: dict[str, Any] = {}
+        for name, (kind, description, tags, boundaries) in _SERIES.items():
+            full = f"modelweave_{name}"
+            if kind == "counter":
+                self._metrics[name] = ray_metrics.Counter(full, description=description, tag_keys=tags)
+            elif kind == "gauge":
+                self._metrics[name] = ray_metrics.Gauge(full, description=description, tag_keys=tags)
+            else:
+                self._metrics[name] = ray_metrics.Histogram(full, description=description,
+                                                            boundaries=boundaries or [], tag_keys=tags)
+
+    def inc(self, name: str, tags: dict[str, str], value: float = 1.0) -> None:
+        self._metrics[name].inc(value, tags=tags)
+
+    def observe(self, name: str, tags: dict[str, str], value: float) -> None:
+        self._metrics[name].observe(value, tags=tags)
+
+    def set(self, name: str, tags: dict[str, str], value: float) -> None:
+        self._metrics[name].set(value, tags=tags)

@@ -1,0 +1,116 @@
+"""Turning a request's trace into metrics, independent of the metrics backend.
+
+The executor already records one span per hop; this module derives every metric
+from those spans (requests, errors by type, latency, route decisions, verdicts,
+attempts, escalations, cache hits, modelled cost), so online serving and batch jobs
+count the same way. Backends implement :class:`MetricsSink` (Ray's
+``ray.util.metrics`` in ``deployments/metrics.py``; a dict in tests).
+
+Label values are graph names, node paths, branch names and status codes only: all
+come from the graph file or a fixed set, so cardinality stays bounded.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from modelweave.checker import CheckedGraph
+from modelweave.spec import ModelNode
+from modelweave.v1 import messages_pb2 as pb
+
+#: Latency histogram boundaries in milliseconds.
+LATENCY_MS_BOUNDARIES: list[float] = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000]
+#: Validation attempt histogram boundaries.
+ATTEMPT_BOUNDARIES: list[float] = [1, 2, 3, 4, 5, 6, 8, 10]
+
+
+class MetricsSink(Protocol):
+    """A metrics backend."""
+
+    def inc(self, name: str, tags: dict[str, str], value: float = 1.0) -> None:
+        """Adds ``value`` to a counter."""
+        ...
+
+    def observe(self, name: str, tags: dict[str, str], value: float) -> None:
+        """Records one histogram observation."""
+        ...
+
+    def set(self, name: str, tags: dict[str, str], value: float) -> None:
+        """Sets a gauge."""
+        ...
+
+
+class TraceMetrics:
+    """Records the metrics of finished requests from their traces.
+
+    Args:
+        graph: The checked graph (for model costs).
+        sink: Where the numbers go.
+    """
+
+    def __init__(self, graph: CheckedGraph, sink: MetricsSink) -> None:
+        self.graph = graph.spec.name
+        self.sink = sink
+        self._cost = {path: info.node.cost for path, info in graph.nodes.items() if isinstance(info.node, ModelNode)}
+
+    def record(self, trace: pb.Trace | None, *, status: str, latency_ms: float) -> None:
+        """Records one request (``status`` is ``OK`` or the error's status name)."""
+        g = self.graph
+        self.sink.inc("requests_total", {"graph": g, "status": status})
+        self.sink.observe("request_latency_ms", {"graph": g}, latency_ms)
+        if trace is None:
+            return
+        cost = 0.0
+        for span in trace.spans:
+            node = {"graph": g, "node": span.node}
+            self.sink.inc("node_calls_total", {**node, "kind": span.kind})
+            self.sink.observe("node_latency_ms", {**node, "kind": span.kind}, span.latency_ms)
+            if span.error:
+                self.sink.inc("node_errors_total", {**node, "code": span.error})
+            if span.kind == "route" and span.route:
+                self.sink.inc("route_decisions_total", {**node, "branch": span.route})
+            if span.kind == "validate":
+                self.sink.inc("validation_verdicts_total", {**node, "verdict": span.verdict or "none"})
+                self.sink.observe("validation_attempts", node, float(span.attempt))
+                if span.route == "escalate":
+                    self.sink.inc("escalations_total", node)
+            if span.kind == "cache":
+                self.sink.inc("cache_lookups_total", {**node, "result": "hit" if span.cache_hit else "miss"})
+            if span.kind == "model" and not span.error:
+                node_cost = self._cost.get(span.node, 0.0)
+                if node_cost:
+                    self.sink.inc("modelled_cost_total", node, node_cost)
+                    cost += node_cost
+        self.sink.observe("request_cost", {"graph": g}, cost)
+
+    def record_feedback(self, values: dict[str, float]) -> None:
+        """Publishes the current feedback variables (e.g. an adaptive escalation threshold)."""
+        for state, value in values.items():
+            self.sink.set("feedback_value", {"graph": self.graph, "state": state}, value)
+
+
+class DictSink:
+    """In-memory sink (tests, batch summaries)."""
+
+    def __init__(self) -> None:
+        self.counters: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        self.histograms: dict[tuple[str, tuple[tuple[str, str], ...]], list[float]] = {}
+        self.gauges: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+
+    @staticmethod
+    def _key(name: str, tags: dict[str, str]) -> tuple[str, tuple[tuple[str, str], ...]]:
+        return name, tuple(sorted(tags.items()))
+
+    def inc(self, name: str, tags: dict[str, str], value: float = 1.0) -> None:
+        key = self._key(name, tags)
+        self.counters[key] = self.counters.get(key, 0.0) + value
+
+    def observe(self, name: str, tags: dict[str, str], value: float) -> None:
+        self.histograms.setdefault(self._key(name, tags), []).append(value)
+
+    def set(self, name: str, tags: dict[str, str], value: float) -> None:
+        self.gauges[self._key(name, tags)] = value
+
+    def counter(self, name: str, **tags: str) -> float:
+        """Value of one counter series (0 when never incremented)."""
+        return self.counters.get(self._key(name, tags), 0.0)
