@@ -154,6 +154,39 @@ def run(graphs: tuple[str, ...], host: str, http_port: int, grpc_port: int, dash
 
 
 @main.command()
+@click.argument("graph", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", default=None, type=click.Path(dir_okay=False),
+              help="image file (.png or .svg); Mermaid text goes to stdout, or to --mermaid")
+@click.option("--mermaid", "mermaid_path", default=None, type=click.Path(dir_okay=False), help="Mermaid file")
+@click.option("--stats", "stats_source", default=None,
+              help="annotate edges: a Prometheus URL (e.g. http://127.0.0.1:8080/metrics) or a stats JSON file")
+def draw(graph: str, output: str | None, mermaid_path: str | None, stats_source: str | None) -> None:
+    """Draw GRAPH: Mermaid text and an image (nodes by kind, typed edges, replicas and CPU/GPU)."""
+    import json
+
+    from modelweave.draw import NodeStats, render_image, stats_from_prometheus, to_mermaid
+
+    checked = _load_checked((graph,))[0]
+    stats = None
+    if stats_source:
+        if stats_source.startswith(("http://", "https://")):
+            import httpx
+
+            stats = stats_from_prometheus(httpx.get(stats_source, timeout=30).text, checked.spec.name)
+        else:
+            raw = json.loads(pathlib.Path(stats_source).read_text())
+            stats = {k: NodeStats(**v) for k, v in raw.items()}
+    text = to_mermaid(checked, stats)
+    if mermaid_path:
+        pathlib.Path(mermaid_path).write_text(text, encoding="utf-8")
+    elif not output:
+        click.echo(text, nl=False)
+    if output:
+        render_image(checked, output, stats)
+        click.echo(f"wrote {output}", err=True)
+
+
+@main.command()
 @click.argument("graph_name")
 @click.argument("text")
 @click.option("--http", "http_url", default="http://127.0.0.1:8000", show_default=True, help="HTTP base URL")

@@ -29,7 +29,6 @@ returned dataset is lazy and streams when consumed; the pools live until
 
 from __future__ import annotations
 
-import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any

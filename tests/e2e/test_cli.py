@@ -129,3 +129,17 @@ def test_second_server_after_shutdown_starts_fresh():
         assert r.status_code == 200
     finally:
         assert server.stop() == 0
+
+
+def test_draw_writes_mermaid_and_an_image_with_stats(tmp_path: pathlib.Path):
+    stats = tmp_path / "stats.json"
+    stats.write_text('{"demo/main/sentiment-cache/by-language/multilingual": {"share": 0.25, "mean_ms": 3.5}}')
+    r = cli("draw", "examples/demo.yaml", "-o", str(tmp_path / "g.png"), "--mermaid", str(tmp_path / "g.mmd"),
+            "--stats", str(stats))
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "g.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    mermaid = (tmp_path / "g.mmd").read_text()
+    assert mermaid.startswith("flowchart LR")
+    assert "negation-aware<br/>LexiconSentiment<br/>1-2 replicas, 0.1 CPU" in mermaid
+    assert "other | Text | 25% · 3.5 ms" in mermaid
+    assert '-->|"Text"|' in mermaid

@@ -212,7 +212,7 @@ def _build(out: Path, limit: int | None, progress: bool) -> dict[str, Any]:
     question_answers: dict[str, list[int]] = {q: [] for q in questions}
     for p in pairs:
         question_answers[p.question].append(answer_pos[p.answer])
-    index = {
+    index: dict[str, Any] = {
         "embedding_model": art.EMBEDDING_MODEL,
         "answers": [{"text": a} for a in answers],
         "questions": [
@@ -271,7 +271,8 @@ def _grounding(index: dict[str, Any], answer_vecs: Any, question_vecs: Any) -> d
     import numpy as np
 
     rng = np.random.default_rng(RECIPE["grounding_negative_seed"])
-    pos, neg = [], []
+    pos: list[float] = []
+    neg: list[float] = []
     for qi, q in enumerate(index["questions"]):
         if q["split"] != "validation":
             continue
