@@ -173,11 +173,22 @@ class Sample:
 
     latencies: list[float] = field(default_factory=list)
     wall_s: float = 0.0
+    #: CPU seconds (user + system) spent by each role's processes during the phase.
+    cpu_s: dict[str, float] = field(default_factory=dict)
 
     def extend(self, other: Sample) -> None:
         """Merges another round of the same phase."""
         self.latencies.extend(other.latencies)
         self.wall_s += other.wall_s
+        for role, seconds in other.cpu_s.items():
+            self.cpu_s[role] = self.cpu_s.get(role, 0.0) + seconds
+
+    def cpu_us(self, *roles: str) -> float:
+        """CPU microseconds per request spent by ``roles`` (all roles when none given)."""
+        if not self.latencies:
+            return 0.0
+        picked = roles or tuple(self.cpu_s)
+        return sum(self.cpu_s.get(r, 0.0) for r in picked) / len(self.latencies) * 1e6
 
     def pct_ms(self, q: float) -> float:
         """The ``q``-quantile latency in milliseconds (nearest rank)."""
@@ -228,6 +239,21 @@ class Target:
         self.handle = serve.get_app_handle(name)
         self.body = json.dumps({"input": {"text": {"content": INPUT_TEXT}}}).encode()
         self.expected = expected_text(n)
+        self.processes = serve_processes(name, n)
+
+    def cpu_snapshot(self) -> dict[str, float]:
+        """CPU seconds used so far by this app's processes, the proxy and this driver, by role."""
+        out: dict[str, float] = {}
+        for role, procs in self.processes.items():
+            total = 0.0
+            for proc in procs:
+                try:
+                    t = proc.cpu_times()
+                except Exception:  # a replica restarted: its CPU is simply not counted
+                    continue
+                total += t.user + t.system
+            out[role] = total
+        return out
 
     def http_call(self, client: Any) -> Call:
         """A request over Serve's HTTP proxy (status checked, body parsed only on warm-up)."""
@@ -297,6 +323,7 @@ async def measure(n: int, http_base: str, opts: Options, results: dict[Key, Samp
     import httpx
 
     targets = [Target("hand-written", n, http_base), Target("modelweave", n, http_base)]
+    by_kind = {t.kind: t for t in targets}
     limits = httpx.Limits(max_connections=opts.concurrency * 2, max_keepalive_connections=opts.concurrency * 2)
     async with httpx.AsyncClient(timeout=60.0, limits=limits) as client:
         for t in targets:
@@ -312,7 +339,10 @@ async def measure(n: int, http_base: str, opts: Options, results: dict[Key, Samp
                     # Alternate which side goes first, so slow drift does not favour one.
                     order = list(calls.items()) if r % 2 == 0 else list(reversed(calls.items()))
                     for kind, call in order:
+                        before = by_kind[kind].cpu_snapshot()
                         sample = await drive(call, per_round, conc)
+                        after = by_kind[kind].cpu_snapshot()
+                        sample.cpu_s = {role: after[role] - before[role] for role in after}
                         results.setdefault((path, n, phase, kind), Sample()).extend(sample)
 
 
@@ -389,6 +419,24 @@ def replica_pids(app: str, deployment: str) -> list[int]:
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     return pids
+
+
+def serve_processes(app: str, n: int) -> dict[str, list[Any]]:
+    """``psutil.Process`` objects of an app's replicas, the proxy and this driver, by role."""
+    import psutil
+
+    def procs(pids: list[int]) -> list[Any]:
+        return [psutil.Process(pid) for pid in pids]
+
+    steps: list[int] = []
+    for i in range(n):
+        steps.extend(replica_pids(app, f"step{i}"))
+    return {
+        "proxy": procs(proxy_pids()),
+        "ingress": procs(replica_pids(app, "Ingress")),
+        "models": procs(steps),
+        "driver": [psutil.Process(os.getpid())],
+    }
 
 
 def proxy_pids() -> list[int]:
@@ -482,13 +530,17 @@ async def profile_run(n: int, http_base: str, opts: Options, out_dir: pathlib.Pa
 
 def table(results: dict[Key, Sample], opts: Options) -> str:
     """The results as a fixed-width table with modelweave/hand-written ratios."""
-    header = f"{'path':<7}{'N':>3}  {'metric':<22}{'hand-written':>13}{'modelweave':>12}{'mw/hw':>8}"
+    header = f"{'path':<7}{'N':>3}  {'metric':<26}{'hand-written':>13}{'modelweave':>12}{'mw/hw':>8}"
     lines = [header, "-" * len(header)]
     metrics: list[tuple[str, str, Callable[[Sample], float]]] = [
         ("seq", "seq p50 (ms)", lambda s: s.pct_ms(0.50)),
         ("seq", "seq p99 (ms)", lambda s: s.pct_ms(0.99)),
         ("conc", f"{opts.concurrency} conc req/s", Sample.rps),
         ("conc", f"{opts.concurrency} conc p50 (ms)", lambda s: s.pct_ms(0.50)),
+        ("seq", "seq CPU ingress (us/req)", lambda s: s.cpu_us("ingress")),
+        ("seq", "seq CPU serve (us/req)", lambda s: s.cpu_us("proxy", "ingress", "models")),
+        ("conc", "conc CPU ingress (us/req)", lambda s: s.cpu_us("ingress")),
+        ("conc", "conc CPU serve (us/req)", lambda s: s.cpu_us("proxy", "ingress", "models")),
     ]
     for path in opts.paths:
         for n in opts.sizes:
@@ -499,7 +551,7 @@ def table(results: dict[Key, Sample], opts: Options) -> str:
                     continue
                 a, b = fn(hw), fn(mw)
                 ratio = b / a if a else float("nan")
-                lines.append(f"{path:<7}{n:>3}  {label:<22}{a:>13.1f}{b:>12.1f}{ratio:>8.2f}")
+                lines.append(f"{path:<7}{n:>3}  {label:<26}{a:>13.1f}{b:>12.1f}{ratio:>8.2f}")
         lines.append("")
     return "\n".join(lines)
 

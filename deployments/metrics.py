@@ -19,6 +19,7 @@ _SERIES: dict[str, tuple[str, str, tuple[str, ...], list[float] | None]] = {
     "requests_total": ("counter", "Graph requests by final status", ("graph", "status"), None),
     "request_latency_ms": ("histogram", "End-to-end graph latency (ms)", ("graph",), LATENCY_MS_BOUNDARIES),
     "request_cost": ("histogram", "Modelled cost units per request", ("graph",), _COST_BOUNDARIES),
+    "request_cpu_ms": ("histogram", "Model CPU milliseconds per request", ("graph",), LATENCY_MS_BOUNDARIES),
     "node_calls_total": ("counter", "Hops through a node", ("graph", "node", "kind"), None),
     "node_latency_ms": ("histogram", "Latency of a node (ms)", ("graph", "node", "kind"), LATENCY_MS_BOUNDARIES),
     "node_errors_total": ("counter", "Failed hops by status", ("graph", "node", "code"), None),

@@ -11,11 +11,11 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-from google.protobuf.message import Message as ProtoMessage
 from ray import serve
 
-from modelweave.adapters.base import build_adapter
+from modelweave.adapters.base import build_adapter, predict_measured
 from modelweave.errors import ModelError
+from modelweave.executor import ModelReply
 from modelweave.spec import ModelNode
 from modelweave.v1 import messages_pb2 as pb
 
@@ -39,27 +39,26 @@ class ModelDeployment:
             batched.set_max_batch_size(batching.max_batch_size)
             batched.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
 
-    async def __call__(self, message: pb.Message) -> ProtoMessage:
-        """Answers one envelope with the produced part."""
+    async def __call__(self, message: pb.Message) -> ModelReply:
+        """Answers one envelope with the produced part and its CPU cost."""
         if self._batching:
-            result: ProtoMessage = await self._batched(message)
+            result: ModelReply = await self._batched(message)
             return result
         return (await self._predict([message]))[0]
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
-    async def _batched(self, messages: list[pb.Message]) -> list[ProtoMessage]:
+    async def _batched(self, messages: list[pb.Message]) -> list[ModelReply]:
         return await self._predict(messages)
 
-    async def _predict(self, batch: Sequence[pb.Message]) -> list[ProtoMessage]:
+    async def _predict(self, batch: Sequence[pb.Message]) -> list[ModelReply]:
         if self.adapter.blocking:
             # CPU-bound models run in a thread so the replica keeps serving health checks.
-            outputs = await asyncio.to_thread(self.adapter.predict, batch)
+            outputs, cpu_ms = await asyncio.to_thread(predict_measured, self.adapter, batch)
         else:
-            outputs = self.adapter.predict(batch)
+            outputs, cpu_ms = predict_measured(self.adapter, batch)
         if len(outputs) != len(batch):
-            raise ModelError(f"adapter returned {len(outputs)} outputs for {len(batch)} inputs",
-                             node=self.node.name)
-        return outputs
+            raise ModelError(f"adapter returned {len(outputs)} outputs for {len(batch)} inputs")
+        return [ModelReply(part, cpu_ms) for part in outputs]
 
     def check_health(self) -> None:
         """Serve's health probe: delegates to the adapter."""

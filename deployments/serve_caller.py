@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from google.protobuf.message import Message as ProtoMessage
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
 from modelweave.errors import ModelError, ModelweaveError, Unavailable
+from modelweave.executor import ModelReply
 from modelweave.spec import ModelNode
 from modelweave.v1 import messages_pb2 as pb
 
@@ -23,10 +23,10 @@ class ServeCaller:
     def __init__(self, handles: dict[str, Any]) -> None:
         self.handles = handles
 
-    async def call(self, model: ModelNode, message: pb.Message) -> ProtoMessage:
+    async def call(self, model: ModelNode, message: pb.Message) -> ModelReply:
         handle = self.handles[model.name]
         try:
-            result: ProtoMessage = await handle.remote(message)
+            result: ModelReply = await handle.remote(message)
             return result
         except BackPressureError as exc:
             raise Unavailable(f"model {model.name!r} is overloaded: {exc}") from None

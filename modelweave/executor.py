@@ -46,10 +46,18 @@ from modelweave.v1 import messages_pb2 as pb
 logger = logging.getLogger("modelweave.executor")
 
 
+@dataclass
+class ModelReply:
+    """A model's answer plus what it cost (callers that can measure CPU time return this)."""
+
+    part: ProtoMessage
+    cpu_ms: float = 0.0
+
+
 class Caller(Protocol):
     """Invokes one model node on an envelope and returns the part it produced."""
 
-    async def call(self, model: ModelNode, message: pb.Message) -> ProtoMessage:
+    async def call(self, model: ModelNode, message: pb.Message) -> ProtoMessage | ModelReply:
         """Runs the model named ``model.name``."""
         ...
 
@@ -184,7 +192,11 @@ class Executor:
         start = time.monotonic()
         span = pb.Span(node=path, kind="model", model=node.impl, attempt=attempt, start_ms=ctx.elapsed_ms())
         try:
-            part = await self.caller.call(node, msg)
+            reply = await self.caller.call(node, msg)
+            if isinstance(reply, ModelReply):
+                part, span.cpu_ms = reply.part, reply.cpu_ms
+            else:
+                part = reply
         except ModelweaveError as exc:
             exc.node = exc.node or path
             span.error = exc.status.value

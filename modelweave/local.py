@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import asyncio
 
-from google.protobuf.message import Message as ProtoMessage
-
-from modelweave.adapters.base import ModelAdapter, build_adapter
+from modelweave.adapters.base import ModelAdapter, build_adapter, predict_measured
 from modelweave.checker import CheckedGraph
 from modelweave.errors import ModelError
+from modelweave.executor import ModelReply
 from modelweave.spec import ModelNode
 from modelweave.v1 import messages_pb2 as pb
 
@@ -34,12 +33,12 @@ class LocalCaller:
                 adapter.load()
                 self.adapters[name] = adapter
 
-    async def call(self, model: ModelNode, message: pb.Message) -> ProtoMessage:
+    async def call(self, model: ModelNode, message: pb.Message) -> ModelReply:
         adapter = self.adapters[model.name]
         if adapter.blocking:
-            outputs = await asyncio.to_thread(adapter.predict, [message])
+            outputs, cpu_ms = await asyncio.to_thread(predict_measured, adapter, [message])
         else:
-            outputs = adapter.predict([message])
+            outputs, cpu_ms = predict_measured(adapter, [message])
         if len(outputs) != 1:
-            raise ModelError(f"adapter returned {len(outputs)} outputs for 1 input", node=model.name)
-        return outputs[0]
+            raise ModelError(f"adapter returned {len(outputs)} outputs for 1 input")
+        return ModelReply(outputs[0], cpu_ms)

@@ -61,7 +61,9 @@ class TraceMetrics:
         if trace is None:
             return
         cost = 0.0
+        cpu_ms = 0.0
         for span in trace.spans:
+            cpu_ms += span.cpu_ms
             node = {"graph": g, "node": span.node}
             self.sink.inc("node_calls_total", {**node, "kind": span.kind})
             self.sink.observe("node_latency_ms", {**node, "kind": span.kind}, span.latency_ms)
@@ -82,6 +84,7 @@ class TraceMetrics:
                     self.sink.inc("modelled_cost_total", node, node_cost)
                     cost += node_cost
         self.sink.observe("request_cost", {"graph": g}, cost)
+        self.sink.observe("request_cpu_ms", {"graph": g}, cpu_ms)
 
     def record_feedback(self, values: dict[str, float]) -> None:
         """Publishes the current feedback variables (e.g. an adaptive escalation threshold)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -87,6 +88,20 @@ class ModelAdapter:
     def tensor_name(self) -> str:
         """Key used in ``Message.tensors`` when this adapter produces a ``Tensor``."""
         return "output"
+
+
+def predict_measured(adapter: ModelAdapter, batch: Sequence[pb.Message]) -> tuple[list[ProtoMessage], float]:
+    """Runs ``adapter.predict`` and returns its outputs and CPU milliseconds per item.
+
+    CPU time is that of the calling thread (``time.thread_time``), so concurrent
+    requests in other threads are not counted; work a library spreads over its own
+    thread pool is not counted either (pin such models to one intra-op thread when
+    measuring compute).
+    """
+    start = time.thread_time()
+    outputs = list(adapter.predict(batch))
+    cpu_ms = (time.thread_time() - start) * 1000.0 / max(1, len(batch))
+    return outputs, cpu_ms
 
 
 class CallableParams(BaseModel):

@@ -149,7 +149,7 @@ class Message(_message.Message):
     def __init__(self, text: _Optional[_Union[Text, _Mapping]] = ..., embedding: _Optional[_Union[Embedding, _Mapping]] = ..., classification: _Optional[_Union[Classification, _Mapping]] = ..., tensors: _Optional[_Mapping[str, Tensor]] = ..., generation: _Optional[_Union[Generation, _Mapping]] = ..., verdict: _Optional[_Union[Verdict, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
 
 class Span(_message.Message):
-    __slots__ = ("node", "kind", "model", "attempt", "start_ms", "latency_ms", "route", "verdict", "cache_hit", "error", "detail")
+    __slots__ = ("node", "kind", "model", "attempt", "start_ms", "latency_ms", "route", "verdict", "cache_hit", "error", "detail", "cpu_ms")
     NODE_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -161,6 +161,7 @@ class Span(_message.Message):
     CACHE_HIT_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
+    CPU_MS_FIELD_NUMBER: _ClassVar[int]
     node: str
     kind: str
     model: str
@@ -172,7 +173,8 @@ class Span(_message.Message):
     cache_hit: bool
     error: str
     detail: str
-    def __init__(self, node: _Optional[str] = ..., kind: _Optional[str] = ..., model: _Optional[str] = ..., attempt: _Optional[int] = ..., start_ms: _Optional[float] = ..., latency_ms: _Optional[float] = ..., route: _Optional[str] = ..., verdict: _Optional[str] = ..., cache_hit: _Optional[bool] = ..., error: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+    cpu_ms: float
+    def __init__(self, node: _Optional[str] = ..., kind: _Optional[str] = ..., model: _Optional[str] = ..., attempt: _Optional[int] = ..., start_ms: _Optional[float] = ..., latency_ms: _Optional[float] = ..., route: _Optional[str] = ..., verdict: _Optional[str] = ..., cache_hit: _Optional[bool] = ..., error: _Optional[str] = ..., detail: _Optional[str] = ..., cpu_ms: _Optional[float] = ...) -> None: ...
 
 class Trace(_message.Message):
     __slots__ = ("request_id", "spans", "total_ms")
