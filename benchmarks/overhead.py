@@ -349,11 +349,17 @@ async def measure(n: int, http_base: str, opts: Options, results: dict[Key, Samp
 # -- in-process cost of the modelweave ingress code (no Ray) -------------------------------
 
 
-def inprocess_cost_us(n: int, iterations: int = 2000) -> dict[str, float]:
-    """Microseconds per request that modelweave's ingress code spends outside Ray, by stage.
+def inprocess_cost_us(n: int, sink: Any = None, iterations: int = 2000) -> dict[str, float]:
+    """CPU microseconds per request that modelweave's ingress code spends outside Ray, by stage.
 
-    Runs the real codecs and executor with a caller that answers instantly, so the
-    numbers are pure modelweave CPU per request on the ingress replica.
+    Runs the real codecs, executor and trace metrics with a caller that answers
+    instantly, so the numbers are modelweave's own CPU per request on the ingress
+    replica (thread CPU time, so other load on the machine does not count).
+
+    Args:
+        n: Chain length.
+        sink: A ``RayMetricsSink`` (needs ``ray.init``); None skips the metrics stage.
+        iterations: Repetitions per stage.
     """
     from modelweave.checker import check_graph
     from modelweave.codecs import check_request, parse_infer_json, to_json
@@ -372,11 +378,14 @@ def inprocess_cost_us(n: int, iterations: int = 2000) -> dict[str, float]:
     body = json.dumps({"input": {"text": {"content": INPUT_TEXT}}}).encode()
     out: dict[str, float] = {}
 
-    start = time.perf_counter()
+    def per_request(start: float) -> float:
+        return (time.thread_time() - start) / iterations * 1e6
+
+    start = time.thread_time()
     for _ in range(iterations):
         request = parse_infer_json(body, spec.limits)
         check_request(request, spec.limits)
-    out["parse+check JSON request"] = (time.perf_counter() - start) / iterations * 1e6
+    out["parse+check JSON request"] = per_request(start)
 
     async def run_many() -> svc.InferResponse:
         response = svc.InferResponse()
@@ -385,21 +394,30 @@ def inprocess_cost_us(n: int, iterations: int = 2000) -> dict[str, float]:
             response = svc.InferResponse(result=result.message, trace=result.trace, graph=spec.name)
         return response
 
-    start = time.perf_counter()
+    start = time.thread_time()
     response = asyncio.run(run_many())
-    out[f"executor.run, {n} instant hop(s)"] = (time.perf_counter() - start) / iterations * 1e6
+    out[f"executor.run, {n} instant hop(s)"] = per_request(start)
 
-    start = time.perf_counter()
+    if sink is not None:
+        from modelweave.observe import TraceMetrics
+
+        metrics = TraceMetrics(graph, sink)
+        start = time.thread_time()
+        for _ in range(iterations):
+            metrics.record(response.trace, status="OK", latency_ms=1.0)
+        out["TraceMetrics.record (ray.util.metrics)"] = per_request(start)
+
+    start = time.thread_time()
     for _ in range(iterations):
         to_json(response)
-    out["to_json(InferResponse)"] = (time.perf_counter() - start) / iterations * 1e6
+    out["to_json(InferResponse)"] = per_request(start)
 
-    start = time.perf_counter()
+    start = time.thread_time()
     for _ in range(iterations):
         data = json.loads(body)
         message = pb.Message(text=pb.Text(content=data["input"]["text"]["content"]))
         json.dumps({"result": {"text": {"content": message.text.content}}}).encode()
-    out["hand-written: json.loads + json.dumps"] = (time.perf_counter() - start) / iterations * 1e6
+    out["hand-written: json.loads + json.dumps"] = per_request(start)
     return out
 
 
@@ -453,11 +471,18 @@ def proxy_pids() -> list[int]:
     return pids
 
 
-def summarize_profile(path: pathlib.Path, top: int = 18) -> list[str]:
-    """Inclusive share of samples per function in a py-spy ``--format raw`` (collapsed) file.
+_IDLE_LEAVES = ("select (selectors", "epoll", "poll (", "wait (threading", "_wait_once")
+_USER_CODE = ("modelweave/", "deployments/", "overhead.py")
 
-    Idle samples (the event loop waiting in ``select``/``epoll``) are excluded, so shares
-    are of the replica's busy time.
+
+def summarize_profile(path: pathlib.Path, requests: int, top: int = 12) -> list[str]:
+    """Inclusive busy samples per request and function, from a py-spy ``--format raw`` file.
+
+    Idle samples (event loops waiting in ``select``/``epoll``, parked threads) are dropped.
+    py-spy samples wall-clock stacks, so on a loaded machine a runnable thread waiting
+    for a core still counts: compare the two sides' numbers, not absolute values.
+    Lists the busiest Ray/Serve functions, then the user code (modelweave or the
+    hand-written classes) with what it calls.
     """
     inclusive: collections.Counter[str] = collections.Counter()
     busy = 0
@@ -465,22 +490,22 @@ def summarize_profile(path: pathlib.Path, top: int = 18) -> list[str]:
         stack, _, count_s = line.rpartition(" ")
         if not stack or not count_s.isdigit():
             continue
-        frames = stack.split(";")
-        leaf = frames[-1]
-        if any(idle in leaf for idle in ("select (selectors", "epoll", "poll (", "wait (threading", "_wait_once")):
+        frames = [f.rsplit(":", 1)[0] + ")" if f.endswith(")") and ":" in f else f for f in stack.split(";")]
+        if any(idle in frames[-1] for idle in _IDLE_LEAVES):
             continue
         count = int(count_s)
         busy += count
         for name in set(frames):
             inclusive[name] += count
-    if not busy:
+    if not busy or not requests:
         return ["  (no busy samples)"]
-    rows = [f"  busy samples: {busy}"]
-    interesting = [(name, c) for name, c in inclusive.most_common()
-                   if any(k in name for k in ("modelweave", "deployments/", "json_format", "CopyFrom", "ray/serve",
-                                               "starlette", "uvicorn", "protobuf", "pickle", "asyncio"))]
-    for name, c in interesting[:top]:
-        rows.append(f"  {100.0 * c / busy:5.1f}%  {name[:150]}")
+    rows = [f"  busy samples per request: {busy / requests:.2f} (at 250 Hz: 4 ms each)"]
+    framework = [(n, c) for n, c in inclusive.most_common() if "ray/" in n or "starlette" in n or "uvicorn" in n]
+    rows.append("  framework (inclusive samples/request):")
+    rows += [f"    {c / requests:6.3f}  {n[:140]}" for n, c in framework[:8]]
+    user = [(n, c) for n, c in inclusive.most_common() if any(k in n for k in _USER_CODE)]
+    rows.append("  user code (inclusive samples/request):")
+    rows += [f"    {c / requests:6.3f}  {n[:140]}" for n, c in user[:top]]
     return rows
 
 
@@ -521,7 +546,7 @@ async def profile_run(n: int, http_base: str, opts: Options, out_dir: pathlib.Pa
         report.append(f"== {kind} N={n}: {done} requests during {duration_s} s of profiling ==")
         for role, path in files.items():
             report.append(f"-- {role} ({path})")
-            report.extend(summarize_profile(path) if path.exists() else ["  (py-spy wrote nothing)"])
+            report.extend(summarize_profile(path, done) if path.exists() else ["  (py-spy wrote nothing)"])
     return report
 
 
@@ -554,6 +579,21 @@ def table(results: dict[Key, Sample], opts: Options) -> str:
                 lines.append(f"{path:<7}{n:>3}  {label:<26}{a:>13.1f}{b:>12.1f}{ratio:>8.2f}")
         lines.append("")
     return "\n".join(lines)
+
+
+def print_inprocess(sizes: list[int]) -> None:
+    """Prints :func:`inprocess_cost_us` for each N (metrics included when they can be created)."""
+    try:
+        from deployments.metrics import RayMetricsSink
+
+        sink: Any = RayMetricsSink()
+    except ImportError:  # an older tree without trace metrics
+        sink = None
+    print("modelweave ingress code, in-process (no Ray calls), CPU microseconds per request:")
+    for n in sizes:
+        for stage, us in inprocess_cost_us(n, sink).items():
+            print(f"  N={n}  {stage:<42}{us:8.1f}")
+    print(flush=True)
 
 
 def free_port() -> int:
@@ -605,13 +645,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     t0 = time.perf_counter()
     load_start = os.getloadavg()[0]
-    if not args.no_inprocess:
-        print("modelweave ingress code, in-process (no Ray), microseconds per request:")
-        for n in opts.sizes:
-            for stage, us in inprocess_cost_us(n).items():
-                print(f"  N={n}  {stage:<40}{us:8.1f}")
-        print()
-
     ray.init(
         address="local",  # never join another cluster on this machine
         num_cpus=args.num_cpus,
@@ -620,6 +653,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         namespace="modelweave-bench",
         runtime_env={"env_vars": {"PYTHONPATH": str(HERE)}},  # replicas import `overhead:AppendChar`
     )
+    if not args.no_inprocess:
+        print_inprocess(opts.sizes)
     http_port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": http_port}, logging_config=LOGGING_CONFIG)
     http_base = f"http://127.0.0.1:{http_port}"
