@@ -127,6 +127,14 @@ def _check_feedback(checked: CheckedGraph) -> None:
                         )
                     checked.states[var.state] = var
     for info in checked.nodes.values():
+        if isinstance(info.node, RouteNode):
+            for i, change in enumerate(info.node.feedback):
+                if change.state not in checked.states:
+                    raise GraphSpecError(
+                        f"{info.path}: feedback[{i}].state {change.state!r} is not declared by any "
+                        "route condition's value_from"
+                    )
+                _field_part(change.field, info.available_out, f"{info.path}: feedback[{i}].field")
         if isinstance(info.node, ValidateNode):
             for i, update in enumerate(info.node.feedback):
                 if update.state not in checked.states:

@@ -205,6 +205,45 @@ def call(graph_name: str, text: str, http_url: str, grpc_addr: str | None, strea
     sys.exit(code)
 
 
+@main.command()
+@click.argument("graph", type=click.Path(dir_okay=False))
+@click.option("-i", "--input", "input_path", required=True, help="file, folder or glob (local path or URI)")
+@click.option("-o", "--output", "output_path", required=True, help="output folder of part files (local path or URI)")
+@click.option("--format", "fmt", default=None, help="input format: parquet, csv, json (lines); default: extension")
+@click.option("--output-format", default=None, help="output format; default: output extension, else parquet")
+@click.option("--text-column", default="text", show_default=True, help="input column holding the text")
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1), help="rows per batch")
+@click.option("--concurrency", default=None, type=click.IntRange(min=1), help="graph stage actors (default: CPUs/4)")
+@click.option("--timeout-s", default=None, type=click.FloatRange(min=0, min_open=True), help="per-row deadline")
+@click.option("--prefix", default="", help="prefix for the added result column names")
+@click.option("--trace", "include_trace", is_flag=True, help="add a trace_json column with each row's full trace")
+@click.option("--overwrite", is_flag=True, help="replace an existing output")
+@click.option("--address", default=None, help="join an existing Ray cluster instead of starting one")
+@click.option("--num-cpus", default=None, type=int, help="logical CPUs of the embedded Ray")
+def batch(graph: str, input_path: str, output_path: str, fmt: str | None, output_format: str | None,
+          text_column: str, batch_size: int, concurrency: int | None, timeout_s: float | None, prefix: str,
+          include_trace: bool, overwrite: bool, address: str | None, num_cpus: int | None) -> None:
+    """Run GRAPH over every row of --input as a streaming Ray Data job; write rows plus results."""
+    from modelweave.batch.runner import JobOptions, run_job
+    from modelweave.errors import InvalidArgument
+
+    options = JobOptions(input_path=input_path, output_path=output_path, fmt=fmt, output_format=output_format,
+                         text_column=text_column, batch_size=batch_size, concurrency=concurrency,
+                         timeout_s=timeout_s, prefix=prefix, include_trace=include_trace, overwrite=overwrite,
+                         address=address, num_cpus=num_cpus)
+    try:
+        summary = run_job(graph, options, log=lambda m: click.echo(m, err=True))
+    except InvalidArgument as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except ModelweaveError as exc:
+        click.echo(f"error: {exc.status.value}: {exc}", err=True)
+        sys.exit(1)
+    click.echo(f"modelweave: wrote {output_path}")
+    click.echo(summary.format())
+    sys.exit(1 if summary.rows and summary.failures == summary.rows else 0)
+
+
 if __name__ == "__main__":  # pragma: no cover
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     main()

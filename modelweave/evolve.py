@@ -87,7 +87,7 @@ def _drop_orphan_feedback(data: dict[str, Any]) -> None:
     declared = {cond["value_from"]["state"] for n in nodes if n["kind"] == "route"
                 for rule in n.get("rules", []) for cond in rule["when"] if cond.get("value_from")}
     for n in nodes:
-        if n["kind"] == "validate" and n.get("feedback"):
+        if n["kind"] in ("validate", "route") and n.get("feedback"):
             n["feedback"] = [u for u in n["feedback"] if u["state"] in declared]
 
 

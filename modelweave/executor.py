@@ -20,7 +20,7 @@ from google.protobuf.message import Message as ProtoMessage
 
 from modelweave.aggregate import aggregate
 from modelweave.checker import CheckedGraph
-from modelweave.conditions import evaluate
+from modelweave.conditions import evaluate, read_field
 from modelweave.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -308,7 +308,20 @@ class Executor:
         ctx.record(pb.Span(node=path, kind="route", attempt=attempt, start_ms=ctx.elapsed_ms(), route=chosen,
                            detail=reason, latency_ms=(time.monotonic() - start) * 1000.0))
         branch = node.branches[chosen]
-        return msg if branch is None else await self._run(branch, msg, ctx, path, attempt)
+        if branch is None:
+            return msg
+        watched = [fb for fb in node.feedback if fb.branches is None or chosen in fb.branches]
+        before = [read_field(msg, fb.field) for fb in watched]
+        out = await self._run(branch, msg, ctx, path, attempt)
+        for fb, old in zip(watched, before, strict=True):
+            changed = read_field(out, fb.field) != old
+            delta = fb.on_changed if changed else fb.on_unchanged
+            value = await self._adjust(fb.state, delta)
+            if value is not None:
+                ctx.record(pb.Span(node=path, kind="feedback", attempt=attempt, start_ms=ctx.elapsed_ms(),
+                                   route=chosen, detail=f"{fb.state} {delta:+.4f} -> {value:.4f} "
+                                   f"({fb.field} {'changed' if changed else 'unchanged'})"))
+        return out
 
     async def _run_validate(self, node: ValidateNode, msg: pb.Message, ctx: RequestContext, path: str,
                             attempt: int) -> pb.Message:
@@ -353,12 +366,20 @@ class Executor:
             delta = update.on_pass if passed else update.on_fail
             if not delta:
                 continue
-            var = self.graph.states[update.state]
-            try:
-                value = await self.state.adjust(var, delta)
-                self._state_cache[var.state] = (value, time.monotonic())
-            except Exception:  # feedback is advisory; never fail the request for it
-                logger.warning("feedback update of %s failed", update.state, exc_info=True)
+            await self._adjust(update.state, delta)
+
+    async def _adjust(self, state: str, delta: float) -> float | None:
+        """Moves a feedback variable; returns its new value (None when the store failed)."""
+        if not delta:
+            return None
+        var = self.graph.states[state]
+        try:
+            value = await self.state.adjust(var, delta)
+        except Exception:  # feedback is advisory; never fail the request for it
+            logger.warning("feedback update of %s failed", state, exc_info=True)
+            return None
+        self._state_cache[var.state] = (value, time.monotonic())
+        return value
 
     async def _run_cache(self, node: CacheNode, msg: pb.Message, ctx: RequestContext, path: str,
                          attempt: int) -> pb.Message:
@@ -391,7 +412,6 @@ class Executor:
 
 def _key_payload(msg: pb.Message, node: CacheNode, reads: frozenset[str]) -> bytes:
     """Deterministic bytes of exactly what the cached body reads (or ``key_fields``)."""
-    from modelweave.conditions import read_field
 
     if node.key_fields:
         parts = []

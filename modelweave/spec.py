@@ -207,6 +207,22 @@ class RouteRule(_Strict):
     match: Literal["all", "any"] = "all"
 
 
+class ChangeFeedback(_Strict):
+    """Cross-request feedback from what a route branch did.
+
+    After a branch runs, ``field`` is compared with its value before the branch: when the
+    branch changed it (e.g. the expensive model overturned the cheap model's label) the
+    state moves by ``on_changed``, otherwise by ``on_unchanged``. With ``+0.01`` / ``-0.002``
+    an escalation threshold settles where about one escalation in six changes the answer.
+    """
+
+    state: str
+    field: str = "classification.label"
+    on_changed: float = 0.0
+    on_unchanged: float = 0.0
+    branches: list[str] | None = Field(None, description="branches it applies to; default: all non-null")
+
+
 class RouteNode(NodeBase):
     """Conditional branching on message fields or on a router model's label."""
 
@@ -217,9 +233,14 @@ class RouteNode(NodeBase):
         ..., min_length=1, description="branch name -> flow; null passes the message through unchanged"
     )
     default: str = Field(..., description="branch taken when no rule matches")
+    feedback: list[ChangeFeedback] = []
 
     @model_validator(mode="after")
     def _branches_exist(self) -> RouteNode:
+        for i, fb in enumerate(self.feedback):
+            for name in fb.branches or []:
+                if name not in self.branches:
+                    raise ValueError(f"feedback[{i}].branches: {name!r} is not one of {sorted(self.branches)}")
         if self.default not in self.branches:
             raise ValueError(f"default branch {self.default!r} is not one of {sorted(self.branches)}")
         for i, rule in enumerate(self.rules):

@@ -12,10 +12,9 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import Any
 
-from google.protobuf.message import Message as ProtoMessage
-
 from modelweave.batch.coalesce import Coalescer
 from modelweave.errors import ModelError, ModelweaveError, Unavailable
+from modelweave.executor import ModelReply
 from modelweave.spec import ModelNode
 from modelweave.v1 import messages_pb2 as pb
 
@@ -33,11 +32,11 @@ class PoolCaller:
                  max_wait_s: float = 0.005) -> None:
         self.pools = pools
         self._in_flight: dict[str, list[int]] = {name: [0] * len(actors) for name, actors in pools.items()}
-        self._batcher: Coalescer[pb.Message, ProtoMessage] = Coalescer(
+        self._batcher: Coalescer[pb.Message, ModelReply] = Coalescer(
             self._send, max_batch=lambda name: batch_sizes.get(str(name), 64), max_wait_s=max_wait_s)
 
-    async def call(self, model: ModelNode, message: pb.Message) -> ProtoMessage:
-        """Queues one envelope for ``model`` and waits for its part."""
+    async def call(self, model: ModelNode, message: pb.Message) -> ModelReply:
+        """Queues one envelope for ``model`` and waits for its part (with its CPU cost)."""
         if model.name not in self.pools:
             raise ModelError(f"no worker pool for model {model.name!r}")
         return await self._batcher.submit(model.name, message)

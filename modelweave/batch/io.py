@@ -141,8 +141,9 @@ def read_input(path: str, fmt: str | None = None, *, num_cpus: float | None = No
     elif chosen == "csv":
         ds = ray.data.read_csv(target, file_extensions=extensions, **kwargs)
     else:
-        ds = ray.data.read_json(target, lines=True, **({"file_extensions": extensions} if extensions else {}),
-                                **kwargs)
+        if extensions:
+            kwargs["file_extensions"] = extensions
+        ds = ray.data.read_json(target, **kwargs)  # Arrow's reader: newline-delimited JSON
     configure_context(ds.context)
     return ds
 

@@ -29,17 +29,18 @@ returned dataset is lazy and streams when consumed; the pools live until
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 from actors.shared_state import NAMESPACE
-from modelweave.batch.pools import ModelPools, fit_plans, plan_pool
+from modelweave.batch.pools import RESERVED_CPUS, ModelPools, fit_plans, plan_pool
 from modelweave.batch.rows import output_fields
 from modelweave.batch.shared import JobState
 from modelweave.batch.stage import GraphStage
 from modelweave.checker import CheckedGraph, check_graph
-from modelweave.errors import InvalidArgument
+from modelweave.errors import InvalidArgument, ResourceExhausted
 from modelweave.spec import GraphSpec, dump_graph
 
 #: Ray Data block size cap: small blocks keep the job streaming (RAY_NOTES).
@@ -56,7 +57,10 @@ class BatchSummary:
         cache_hits: Rows answered (partly) from a cache node.
         routes: Count of each ``route`` value among successful rows.
         errors: Count of each error code among failed rows.
-        elapsed_s: Wall time the caller measured for the job.
+        elapsed_s: Wall time of the data processing (reading, the graph, writing).
+        startup_s: Wall time spent starting the model pools before that.
+        steady_rows_per_s: Rows/s between the first and the last finished batch (leaves
+            out the graph stage's own start-up); None with fewer than two batches.
     """
 
     rows: int
@@ -65,6 +69,8 @@ class BatchSummary:
     routes: dict[str, int] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
     elapsed_s: float = 0.0
+    startup_s: float = 0.0
+    steady_rows_per_s: float | None = None
 
     @property
     def rows_per_s(self) -> float:
@@ -74,11 +80,13 @@ class BatchSummary:
     def format(self, top: int = 10) -> str:
         """Human-readable multi-line summary (what the CLI prints)."""
         lines = [f"rows: {self.rows}  failures: {self.failures}  cache hits: {self.cache_hits}  "
-                 f"elapsed: {self.elapsed_s:.1f} s  ({self.rows_per_s:.0f} rows/s)"]
+                 f"elapsed: {self.elapsed_s:.1f} s ({self.rows_per_s:.0f} rows/s) + {self.startup_s:.1f} s startup"]
+        if self.steady_rows_per_s:
+            lines[0] += f"; steady state {self.steady_rows_per_s:.0f} rows/s"
         if self.routes:
             lines.append("routes:")
             for route, n in sorted(self.routes.items(), key=lambda kv: -kv[1])[:top]:
-                lines.append(f"  {n:>8}  {route or '(none)'}")
+                lines.append(f"  {n:>8}  {route}")
             if len(self.routes) > top:
                 lines.append(f"  ... {len(self.routes) - top} more")
         if self.errors:
@@ -107,6 +115,7 @@ class BatchJob:
                  stage_num_cpus: float = 0.25, pools: ModelPools | None = None, max_wait_s: float = 0.005) -> None:
         import ray
 
+        start = time.monotonic()
         if batch_size < 1:
             raise InvalidArgument("batch_size must be at least 1")
         self.graph = _as_checked(graph)
@@ -126,14 +135,31 @@ class BatchJob:
                               stage_cpus=self.concurrency * stage_num_cpus)
             self.pools, self._owns_pools = ModelPools(self.graph, {p.name: p for p in plans}), True
         self.job_id = uuid.uuid4().hex[:8]
-        self.state = ray.remote(JobState).options(  # type: ignore[attr-defined]
+        self.state: Any = ray.remote(JobState).options(  # type: ignore[attr-defined]
             name=f"modelweave-batch-state:{self.graph.spec.name}:{self.job_id}", namespace=NAMESPACE,
             num_cpus=0, max_restarts=0).remote()
         try:
-            self.load_s = self.pools.wait_ready()
+            self.pools.wait_ready()
+            self.load_s = time.monotonic() - start
+            self._check_room()
         except BaseException:
             self.shutdown()
             raise
+
+    def _check_room(self) -> None:
+        """Refuses to start when the graph stages would leave Ray Data's listing task no whole CPU.
+
+        Raises:
+            ResourceExhausted: instead of the silent hang Ray Data would run into.
+        """
+        import ray
+
+        free = float(ray.available_resources().get("CPU", 0.0)) - self.concurrency * self.stage_num_cpus
+        if free < RESERVED_CPUS - 1e-6:
+            raise ResourceExhausted(
+                f"after the model pools, {self.concurrency} graph stage(s) of {self.stage_num_cpus:g} CPU would "
+                f"leave {max(free, 0):.2f} CPU free; Ray Data needs {RESERVED_CPUS:g} to read and write. Lower "
+                "the stage concurrency, or start Ray with more logical CPUs (--num-cpus)")
 
     def run(self, dataset: Any, *, text_column: str = "text", timeout_s: float | None = None, prefix: str = "",
             include_trace: bool = False) -> Any:
@@ -182,12 +208,17 @@ class BatchJob:
         return out
 
     def summary(self, elapsed_s: float = 0.0) -> BatchSummary:
-        """Counters recorded by the graph stages so far (call after consuming the dataset)."""
+        """Counters recorded by the graph stages so far (call after consuming the dataset).
+
+        Args:
+            elapsed_s: Processing wall time the caller measured (for ``rows_per_s``).
+        """
         import ray
 
         c = ray.get(self.state.counters.remote())
         return BatchSummary(rows=c["rows"], failures=c["failures"], cache_hits=c["cache_hits"],
-                            routes=c["routes"], errors=c["errors"], elapsed_s=elapsed_s)
+                            routes=c["routes"], errors=c["errors"], elapsed_s=elapsed_s, startup_s=self.load_s,
+                            steady_rows_per_s=c["steady_rows_per_s"])
 
     def cache_stats(self) -> dict[str, Any]:
         """Sizes and hit/miss counts of the job's cache nodes."""
@@ -196,16 +227,28 @@ class BatchJob:
         stats: dict[str, Any] = ray.get(self.state.stats.remote())
         return stats
 
-    def shutdown(self) -> None:
-        """Stops the job's state actor and the pools it started (idempotent)."""
+    def shutdown(self, wait_s: float = 10.0) -> None:
+        """Stops the job's state actor and the pools it started (idempotent).
+
+        Args:
+            wait_s: How long to wait for Ray to free the pools' CPUs (``ray.kill`` is
+                asynchronous; a job planned right after would otherwise see them taken).
+        """
         import ray
 
+        released = self.pools.cpus if self._owns_pools and self.pools.actors else 0.0
+        before = float(ray.available_resources().get("CPU", 0.0))
         if self._owns_pools:
             self.pools.shutdown()
         try:
             ray.kill(self.state)
         except Exception:  # already gone
             pass
+        deadline = time.monotonic() + wait_s
+        while released and time.monotonic() < deadline:
+            if float(ray.available_resources().get("CPU", 0.0)) >= before + released - 1e-3:
+                break
+            time.sleep(0.1)
 
 
 def configure_context(ctx: Any) -> None:

@@ -23,11 +23,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from google.protobuf.message import Message as ProtoMessage
-
-from modelweave.adapters.base import build_adapter
+from modelweave.adapters.base import build_adapter, predict_measured
 from modelweave.checker import CheckedGraph
 from modelweave.errors import ModelError, ModelweaveError, ResourceExhausted
+from modelweave.executor import ModelReply
 from modelweave.spec import ModelNode
 from modelweave.v1 import messages_pb2 as pb
 
@@ -147,8 +146,8 @@ class ModelWorker:
         self.adapter.health()
         return True
 
-    def predict(self, batch: list[pb.Message]) -> list[ProtoMessage | ModelweaveError]:
-        """Answers a micro-batch with one part (or a typed error) per envelope.
+    def predict(self, batch: list[pb.Message]) -> list[ModelReply | ModelweaveError]:
+        """Answers a micro-batch with one reply (part + CPU ms) or typed error per envelope.
 
         When the adapter fails on a batch of several envelopes, each is retried alone, so
         one poison row fails only itself (online, without batching, it would too).
@@ -157,30 +156,30 @@ class ModelWorker:
         self.rows += len(batch)
         self.max_batch = max(self.max_batch, len(batch))
         try:
-            return list(self._predict(batch))
+            return self._predict(batch)
         except Exception as exc:
             if len(batch) == 1:
-                return [_typed(exc, self.node.name)]
-        out: list[ProtoMessage | ModelweaveError] = []
+                return [_typed(exc)]
+        out: list[ModelReply | ModelweaveError] = []
         for message in batch:
             try:
                 out.extend(self._predict([message]))
             except Exception as exc:
-                out.append(_typed(exc, self.node.name))
+                out.append(_typed(exc))
         return out
 
-    def _predict(self, batch: Sequence[pb.Message]) -> list[ProtoMessage]:
-        outputs = self.adapter.predict(batch)
+    def _predict(self, batch: Sequence[pb.Message]) -> list[ModelReply | ModelweaveError]:
+        outputs, cpu_ms = predict_measured(self.adapter, batch)
         if len(outputs) != len(batch):
             raise ModelError(f"adapter returned {len(outputs)} outputs for {len(batch)} inputs")
-        return outputs
+        return [ModelReply(part, cpu_ms) for part in outputs]
 
     def stats(self) -> dict[str, int]:
         """Calls, rows and largest batch seen by this worker."""
         return {"calls": self.calls, "rows": self.rows, "max_batch": self.max_batch}
 
 
-def _typed(exc: Exception, name: str) -> ModelweaveError:
+def _typed(exc: Exception) -> ModelweaveError:
     if isinstance(exc, ModelweaveError):
         return exc
     return ModelError(f"model failed: {type(exc).__name__}: {exc}")

@@ -13,6 +13,7 @@ import pyarrow as pa
 from modelweave.codecs import to_json
 from modelweave.errors import ModelweaveError
 from modelweave.executor import Result
+from modelweave.v1 import messages_pb2 as pb
 
 #: Columns added to every input row, in order, with their Arrow types (all nullable).
 RESULT_FIELDS: tuple[tuple[str, pa.DataType], ...] = (
@@ -34,34 +35,41 @@ RESULT_FIELDS: tuple[tuple[str, pa.DataType], ...] = (
 TRACE_FIELD: tuple[str, pa.DataType] = ("trace_json", pa.string())
 
 
-def route_of(result: Result) -> str:
+def route_of(trace: pb.Trace) -> str:
     """The routes taken, in trace order: ``"by-language=english>confidence=keep"``.
 
     Each segment is ``<node name>=<branch>`` for a span that records a branch (route
     nodes, and validate nodes that escalated). Empty when no route was taken (for
     example when a cache hit skipped the routed body).
     """
-    return ">".join(f"{span.node.rsplit('/', 1)[-1]}={span.route}" for span in result.trace.spans if span.route)
+    return ">".join(f"{span.node.rsplit('/', 1)[-1]}={span.route}" for span in trace.spans if span.route)
+
+
+def trace_columns(trace: pb.Trace) -> dict[str, Any]:
+    """The compact trace: ``route``, ``attempts``, ``verdict``, ``cache_hit``, ``latency_ms``."""
+    spans = trace.spans
+    verdicts = [s.verdict for s in spans if s.kind == "validate" and s.verdict] or [s.verdict for s in spans
+                                                                                   if s.verdict]
+    return {
+        "route": route_of(trace),
+        "attempts": max((s.attempt for s in spans), default=1),
+        "verdict": verdicts[-1] if verdicts else None,
+        "cache_hit": any(s.cache_hit for s in spans),
+        "latency_ms": trace.total_ms,
+    }
 
 
 def result_row(result: Result, *, include_trace: bool = False) -> dict[str, Any]:
     """Result columns and compact trace of a successful run (``error`` is None)."""
     msg = result.message
-    spans = result.trace.spans
     has_cls = msg.HasField("classification")
-    verdicts = [s.verdict for s in spans if s.kind == "validate" and s.verdict] or [s.verdict for s in spans
-                                                                                   if s.verdict]
     row: dict[str, Any] = {
         "label": msg.classification.label if has_cls else None,
         "confidence": msg.classification.confidence if has_cls else None,
         "generation": msg.generation.text if msg.HasField("generation") else None,
         "verdict_passed": msg.verdict.passed if msg.HasField("verdict") else None,
         "language": (msg.text.language or None) if msg.HasField("text") else None,
-        "route": route_of(result),
-        "attempts": max((s.attempt for s in spans), default=1),
-        "verdict": verdicts[-1] if verdicts else None,
-        "cache_hit": any(s.cache_hit for s in spans),
-        "latency_ms": result.trace.total_ms,
+        **trace_columns(result.trace),
         "result_json": to_json(msg).decode(),
         "error": None,
     }
@@ -78,12 +86,19 @@ def error_text(exc: BaseException) -> str:
 
 
 def error_row(exc: BaseException, latency_ms: float, *, include_trace: bool = False) -> dict[str, Any]:
-    """Columns of a failed row: everything None except ``error`` and ``latency_ms``."""
+    """Columns of a failed row: ``error``, plus the compact trace of the hops before the failure.
+
+    Result columns are None. When the executor attached a partial trace to the error,
+    ``route``/``attempts``/``verdict``/``cache_hit`` describe how far the row got.
+    """
     row: dict[str, Any] = {name: None for name, _ in RESULT_FIELDS}
+    trace = getattr(exc, "trace", None)
+    if isinstance(trace, pb.Trace):
+        row.update(trace_columns(trace))
     row["error"] = error_text(exc)
     row["latency_ms"] = latency_ms
     if include_trace:
-        row[TRACE_FIELD[0]] = None
+        row[TRACE_FIELD[0]] = to_json(trace).decode() if isinstance(trace, pb.Trace) else None
     return row
 
 

@@ -81,10 +81,10 @@ def run_job(graph_path: str, options: JobOptions, *, log: Callable[[str], None] 
         started_ray = True
     job: BatchJob | None = None
     try:
-        start = time.monotonic()
         job = BatchJob(graph, batch_size=options.batch_size, concurrency=options.concurrency)
         log(f"modelweave: {len(graph.models)} model pools ready in {job.load_s:.1f} s "
             f"({job.pools.cpus:g} CPUs, {job.concurrency} graph stage(s))")
+        start = time.monotonic()
         dataset = read_input(options.input_path, options.fmt)
         results = job.run(dataset, text_column=options.text_column, timeout_s=options.timeout_s,
                           prefix=options.prefix, include_trace=options.include_trace)

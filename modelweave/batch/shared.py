@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Hashable
-from typing import Any
+from typing import Any, cast
 
 from actors.shared_state import GraphState
 from modelweave.batch.coalesce import Coalescer
@@ -32,6 +32,7 @@ class JobState(GraphState):
         self._routes: Counter[str] = Counter()
         self._errors: Counter[str] = Counter()
         self._first: float | None = None
+        self._first_rows = 0
         self._last: float | None = None
 
     def cache_get_many(self, path: str, keys: list[str]) -> list[bytes | None]:
@@ -51,7 +52,8 @@ class JobState(GraphState):
     def record(self, counts: dict[str, Any]) -> None:
         """Adds one Ray Data batch's counters."""
         now = time.time()
-        self._first = self._first or now
+        if self._first is None:
+            self._first, self._first_rows = now, counts["rows"]
         self._last = now
         self._rows += counts["rows"]
         self._failures += counts["failures"]
@@ -61,8 +63,11 @@ class JobState(GraphState):
 
     def counters(self) -> dict[str, Any]:
         """Everything recorded so far."""
+        steady = None
+        if self._first is not None and self._last is not None and self._last > self._first:
+            steady = (self._rows - self._first_rows) / (self._last - self._first)
         return {"rows": self._rows, "failures": self._failures, "cache_hits": self._cache_hits,
-                "routes": dict(self._routes), "errors": dict(self._errors)}
+                "routes": dict(self._routes), "errors": dict(self._errors), "steady_rows_per_s": steady}
 
 
 class SharedStateClient:
@@ -83,7 +88,7 @@ class SharedStateClient:
         return await self._batcher.submit(key, item)
 
     async def _send(self, key: Hashable, items: list[Any]) -> list[Any]:
-        kind, target = key  # type: ignore[misc]
+        kind, target = cast(tuple[str, str], key)
         if kind == "get":
             values: list[Any] = await self.actor.cache_get_many.remote(target, items)
             return values

@@ -32,9 +32,9 @@ class SingleFlightCache:
     """Wraps a shared cache so concurrent misses on one key compute it once.
 
     Within one stage many rows run at once; without this, duplicates in the same Ray
-    Data batch would all miss. The first miss owns the key; later ``get`` calls for it
-    wait until the owner stores the value (then they hit) or the owner's task ends
-    without storing (then they miss and compute themselves). Across stages the shared
+    Data batch would all miss. The first lookup of a key owns it until it hits, stores
+    the value or its task ends; later lookups of the key wait for that, then look again
+    (a stored value is a hit; after an owner that failed, the next one takes over). Across stages the shared
     cache actor dedupes as it does online.
 
     Args:
@@ -46,19 +46,25 @@ class SingleFlightCache:
         self._owners: dict[str, tuple[asyncio.Event, asyncio.Task[Any] | None]] = {}
 
     async def get(self, key: str) -> bytes | None:
-        entry = self._owners.get(key)
-        if entry is not None and entry[1] is not asyncio.current_task():
-            await entry[0].wait()
-        value = await self._backend.get(key)
-        if value is None and key not in self._owners:
-            task = asyncio.current_task()
-            event = asyncio.Event()
+        """The cached value, or None (then this row owns the key until it stores it or ends)."""
+        task = asyncio.current_task()
+        while True:
+            entry = self._owners.get(key)
+            if entry is None or entry[1] is task:
+                break
+            await entry[0].wait()  # the owner stored the value or gave up; look again
+        event = asyncio.Event()
+        if entry is None:  # own the key before the lookup, so concurrent misses wait for us
             self._owners[key] = (event, task)
             if task is not None:
                 task.add_done_callback(lambda _t: self._release(key, event))
+        value = await self._backend.get(key)
+        if value is not None and entry is None:
+            self._release(key, event)
         return value
 
     async def put(self, key: str, value: bytes) -> None:
+        """Stores the value and wakes the rows waiting for this key."""
         try:
             await self._backend.put(key, value)
         finally:
@@ -137,6 +143,7 @@ class GraphStage:
             "rows": len(rows),
             "failures": len(failures),
             "cache_hits": sum(1 for r in rows if r["cache_hit"]),
-            "routes": dict(Counter(r["route"] for r in rows if r["error"] is None)),
+            "routes": dict(Counter(r["route"] or ("(cache hit)" if r["cache_hit"] else "(none)")
+                                   for r in rows if r["error"] is None)),
             "errors": dict(Counter(e.split(":", 1)[0] for e in failures)),
         })

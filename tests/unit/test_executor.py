@@ -1002,3 +1002,63 @@ async def test_demo_errors_are_typed(demo):
     with pytest.raises(InvalidArgument, match="must not be empty") as info:
         await run(ex, text("   "))
     assert isinstance(info.value, ModelweaveError)
+
+
+# -- route change-feedback (cross-request recalibration) ---------------------------------
+
+
+def _change_feedback_graph():
+    from modelweave.checker import check_graph
+    from modelweave.spec import parse_graph
+
+    return check_graph(parse_graph({
+        "name": "cascade",
+        "flow": {"kind": "chain", "name": "main", "steps": [
+            {"kind": "model", "name": "cheap", "impl": "modelweave.examples.rules:LexiconSentiment",
+             "params": {"language": "en"}},
+            {"kind": "route", "name": "escalate", "default": "keep",
+             "rules": [{"branch": "expensive", "when": [{"field": "classification.confidence", "op": "lt",
+                                                         "value_from": {"state": "t", "initial": 0.9,
+                                                                        "min": 0.5, "max": 0.95}}]}],
+             "branches": {"keep": None, "expensive": {
+                 "kind": "model", "name": "expensive", "impl": "modelweave.examples.rules:LexiconSentiment",
+                 "params": {"language": "en", "negation": True}}},
+             "feedback": [{"state": "t", "on_changed": 0.02, "on_unchanged": -0.01}]},
+        ]},
+    }))
+
+
+async def test_route_feedback_moves_threshold_on_disagreement_and_is_traced():
+    from modelweave.executor import Executor
+    from modelweave.local import LocalCaller
+
+    graph = _change_feedback_graph()
+    executor = Executor(graph, LocalCaller(graph), state_refresh_s=0.0)
+    # "not good": the cheap lexicon says positive, the negation-aware model says negative -> changed.
+    r = await executor.run(pb.Message(text=pb.Text(content="not good")))
+    fb = [s for s in r.trace.spans if s.kind == "feedback"]
+    assert len(fb) == 1 and "t +0.0200 -> 0.9200" in fb[0].detail and "changed" in fb[0].detail
+    assert executor.feedback_values()["t"] == pytest.approx(0.92)
+    # "good": both agree -> unchanged, threshold moves down.
+    r = await executor.run(pb.Message(text=pb.Text(content="good")))
+    assert executor.feedback_values()["t"] == pytest.approx(0.91)
+    # Bounded: many disagreements cannot push it past max.
+    for _ in range(10):
+        await executor.run(pb.Message(text=pb.Text(content="not good")))
+    assert executor.feedback_values()["t"] == pytest.approx(0.95)
+
+
+def test_route_feedback_needs_a_declared_state_and_known_branches():
+    from modelweave.checker import check_graph
+    from modelweave.errors import GraphSpecError
+    from modelweave.spec import parse_graph
+
+    base = {"name": "g", "flow": {"kind": "route", "name": "r", "default": "a",
+                                  "rules": [{"branch": "a", "when": [{"field": "text.content", "op": "exists"}]}],
+                                  "branches": {"a": None},
+                                  "feedback": [{"state": "nope", "on_changed": 0.1}]}}
+    with pytest.raises(GraphSpecError, match="feedback\\[0\\].state 'nope'"):
+        check_graph(parse_graph(base))
+    base["flow"]["feedback"] = [{"state": "nope", "branches": ["zzz"]}]
+    with pytest.raises(GraphSpecError, match="feedback\\[0\\].branches: 'zzz'"):
+        parse_graph(base)
