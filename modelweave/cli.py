@@ -96,6 +96,21 @@ def serve_config(graphs: list[GraphSpec], *, host: str, http_port: int, grpc_por
 
 @main.command()
 @click.argument("graphs", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--data-dir", default=None, help="artifact dir (default $MODELWEAVE_DATA_DIR or ~/.cache/modelweave)")
+@click.option("--quiet", is_flag=True, help="no progress bars")
+def prepare(graphs: tuple[str, ...], data_dir: str | None, quiet: bool) -> None:
+    """Build the artifacts GRAPHS need (training, indexes); cached and deterministic."""
+    from modelweave.prepare import data_dir as resolve_data_dir
+    from modelweave.prepare import run_prepare_hooks
+
+    directory = resolve_data_dir(data_dir)
+    for graph in _load_checked(graphs):
+        run_prepare_hooks(graph.spec, directory, progress=not quiet, log=lambda m: click.echo(m, err=True))
+    click.echo(f"prepared: {directory}")
+
+
+@main.command()
+@click.argument("graphs", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Serve config file to write")
 @click.option("--host", default="0.0.0.0", show_default=True)
 @click.option("--http-port", default=8000, show_default=True)
@@ -122,10 +137,19 @@ def build(graphs: tuple[str, ...], output: str, host: str, http_port: int, grpc_
 @click.option("--dashboard-port", default=8265, show_default=True)
 @click.option("--address", default=None, help="join an existing Ray cluster instead of starting one")
 @click.option("--num-cpus", default=None, type=int, help="logical CPUs of the embedded Ray")
+@click.option("--data-dir", default=None, help="artifact dir (default $MODELWEAVE_DATA_DIR or ~/.cache/modelweave)")
 def run(graphs: tuple[str, ...], host: str, http_port: int, grpc_port: int, dashboard_port: int,
-        address: str | None, num_cpus: int | None) -> None:
-    """Serve GRAPHS on an embedded local Ray until Ctrl-C."""
+        address: str | None, num_cpus: int | None, data_dir: str | None) -> None:
+    """Serve GRAPHS on an embedded local Ray until Ctrl-C (preparing their artifacts first)."""
+    from modelweave.prepare import DATA_DIR_ENV, run_prepare_hooks
+    from modelweave.prepare import data_dir as resolve_data_dir
+
     checked = _load_checked(graphs)
+    directory = resolve_data_dir(data_dir)
+    # Replicas inherit the environment of the Ray processes this command starts.
+    os.environ[DATA_DIR_ENV] = str(directory)
+    for graph in checked:
+        run_prepare_hooks(graph.spec, directory, log=lambda m: click.echo(m, err=True))
     stop = threading.Event()
 
     from modelweave.serving import start_serving, stop_serving

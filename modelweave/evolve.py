@@ -95,7 +95,7 @@ def ablations(spec: GraphSpec) -> list[Variant]:
     """Every single-node removal of ``spec`` that still type-checks."""
     base = dump_graph(spec)
     variants: list[Variant] = []
-    for path, node, container, key, parent in list(_walk(base["flow"], f"{spec.name}/{base['flow']['name']}",
+    for path, node, container, _key, parent in list(_walk(base["flow"], f"{spec.name}/{base['flow']['name']}",
                                                          None, None, None)):
         candidates: list[tuple[Any, str]] = []
         in_chain = parent is not None and parent["kind"] == "chain" and container is parent["steps"]

@@ -329,6 +329,9 @@ class GraphSpec(_Strict):
     timeout_s: float = Field(30.0, gt=0)
     limits: Limits = Limits()
     ingress: IngressSettings = IngressSettings()
+    prepare: list[str] = Field(
+        [], description="import paths of fn(data_dir: Path, progress: bool) run by `modelweave prepare` / `run`"
+    )
     flow: Node
 
     @field_validator("name")

@@ -1,18 +1,24 @@
-"""The executor's caller over model actor pools, with per-model micro-batching.
+"""The executor's callers in a graph stage: model actor pools (micro-batched) or inline.
 
 Many rows run through the executor concurrently in one graph stage. Each row's
-``call`` for a model joins that model's queue (see :mod:`modelweave.batch.coalesce`);
-the queue goes out as one ``predict`` to the least-loaded worker of the model's pool.
-Rows that take different branches therefore only reach their own branches' models,
-and each model still gets real batches.
+``call`` for a pooled model joins that model's queue (see
+:mod:`modelweave.batch.coalesce`); the queue goes out as one ``predict`` to the
+least-loaded worker of the model's pool. Rows that take different branches therefore
+only reach their own branches' models, and each model still gets real batches.
+
+Optionally, cheap models (rule-based glue whose adapter is not ``blocking``) run
+inline in the stage process instead, which saves one inter-process hop per step.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+import asyncio
+from collections.abc import Hashable, Iterable
 from typing import Any
 
+from modelweave.adapters.base import ModelAdapter, build_adapter, predict_measured
 from modelweave.batch.coalesce import Coalescer
+from modelweave.checker import CheckedGraph
 from modelweave.errors import ModelError, ModelweaveError, Unavailable
 from modelweave.executor import ModelReply
 from modelweave.spec import ModelNode
@@ -56,6 +62,53 @@ class PoolCaller:
             got = len(outcomes)
             return [ModelError(f"worker returned {got} outputs for {len(messages)} inputs") for _ in messages]
         return outcomes
+
+
+class InlineCaller:
+    """Runs some model nodes' adapters inside the graph stage process.
+
+    Args:
+        graph: The checked graph.
+        names: Model node names to load here.
+    """
+
+    def __init__(self, graph: CheckedGraph, names: Iterable[str]) -> None:
+        self.adapters: dict[str, ModelAdapter] = {}
+        for name in names:
+            node = graph.models[name]
+            adapter = build_adapter(node.impl, node.params)
+            adapter.load()
+            self.adapters[name] = adapter
+
+    async def call(self, model: ModelNode, message: pb.Message) -> ModelReply:
+        """Answers one envelope in this process."""
+        adapter = self.adapters[model.name]
+        if adapter.blocking:
+            outputs, cpu_ms = await asyncio.to_thread(predict_measured, adapter, [message])
+        else:
+            outputs, cpu_ms = predict_measured(adapter, [message])
+        if len(outputs) != 1:
+            raise ModelError(f"adapter returned {len(outputs)} outputs for 1 input")
+        return ModelReply(outputs[0], cpu_ms)
+
+
+class StageCaller:
+    """Sends each model node to its pool, or runs it inline when it is loaded here.
+
+    Args:
+        pools: The pooled models' caller.
+        inline: The inline models' caller (None: every model is pooled).
+    """
+
+    def __init__(self, pools: PoolCaller, inline: InlineCaller | None = None) -> None:
+        self._pools = pools
+        self._inline = inline
+
+    async def call(self, model: ModelNode, message: pb.Message) -> ModelReply:
+        """Runs ``model`` on one envelope wherever it lives."""
+        if self._inline is not None and model.name in self._inline.adapters:
+            return await self._inline.call(model, message)
+        return await self._pools.call(model, message)
 
 
 def _transport_error(name: str, exc: BaseException) -> ModelweaveError:

@@ -31,11 +31,12 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
 from actors.shared_state import NAMESPACE
-from modelweave.batch.pools import RESERVED_CPUS, ModelPools, fit_plans, plan_pool
+from modelweave.batch.pools import RESERVED_CPUS, ModelPools, cheap_models, fit_plans, plan_pool
 from modelweave.batch.rows import output_fields
 from modelweave.batch.shared import JobState
 from modelweave.batch.stage import GraphStage
@@ -98,6 +99,24 @@ def _as_checked(graph: GraphSpec | CheckedGraph) -> CheckedGraph:
     return graph if isinstance(graph, CheckedGraph) else check_graph(graph)
 
 
+def _inline_set(graph: CheckedGraph, inline: str | Collection[str]) -> set[str]:
+    """Resolves the ``inline`` option to model node names.
+
+    Raises:
+        InvalidArgument: an unknown policy or node name.
+    """
+    if isinstance(inline, str):
+        if inline == "none":
+            return set()
+        if inline == "cheap":
+            return cheap_models(graph)
+        raise InvalidArgument(f"inline must be 'none', 'cheap' or a list of model names, not {inline!r}")
+    unknown = set(inline) - set(graph.models)
+    if unknown:
+        raise InvalidArgument(f"inline names unknown model node(s) {sorted(unknown)}")
+    return set(inline)
+
+
 class BatchJob:
     """One batch run of a graph: model pools, the job's state actor and the graph stage.
 
@@ -109,10 +128,16 @@ class BatchJob:
         pools: Reuse pools started for an identical set of model nodes (not shut down
             by this job).
         max_wait_s: Longest wait of a model call for its micro-batch to fill.
+        inline: Model nodes to run inside the graph stages instead of their own pools:
+            ``"none"`` (default: every model node gets a pool, as online every one gets a
+            deployment), ``"cheap"`` (non-blocking rule-based adapters without GPU or
+            batch resource settings; saves one process hop per step on small machines),
+            or explicit node names.
     """
 
     def __init__(self, graph: GraphSpec | CheckedGraph, *, batch_size: int = 64, concurrency: int | None = None,
-                 stage_num_cpus: float = 0.25, pools: ModelPools | None = None, max_wait_s: float = 0.005) -> None:
+                 stage_num_cpus: float = 0.25, pools: ModelPools | None = None, max_wait_s: float = 0.005,
+                 inline: str | Collection[str] = "none") -> None:
         import ray
 
         start = time.monotonic()
@@ -125,13 +150,15 @@ class BatchJob:
         cpus = float(available.get("CPU", 0.0))
         self.concurrency = concurrency or max(1, int(ray.cluster_resources().get("CPU", 1)) // 4)
         self.stage_num_cpus = stage_num_cpus
+        self.inline = _inline_set(self.graph, inline)
+        pooled = set(self.graph.models) - self.inline
         if pools is not None:
-            if not pools.covers(self.graph):
-                raise InvalidArgument("the given pools do not run this graph's model nodes")
+            if not pools.covers(self.graph, pooled):
+                raise InvalidArgument("the given pools do not run this graph's pooled model nodes")
             self.pools, self._owns_pools = pools, False
         else:
-            plans = fit_plans([plan_pool(n, batch_size) for n in self.graph.models.values()], available_cpus=cpus,
-                              available_gpus=float(available.get("GPU", 0.0)),
+            plans = fit_plans([plan_pool(self.graph.models[n], batch_size) for n in sorted(pooled)],
+                              available_cpus=cpus, available_gpus=float(available.get("GPU", 0.0)),
                               stage_cpus=self.concurrency * stage_num_cpus)
             self.pools, self._owns_pools = ModelPools(self.graph, {p.name: p for p in plans}), True
         self.job_id = uuid.uuid4().hex[:8]
@@ -199,6 +226,7 @@ class BatchJob:
                 "prefix": prefix,
                 "include_trace": include_trace,
                 "max_wait_s": self.max_wait_s,
+                "inline": sorted(self.inline),
             },
             batch_size=self.batch_size,
             batch_format="pyarrow",
@@ -259,12 +287,12 @@ def configure_context(ctx: Any) -> None:
 
 def run_batch(graph: GraphSpec | CheckedGraph, dataset: Any, *, text_column: str = "text", batch_size: int = 64,
               concurrency: int | None = None, timeout_s: float | None = None, prefix: str = "",
-              include_trace: bool = False) -> Any:
+              include_trace: bool = False, inline: str | Collection[str] = "none") -> Any:
     """Runs ``graph`` over ``dataset`` as a streaming batch job; returns the lazy result dataset.
 
     Starts the model pools now (they live until the driver exits; use :class:`BatchJob`
     to stop them earlier or to read the job's summary). See :meth:`BatchJob.run` for the
     output columns.
     """
-    job = BatchJob(graph, batch_size=batch_size, concurrency=concurrency)
+    job = BatchJob(graph, batch_size=batch_size, concurrency=concurrency, inline=inline)
     return job.run(dataset, text_column=text_column, timeout_s=timeout_s, prefix=prefix, include_trace=include_trace)

@@ -126,6 +126,21 @@ def fit_plans(plans: Sequence[PoolPlan], *, available_cpus: float, available_gpu
             for p in plans]
 
 
+def cheap_models(graph: CheckedGraph) -> set[str]:
+    """Model nodes cheap enough to run inline in a graph stage.
+
+    Those whose adapter is not ``blocking`` (rule-based glue), that need no GPU and
+    whose ``batch`` settings ask for no pool size or CPUs of their own.
+    """
+    cheap = set()
+    for name, node in graph.models.items():
+        gpus = node.batch.num_gpus if node.batch.num_gpus is not None else node.deployment.ray_actor_options.num_gpus
+        own = node.batch.pool_size is not None or node.batch.num_cpus is not None
+        if not gpus and not own and not build_adapter(node.impl, node.params).blocking:
+            cheap.add(name)
+    return cheap
+
+
 class ModelWorker:
     """Actor body: one loaded adapter answering micro-batches of envelopes.
 
@@ -194,7 +209,8 @@ class ModelPools:
 
     Args:
         graph: The checked graph whose model nodes get pools.
-        plans: Pool plan per model node name (see :func:`plan_pool` / :func:`fit_plans`).
+        plans: Pool plan per pooled model node name (see :func:`plan_pool` /
+            :func:`fit_plans`); model nodes without a plan get no pool (they run inline).
     """
 
     def __init__(self, graph: CheckedGraph, plans: dict[str, PoolPlan]) -> None:
@@ -206,6 +222,8 @@ class ModelPools:
         remote = ray.remote(ModelWorker)
         self.actors: dict[str, list[Any]] = {}
         for name, node in graph.models.items():
+            if name not in plans:
+                continue
             plan = plans[name]
             options: dict[str, Any] = {
                 "num_cpus": plan.num_cpus,
@@ -262,11 +280,12 @@ class ModelPools:
         """Micro-batch size per model node name."""
         return {name: plan.batch_size for name, plan in self.plans.items()}
 
-    def covers(self, graph: CheckedGraph) -> bool:
-        """True when these pools run exactly the model nodes ``graph`` calls."""
-        return set(graph.models) == set(self.graph.models) and all(
-            (node.impl, node.params) == (self.graph.models[name].impl, self.graph.models[name].params)
-            for name, node in graph.models.items()
+    def covers(self, graph: CheckedGraph, pooled: set[str]) -> bool:
+        """True when these pools run exactly the ``pooled`` model nodes of ``graph``, unchanged."""
+        mine, theirs = self.graph.models, graph.models
+        return pooled == set(self.plans) and all(
+            name in mine and (theirs[name].impl, theirs[name].params) == (mine[name].impl, mine[name].params)
+            for name in pooled
         )
 
     def stats(self) -> dict[str, dict[str, int]]:

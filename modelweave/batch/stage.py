@@ -17,7 +17,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from modelweave.batch.caller import PoolCaller
+from modelweave.batch.caller import InlineCaller, PoolCaller, StageCaller
 from modelweave.batch.rows import append_columns, error_row, result_row
 from modelweave.batch.shared import BatchedCache, BatchedState, SharedStateClient
 from modelweave.checker import check_graph
@@ -92,11 +92,12 @@ class GraphStage:
         prefix: Prefix of the added column names.
         include_trace: Also add ``trace_json`` with each row's full trace.
         max_wait_s: Longest wait of a model call for its micro-batch to fill.
+        inline: Model node names to load and run inside this stage instead of a pool.
     """
 
     def __init__(self, *, graph: dict[str, Any], pools: dict[str, list[Any]], batch_sizes: dict[str, int],
                  state_actor: Any, text_column: str = "text", timeout_s: float | None = None, prefix: str = "",
-                 include_trace: bool = False, max_wait_s: float = 0.005) -> None:
+                 include_trace: bool = False, max_wait_s: float = 0.005, inline: list[str] | None = None) -> None:
         self.graph = check_graph(parse_graph(graph, "batch job"))
         self.text_column = text_column
         self.timeout_s = timeout_s
@@ -109,8 +110,9 @@ class GraphStage:
         def cache_factory(path: str, node: CacheNode) -> CacheBackend:
             return SingleFlightCache(BatchedCache(shared, path, node))
 
-        self.executor = Executor(self.graph, PoolCaller(pools, batch_sizes, max_wait_s=max_wait_s),
-                                 cache_factory=cache_factory, state=BatchedState(shared))
+        caller = StageCaller(PoolCaller(pools, batch_sizes, max_wait_s=max_wait_s),
+                             InlineCaller(self.graph, inline) if inline else None)
+        self.executor = Executor(self.graph, caller, cache_factory=cache_factory, state=BatchedState(shared))
         self._loop = asyncio.new_event_loop()
 
     def __call__(self, batch: pa.Table) -> pa.Table:

@@ -12,6 +12,7 @@ Import paths (``impl:`` in the graph YAML)::
     modelweave.apps.triage.models:MiniLMEmbedder     Text -> Embedding
     modelweave.apps.triage.models:AnswerRetriever    Embedding (or Text) -> Generation
     modelweave.apps.triage.models:GroundingValidator Text + Generation -> Verdict
+    modelweave.apps.triage.models:Handoff            Text -> Generation (reply by a person)
 
 Importing this module is cheap: every model library is imported in ``load()``.
 Stages that read trained artifacts take ``data_dir`` (see
@@ -20,6 +21,7 @@ Stages that read trained artifacts take ``data_dir`` (see
 
 from __future__ import annotations
 
+from modelweave.apps.triage.handoff import Handoff
 from modelweave.apps.triage.preprocess import InputGuard, LanguageId, Normalizer, PiiRedactor
 from modelweave.apps.triage.retrieval import AnswerRetriever, GroundingValidator, MiniLMEmbedder
 from modelweave.apps.triage.sentiment import MiniLMSentiment, TfidfSentiment, VaderSentiment
@@ -27,6 +29,7 @@ from modelweave.apps.triage.sentiment import MiniLMSentiment, TfidfSentiment, Va
 __all__ = [
     "AnswerRetriever",
     "GroundingValidator",
+    "Handoff",
     "InputGuard",
     "LanguageId",
     "MiniLMEmbedder",

@@ -124,6 +124,11 @@ def prepare(data_dir: Path, progress: bool = True, limit: int | None = None) -> 
     return out
 
 
+def prepare_hook(data_dir: Path, progress: bool = True) -> None:
+    """Graph ``prepare`` hook (see ``GraphSpec.prepare``): builds the full artifacts once."""
+    prepare(data_dir, progress=progress)
+
+
 def _tfidf_pipeline() -> Any:
     """Word 1-2 and char_wb 2-5 TF-IDF (sublinear tf) into a multinomial logistic regression."""
     from sklearn.feature_extraction.text import TfidfVectorizer
