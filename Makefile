@@ -4,7 +4,7 @@
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
-GRAPH ?= examples/demo.yaml
+GRAPH ?= examples/triage.yaml
 STAMP := $(VENV)/.installed
 
 .PHONY: install run test lint protos unit integration e2e bench
@@ -14,6 +14,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e ".[dev]"
+	. $(BIN)/activate && scripts/install_models.sh
 	touch $(STAMP)
 
 install: $(STAMP)
