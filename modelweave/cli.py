@@ -210,6 +210,60 @@ def draw(graph: str, output: str | None, mermaid_path: str | None, stats_source:
         click.echo(f"wrote {output}", err=True)
 
 
+@main.command(name="eval")
+@click.argument("graphs", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--data", "data_path", required=True, help="labelled dataset (.parquet, .csv, .jsonl)")
+@click.option("--text-column", default="text", show_default=True)
+@click.option("--label-column", default="label", show_default=True)
+@click.option("--predicted", default="classification.label", show_default=True,
+              help="envelope field compared with the label column")
+@click.option("--limit", default=None, type=int, help="first N rows only")
+@click.option("--runner", type=click.Choice(["batch", "local"]), default="batch", show_default=True,
+              help="batch: Ray Data job (same executor as online); local: in this process")
+@click.option("--ablate", is_flag=True, help="also evaluate the last graph with each removable node taken out")
+@click.option("--markdown", "markdown_path", default=None, help="write the Markdown report here")
+@click.option("--plot", "plot_path", default=None, help="write a quality-vs-compute PNG here")
+@click.option("--json", "json_path", default=None, help="write the figures as JSON here")
+@click.option("--num-cpus", default=None, type=int, help="logical CPUs of the embedded Ray (batch runner)")
+def eval_command(graphs: tuple[str, ...], data_path: str, text_column: str, label_column: str, predicted: str,
+                 limit: int | None, runner: str, ablate: bool, markdown_path: str | None, plot_path: str | None,
+                 json_path: str | None, num_cpus: int | None) -> None:
+    """Compare graph versions (GRAPHS, in evolution order) on one labelled dataset."""
+    import json
+
+    from modelweave import evaluate as ev
+    from modelweave.prepare import data_dir as resolve_data_dir
+    from modelweave.prepare import run_prepare_hooks
+
+    checked = _load_checked(graphs)
+    try:
+        texts, truths = ev.load_labelled(data_path, text_column, label_column, limit)
+    except (OSError, ValueError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    directory = resolve_data_dir(None)
+    for graph in checked:
+        run_prepare_hooks(graph.spec, directory, log=lambda m: click.echo(m, err=True))
+    if predicted != "classification.label":
+        click.echo("error: --predicted other than classification.label needs --runner local", err=True) \
+            if runner == "batch" else None
+    if runner == "batch":
+        import ray
+
+        ray.init(address="local", num_cpus=num_cpus or max(4, os.cpu_count() or 1), include_dashboard=False,
+                 log_to_driver=False, namespace="modelweave")
+    click.echo(f"evaluating {len(checked)} version(s) on {len(texts)} rows ({runner} runner)", err=True)
+    reports = ev.evaluate([(g.spec.name, g.spec) for g in checked], texts, truths, runner=runner, ablate=ablate)
+    text = ev.markdown(reports, reach_of=ev.reach_nodes(reports)) + "\n" + ev.contributions(reports)
+    click.echo(text)
+    if markdown_path:
+        pathlib.Path(markdown_path).write_text(text, encoding="utf-8")
+    if plot_path:
+        ev.plot(reports, plot_path)
+    if json_path:
+        pathlib.Path(json_path).write_text(json.dumps([ev.as_dict(r) for r in reports], indent=2))
+
+
 @main.command()
 @click.argument("graph_name")
 @click.argument("text")
@@ -244,9 +298,11 @@ def call(graph_name: str, text: str, http_url: str, grpc_addr: str | None, strea
 @click.option("--overwrite", is_flag=True, help="replace an existing output")
 @click.option("--address", default=None, help="join an existing Ray cluster instead of starting one")
 @click.option("--num-cpus", default=None, type=int, help="logical CPUs of the embedded Ray")
+@click.option("--inline", type=click.Choice(["none", "cheap"]), default="none", show_default=True,
+              help="cheap: run rule-based (non-blocking) models inside the graph stage, not in their own pools")
 def batch(graph: str, input_path: str, output_path: str, fmt: str | None, output_format: str | None,
           text_column: str, batch_size: int, concurrency: int | None, timeout_s: float | None, prefix: str,
-          include_trace: bool, overwrite: bool, address: str | None, num_cpus: int | None) -> None:
+          include_trace: bool, overwrite: bool, address: str | None, num_cpus: int | None, inline: str) -> None:
     """Run GRAPH over every row of --input as a streaming Ray Data job; write rows plus results."""
     from modelweave.batch.runner import JobOptions, run_job
     from modelweave.errors import InvalidArgument
@@ -254,7 +310,7 @@ def batch(graph: str, input_path: str, output_path: str, fmt: str | None, output
     options = JobOptions(input_path=input_path, output_path=output_path, fmt=fmt, output_format=output_format,
                          text_column=text_column, batch_size=batch_size, concurrency=concurrency,
                          timeout_s=timeout_s, prefix=prefix, include_trace=include_trace, overwrite=overwrite,
-                         address=address, num_cpus=num_cpus)
+                         address=address, num_cpus=num_cpus, inline=inline)
     try:
         summary = run_job(graph, options, log=lambda m: click.echo(m, err=True))
     except InvalidArgument as exc:

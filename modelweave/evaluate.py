@@ -1,0 +1,286 @@
+"""``modelweave eval``: compare graph versions on the same labelled data.
+
+For each version it reports quality (accuracy and macro-F1 of a label against a
+reference column), latency p50/p99, model CPU per request, modelled cost, the
+fraction of requests reaching each model node, and, with ablations, each node's
+contribution (the change when it is removed). Output: a Markdown table and a PNG of
+quality against compute with the Pareto frontier drawn.
+
+Rows run through the batch path (:mod:`modelweave.batch`, the same executor as online
+serving) or, with ``runner="local"``, through the executor in this process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import pathlib
+import time
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from google.protobuf import json_format
+
+from modelweave.checker import CheckedGraph, check_graph
+from modelweave.codecs import message_from_text
+from modelweave.spec import GraphSpec, ModelNode
+from modelweave.v1 import messages_pb2 as pb
+
+
+@dataclass
+class RowOutcome:
+    """What one row produced."""
+
+    truth: str
+    predicted: str | None
+    trace: pb.Trace | None
+    error: str | None = None
+
+
+@dataclass
+class VersionReport:
+    """Figures of one graph version over the evaluation rows."""
+
+    name: str
+    rows: int
+    accuracy: float
+    macro_f1: float
+    p50_ms: float
+    p99_ms: float
+    cpu_ms: float
+    cost: float
+    errors: int
+    reach: dict[str, float] = field(default_factory=dict)
+    removed: str = ""
+
+
+def macro_f1(truth: Sequence[str], predicted: Sequence[str | None]) -> float:
+    """Unweighted mean F1 over the labels present in ``truth``."""
+    labels = sorted(set(truth))
+    scores = []
+    for label in labels:
+        tp = sum(1 for t, p in zip(truth, predicted, strict=True) if t == label and p == label)
+        fp = sum(1 for t, p in zip(truth, predicted, strict=True) if t != label and p == label)
+        fn = sum(1 for t, p in zip(truth, predicted, strict=True) if t == label and p != label)
+        precision = tp / (tp + fp) if tp + fp else 0.0
+        recall = tp / (tp + fn) if tp + fn else 0.0
+        scores.append(2 * precision * recall / (precision + recall) if precision + recall else 0.0)
+    return sum(scores) / len(scores) if scores else 0.0
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    k = min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))
+    return ordered[k]
+
+
+def summarise(name: str, graph: CheckedGraph, outcomes: Sequence[RowOutcome], removed: str = "") -> VersionReport:
+    """Turns per-row outcomes into a :class:`VersionReport`."""
+    costs = {path: info.node.cost for path, info in graph.nodes.items() if isinstance(info.node, ModelNode)}
+    truth = [o.truth for o in outcomes]
+    predicted = [o.predicted for o in outcomes]
+    latencies, cpu, cost = [], 0.0, 0.0
+    reach: Counter[str] = Counter()
+    for o in outcomes:
+        if o.trace is None:
+            continue
+        latencies.append(o.trace.total_ms)
+        seen = set()
+        for span in o.trace.spans:
+            if span.kind != "model" or span.error:
+                continue
+            cpu += span.cpu_ms
+            cost += costs.get(span.node, 0.0)
+            seen.add(span.node)
+        reach.update(seen)
+    n = max(1, len(outcomes))
+    return VersionReport(
+        name=name, rows=len(outcomes),
+        accuracy=sum(1 for t, p in zip(truth, predicted, strict=True) if t == p) / n,
+        macro_f1=macro_f1(truth, predicted),
+        p50_ms=_percentile(latencies, 0.5), p99_ms=_percentile(latencies, 0.99),
+        cpu_ms=cpu / n, cost=cost / n, errors=sum(1 for o in outcomes if o.error),
+        reach={node: count / n for node, count in sorted(reach.items())}, removed=removed,
+    )
+
+
+def run_local(graph: CheckedGraph, texts: Sequence[str], truths: Sequence[str], *, concurrency: int = 8,
+              label_field: str = "classification.label") -> list[RowOutcome]:
+    """Runs rows through the executor in this process (models loaded here)."""
+    from modelweave.conditions import read_field
+    from modelweave.errors import ModelweaveError
+    from modelweave.executor import Executor
+    from modelweave.local import LocalCaller
+
+    executor = Executor(graph, LocalCaller(graph))
+    outcomes: list[RowOutcome | None] = [None] * len(texts)
+
+    async def one(i: int, sem: asyncio.Semaphore) -> None:
+        async with sem:
+            try:
+                result = await executor.run(message_from_text(texts[i]))
+                value = read_field(result.message, label_field)
+                outcomes[i] = RowOutcome(truths[i], str(value) if value is not None else None, result.trace)
+            except ModelweaveError as exc:
+                outcomes[i] = RowOutcome(truths[i], None, exc.trace, f"{exc.status.value}: {exc}")
+
+    async def main() -> None:
+        sem = asyncio.Semaphore(concurrency)
+        await asyncio.gather(*(one(i, sem) for i in range(len(texts))))
+
+    asyncio.run(main())
+    return [o for o in outcomes if o is not None]
+
+
+def run_batch_rows(graph: CheckedGraph, texts: Sequence[str], truths: Sequence[str], *,
+                   batch_size: int = 64) -> list[RowOutcome]:
+    """Runs rows through the Ray Data batch path (Ray must be initialised)."""
+    import ray
+
+    from modelweave.batch.job import BatchJob
+
+    dataset = ray.data.from_items([{"row": i, "text": t} for i, t in enumerate(texts)])
+    job = BatchJob(graph, batch_size=batch_size)
+    try:
+        rows = job.run(dataset, include_trace=True).take_all()
+    finally:
+        job.shutdown()
+    outcomes: list[RowOutcome | None] = [None] * len(texts)
+    for row in rows:
+        trace = json_format.Parse(row["trace_json"], pb.Trace()) if row.get("trace_json") else None
+        outcomes[row["row"]] = RowOutcome(truths[row["row"]], row.get("label"), trace, row.get("error"))
+    return [o for o in outcomes if o is not None]
+
+
+def evaluate(versions: Sequence[tuple[str, GraphSpec]], texts: Sequence[str], truths: Sequence[str], *,
+             runner: str = "batch", ablate: bool = False) -> list[VersionReport]:
+    """Evaluates every version (and, with ``ablate``, each single-node removal of the last one)."""
+    from modelweave.evolve import ablations
+
+    jobs: list[tuple[str, GraphSpec, str]] = [(name, spec, "") for name, spec in versions]
+    if ablate and versions:
+        last_name, last = versions[-1]
+        jobs += [(f"{last_name} - {v.removed.rsplit('/', 1)[-1]}", v.spec, v.removed) for v in ablations(last)]
+    reports = []
+    for name, spec, removed in jobs:
+        graph = check_graph(spec)
+        started = time.perf_counter()
+        outcomes = (run_batch_rows(graph, texts, truths) if runner == "batch"
+                    else run_local(graph, texts, truths))
+        report = summarise(name, graph, outcomes, removed)
+        reports.append(report)
+        print(f"  {name}: acc {report.accuracy:.3f} in {time.perf_counter() - started:.0f} s", flush=True)
+    return reports
+
+
+def markdown(reports: Sequence[VersionReport], *, reach_of: Sequence[str] = ()) -> str:
+    """A Markdown table; ``reach_of`` names model nodes whose traffic share gets a column."""
+    head = ["version", "rows", "accuracy", "macro-F1", "p50 ms", "p99 ms", "CPU ms/req", "cost/req", "errors"]
+    head += [f"reach {n}" for n in reach_of]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in reports:
+        cells = [r.name, str(r.rows), f"{r.accuracy:.3f}", f"{r.macro_f1:.3f}", f"{r.p50_ms:.1f}",
+                 f"{r.p99_ms:.1f}", f"{r.cpu_ms:.2f}", f"{r.cost:.2f}", str(r.errors)]
+        for node in reach_of:
+            share = sum(v for k, v in r.reach.items() if k.rsplit("/", 1)[-1] == node)
+            cells.append(f"{share:.0%}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def contributions(reports: Sequence[VersionReport]) -> str:
+    """Markdown: what changes when each node is removed from the full (last non-ablated) version."""
+    full = [r for r in reports if not r.removed]
+    ablated = [r for r in reports if r.removed]
+    if not full or not ablated:
+        return ""
+    base = full[-1]
+    lines = [f"Contribution of each node of `{base.name}` (change when it is removed):", "",
+             "| removed node | Δ accuracy | Δ macro-F1 | Δ CPU ms/req | Δ p50 ms |", "|---|---|---|---|---|"]
+    for r in ablated:
+        lines.append(f"| `{r.removed}` | {r.accuracy - base.accuracy:+.3f} | {r.macro_f1 - base.macro_f1:+.3f} | "
+                     f"{r.cpu_ms - base.cpu_ms:+.2f} | {r.p50_ms - base.p50_ms:+.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def frontier(reports: Sequence[VersionReport]) -> list[VersionReport]:
+    """Versions not beaten on both quality and CPU by another (the Pareto frontier), cheapest first."""
+    ordered = sorted(reports, key=lambda r: (r.cpu_ms, -r.accuracy))
+    best, out = -1.0, []
+    for r in ordered:
+        if r.accuracy > best:
+            out.append(r)
+            best = r.accuracy
+    return out
+
+
+def plot(reports: Sequence[VersionReport], path: str | pathlib.Path, title: str = "quality vs compute") -> None:
+    """PNG: accuracy against model CPU ms per request, versions as points, frontier drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in reports:
+        marker = "x" if r.removed else "o"
+        ax.scatter([max(r.cpu_ms, 1e-3)], [r.accuracy], marker=marker, s=40)
+        ax.annotate(r.name, (max(r.cpu_ms, 1e-3), r.accuracy), fontsize=7, xytext=(4, 3),
+                    textcoords="offset points")
+    front = frontier(reports)
+    ax.plot([max(r.cpu_ms, 1e-3) for r in front], [r.accuracy for r in front], "--", color="#b91c1c",
+            lw=1, label="frontier")
+    ax.set_xscale("log")
+    ax.set_xlabel("model CPU ms per request (log)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+
+
+def load_labelled(path: str, text_column: str, label_column: str, limit: int | None = None
+                  ) -> tuple[list[str], list[str]]:
+    """Reads texts and reference labels from a parquet/CSV/JSONL file (pyarrow, no Ray)."""
+    import pyarrow.csv as pcsv
+    import pyarrow.json as pjson
+    import pyarrow.parquet as pq
+
+    suffix = pathlib.Path(path).suffix.lower()
+    if suffix == ".parquet":
+        table = pq.read_table(path, columns=[text_column, label_column])
+    elif suffix == ".csv":
+        table = pcsv.read_csv(path)
+    elif suffix in (".jsonl", ".json"):
+        table = pjson.read_json(path)
+    else:
+        raise ValueError(f"unsupported dataset format {suffix!r}; use .parquet, .csv or .jsonl")
+    for column in (text_column, label_column):
+        if column not in table.column_names:
+            raise ValueError(f"dataset {path} has no column {column!r} (columns: {table.column_names})")
+    texts = [str(t) for t in table.column(text_column).to_pylist()]
+    labels = [str(v) for v in table.column(label_column).to_pylist()]
+    if limit is not None:
+        texts, labels = texts[:limit], labels[:limit]
+    return texts, labels
+
+
+def reach_nodes(reports: Sequence[VersionReport], top: int = 3) -> list[str]:
+    """Model nodes reached by some but not all requests (the interesting routing columns)."""
+    partial: dict[str, float] = defaultdict(float)
+    for r in reports:
+        for node, share in r.reach.items():
+            if 0.0 < share < 0.999:
+                partial[node.rsplit("/", 1)[-1]] = max(partial[node.rsplit("/", 1)[-1]], share)
+    return sorted(partial, key=lambda k: -partial[k])[:top]
+
+
+def as_dict(report: VersionReport) -> dict[str, Any]:
+    """JSON-friendly report (``--json``)."""
+    return dict(report.__dict__)
