@@ -143,3 +143,14 @@ def test_draw_writes_mermaid_and_an_image_with_stats(tmp_path: pathlib.Path):
     assert "negation-aware<br/>LexiconSentiment<br/>1-2 replicas, 0.1 CPU" in mermaid
     assert "other | Text | 25% · 3.5 ms" in mermaid
     assert '-->|"Text"|' in mermaid
+
+
+def test_committed_cluster_config_matches_the_graphs(tmp_path: pathlib.Path):
+    fresh = tmp_path / "serve.yaml"
+    r = cli("build", "examples/triage.yaml", "examples/triage-baseline.yaml", "-o", str(fresh))
+    assert r.returncode == 0, r.stderr
+    committed = (pathlib.Path(__file__).resolve().parents[2] / "cluster" / "serve-triage.yaml").read_text()
+    assert fresh.read_text() == committed, "cluster/serve-triage.yaml is stale: rebuild it (see cluster/README.md)"
+    service = yaml.safe_load((pathlib.Path(__file__).resolve().parents[2] / "cluster" / "rayservice-triage.yaml")
+                             .read_text())
+    assert yaml.safe_load(service["spec"]["serveConfigV2"]) == yaml.safe_load(committed)
