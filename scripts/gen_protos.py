@@ -55,7 +55,8 @@ def main() -> int:
                 shutil.copyfile(f, target)
         if opts.check:
             expected = {f.name for f in files}
-            extra = [p.name for p in OUT_PACKAGE.iterdir() if p.name.endswith(GENERATED_SUFFIXES) and p.name not in expected]
+            extra = [p.name for p in OUT_PACKAGE.iterdir()
+                     if p.name.endswith(GENERATED_SUFFIXES) and p.name not in expected]
             if stale or extra:
                 print(f"generated protobuf code is stale: {sorted(stale + extra)}; run python scripts/gen_protos.py")
                 return 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pathlib
+
 import httpx
 import pytest
 from google.protobuf import json_format
@@ -24,9 +26,7 @@ def triage_app(serve_endpoints):
     from modelweave.prepare import data_dir, run_prepare_hooks
     from modelweave.spec import load_graph, parse_graph
 
-    from conftest import REPO  # noqa: I001  (tests/integration on sys.path)
-
-    spec = load_graph(REPO / REPO_GRAPH)
+    spec = load_graph(pathlib.Path(__file__).resolve().parents[2] / REPO_GRAPH)
     run_prepare_hooks(spec, data_dir(), progress=False, log=lambda _m: None)
     serve.run(graph_app(spec), name="triage", route_prefix="/triage")
     # A strict answer validator: every candidate fails, so the loop retries, then escalates.
