@@ -20,8 +20,12 @@ from modelweave.state import MemoryCache, MemoryState
 NAMESPACE = "modelweave"
 
 
-class GraphState:
-    """The actor body: per-node caches and feedback variables of one graph version."""
+class GraphStateStore:
+    """Per-node caches and feedback variables of one graph version (synchronous, not thread-safe).
+
+    Used directly by single-threaded actors (the batch job's state actor) and wrapped by
+    :class:`GraphState` for the online actor.
+    """
 
     def __init__(self) -> None:
         self._caches: dict[str, MemoryCache] = {}
@@ -55,6 +59,39 @@ class GraphState:
             "caches": {p: {"size": len(c), "hits": c.hits, "misses": c.misses} for p, c in self._caches.items()},
             "state": dict(self._state.values),
         }
+
+
+class GraphState(GraphStateStore):
+    """The online actor body: the store behind ``async`` methods.
+
+    Async methods make Ray run this as an asyncio actor: up to ``max_concurrency`` calls are
+    in flight, but they interleave on one event loop and never run in parallel threads, so
+    the store needs no locks.
+    """
+
+    async def configure_cache(self, path: str, ttl_s: float, max_entries: int) -> None:  # type: ignore[override]
+        """Creates the cache of one cache node (idempotent)."""
+        super().configure_cache(path, ttl_s, max_entries)
+
+    async def cache_get(self, path: str, key: str) -> bytes | None:  # type: ignore[override]
+        """Cached value or None."""
+        return super().cache_get(path, key)
+
+    async def cache_put(self, path: str, key: str, value: bytes) -> None:  # type: ignore[override]
+        """Stores a cached value."""
+        super().cache_put(path, key, value)
+
+    async def get_state(self, var: dict[str, Any]) -> float:  # type: ignore[override]
+        """Current value of a feedback variable."""
+        return super().get_state(var)
+
+    async def adjust_state(self, var: dict[str, Any], delta: float) -> float:  # type: ignore[override]
+        """Clamped adjustment of a feedback variable."""
+        return super().adjust_state(var, delta)
+
+    async def stats(self) -> dict[str, Any]:  # type: ignore[override]
+        """Cache sizes, hit/miss counts and feedback values."""
+        return super().stats()
 
 
 def actor_name(spec: GraphSpec) -> str:

@@ -136,10 +136,11 @@ def build(graphs: tuple[str, ...], output: str, host: str, http_port: int, grpc_
 @click.option("--grpc-port", default=9000, show_default=True)
 @click.option("--dashboard-port", default=8265, show_default=True)
 @click.option("--address", default=None, help="join an existing Ray cluster instead of starting one")
-@click.option("--num-cpus", default=None, type=int, help="logical CPUs of the embedded Ray")
+@click.option("--num-cpus", default=None, type=int, help="logical CPUs of the embedded Ray (default max(4, cores))")
+@click.option("--metrics-port", default=8080, show_default=True, help="Prometheus endpoint of the embedded Ray")
 @click.option("--data-dir", default=None, help="artifact dir (default $MODELWEAVE_DATA_DIR or ~/.cache/modelweave)")
 def run(graphs: tuple[str, ...], host: str, http_port: int, grpc_port: int, dashboard_port: int,
-        address: str | None, num_cpus: int | None, data_dir: str | None) -> None:
+        address: str | None, num_cpus: int | None, metrics_port: int, data_dir: str | None) -> None:
     """Serve GRAPHS on an embedded local Ray until Ctrl-C (preparing their artifacts first)."""
     from modelweave.prepare import DATA_DIR_ENV, run_prepare_hooks
     from modelweave.prepare import data_dir as resolve_data_dir
@@ -160,7 +161,7 @@ def run(graphs: tuple[str, ...], host: str, http_port: int, grpc_port: int, dash
 
     session = start_serving([g.spec for g in checked], host=host, http_port=http_port, grpc_port=grpc_port,
                             dashboard_port=dashboard_port, address=address, num_cpus=num_cpus,
-                            log=lambda m: click.echo(m, err=True))
+                            metrics_port=metrics_port, log=lambda m: click.echo(m, err=True))
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
     for spec in session.graphs:
@@ -169,6 +170,8 @@ def run(graphs: tuple[str, ...], host: str, http_port: int, grpc_port: int, dash
                    f"/stream, /describe)")
         click.echo(f"  gRPC:      {host}:{grpc_port}  (modelweave.v1.GraphService; metadata application={spec.name})")
     click.echo(f"  Dashboard: {session.dashboard_url or 'not running'}")
+    if not address:
+        click.echo(f"  Metrics:   http://{host}:{metrics_port}/metrics  (Prometheus; ray_modelweave_* series)")
     click.echo("Press Ctrl-C to stop.", nl=True)
     sys.stdout.flush()
     while not stop.wait(0.5):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -18,7 +19,7 @@ class ServingSession:
 
 
 def start_serving(graphs: list[GraphSpec], *, host: str, http_port: int, grpc_port: int, dashboard_port: int,
-                  address: str | None = None, num_cpus: int | None = None,
+                  address: str | None = None, num_cpus: int | None = None, metrics_port: int | None = None,
                   log: Callable[[str], None] = print) -> ServingSession:
     """Starts Ray (unless ``address``), Serve with HTTP + gRPC, and one application per graph."""
     import ray
@@ -30,8 +31,11 @@ def start_serving(graphs: list[GraphSpec], *, host: str, http_port: int, grpc_po
         ctx = ray.init(address=address, namespace="modelweave", log_to_driver=False)
     else:
         log("modelweave: starting an embedded Ray cluster ...")
+        # More logical CPUs than cores by default: model replicas ask for fractions of a CPU and
+        # mostly wait on each other, and a 2-core laptop should still fit the reference app.
         ctx = ray.init(address="local", namespace="modelweave", include_dashboard=True, dashboard_host=host,
-                       dashboard_port=dashboard_port, num_cpus=num_cpus, log_to_driver=False)
+                       dashboard_port=dashboard_port, num_cpus=num_cpus or max(4, os.cpu_count() or 1),
+                       log_to_driver=False, _metrics_export_port=metrics_port)
     serve.start(
         http_options={"host": host, "port": http_port},
         grpc_options={"port": grpc_port, "grpc_servicer_functions": [GRPC_SERVICER]},

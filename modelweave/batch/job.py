@@ -11,7 +11,11 @@ parallel nodes aggregate, fallbacks run only on failure, and caches skip whole
 sub-flows. A static operator chain would have to re-implement all of that outside the
 executor (and keep it in step with it), so batch and online would drift. Instead the
 models still get their own pools and real batches (the per-operator benefit), and the
-flow logic exists exactly once.
+flow logic exists exactly once. The cost of this choice: Ray Data sees one operator,
+so its per-operator progress and autoscaling do not apply to the model pools (they are
+sized from the graph file), and each step of a row is a hop from the stage to a pool.
+``inline="cheap"`` removes that hop for rule-based glue by running those adapters in
+the stage process (the batch analogue of operator fusion).
 
 Semantics shared with online: the request checks and limits of the ingress
 (``check_request``, ``check_input``), per-row deadlines (the graph's ``timeout_s``),
@@ -99,6 +103,23 @@ def _as_checked(graph: GraphSpec | CheckedGraph) -> CheckedGraph:
     return graph if isinstance(graph, CheckedGraph) else check_graph(graph)
 
 
+def _wait_for_cpus(wanted: float, timeout_s: float = 20.0) -> dict[str, float]:
+    """Free resources once ``wanted`` CPUs (at most the cluster's) are free, or at the timeout.
+
+    Actors of a job that just ended (its pools, Ray Data's stage actors) release their
+    CPUs asynchronously; planning against that moment would starve the new job.
+    """
+    import ray
+
+    wanted = min(wanted, float(ray.cluster_resources().get("CPU", 0.0)))
+    deadline = time.monotonic() + timeout_s
+    while True:
+        available: dict[str, float] = ray.available_resources()
+        if float(available.get("CPU", 0.0)) >= wanted - 1e-6 or time.monotonic() >= deadline:
+            return available
+        time.sleep(0.2)
+
+
 def _inline_set(graph: CheckedGraph, inline: str | Collection[str]) -> set[str]:
     """Resolves the ``inline`` option to model node names.
 
@@ -146,8 +167,6 @@ class BatchJob:
         self.graph = _as_checked(graph)
         self.batch_size = batch_size
         self.max_wait_s = max_wait_s
-        available = ray.available_resources()
-        cpus = float(available.get("CPU", 0.0))
         self.concurrency = concurrency or max(1, int(ray.cluster_resources().get("CPU", 1)) // 4)
         self.stage_num_cpus = stage_num_cpus
         self.inline = _inline_set(self.graph, inline)
@@ -157,9 +176,11 @@ class BatchJob:
                 raise InvalidArgument("the given pools do not run this graph's pooled model nodes")
             self.pools, self._owns_pools = pools, False
         else:
-            plans = fit_plans([plan_pool(self.graph.models[n], batch_size) for n in sorted(pooled)],
-                              available_cpus=cpus, available_gpus=float(available.get("GPU", 0.0)),
-                              stage_cpus=self.concurrency * stage_num_cpus)
+            wanted = [plan_pool(self.graph.models[n], batch_size) for n in sorted(pooled)]
+            stage_cpus = self.concurrency * stage_num_cpus
+            available = _wait_for_cpus(RESERVED_CPUS + stage_cpus + sum(p.total_cpus for p in wanted))
+            plans = fit_plans(wanted, available_cpus=float(available.get("CPU", 0.0)),
+                              available_gpus=float(available.get("GPU", 0.0)), stage_cpus=stage_cpus)
             self.pools, self._owns_pools = ModelPools(self.graph, {p.name: p for p in plans}), True
         self.job_id = uuid.uuid4().hex[:8]
         self.state: Any = ray.remote(JobState).options(  # type: ignore[attr-defined]
@@ -179,9 +200,8 @@ class BatchJob:
         Raises:
             ResourceExhausted: instead of the silent hang Ray Data would run into.
         """
-        import ray
-
-        free = float(ray.available_resources().get("CPU", 0.0)) - self.concurrency * self.stage_num_cpus
+        stages = self.concurrency * self.stage_num_cpus
+        free = float(_wait_for_cpus(RESERVED_CPUS + stages).get("CPU", 0.0)) - stages
         if free < RESERVED_CPUS - 1e-6:
             raise ResourceExhausted(
                 f"after the model pools, {self.concurrency} graph stage(s) of {self.stage_num_cpus:g} CPU would "

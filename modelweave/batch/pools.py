@@ -1,8 +1,9 @@
 """Per-model-node Ray actor pools for batch jobs.
 
-Each model node of a graph gets its own pool of :class:`ModelWorker` actors. A worker
-wraps the plain adapter (``build_adapter`` + ``load``), exactly as a Serve replica
-does online, and answers whole micro-batches. Pool size and resources come from the
+Each model node of a graph gets its own pool of :class:`ModelWorker` actors (unless
+the job runs it inline, see :func:`cheap_models`). A worker wraps the plain adapter
+(``build_adapter`` + ``load``), exactly as a Serve replica does online, and answers
+whole micro-batches. Pool size and resources come from the
 node's ``batch`` overrides, else from its ``deployment`` settings (replicas; with
 autoscaling, ``max_replicas``; ``ray_actor_options``).
 
@@ -110,7 +111,7 @@ def fit_plans(plans: Sequence[PoolPlan], *, available_cpus: float, available_gpu
     budget = available_cpus - reserved_cpus - stage_cpus
     explicit = sum(p.total_cpus for p in plans if p.explicit_cpus)
     inherited = sum(p.total_cpus for p in plans if not p.explicit_cpus)
-    if explicit > budget + 1e-9:
+    if explicit and explicit > budget + 1e-9:
         raise ResourceExhausted(
             f"model pools request {explicit:g} CPUs via batch.num_cpus, but only {max(budget, 0):g} of "
             f"{available_cpus:g} free CPUs remain after the graph stages ({stage_cpus:g}) and the "

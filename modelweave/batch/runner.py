@@ -31,6 +31,8 @@ class JobOptions:
         overwrite: Replace an existing output.
         address: Ray cluster to join; None starts an embedded local Ray.
         num_cpus: Logical CPUs of the embedded Ray (default: the machine's cores).
+        inline: ``"none"`` (every model node gets an actor pool) or ``"cheap"`` (rule-based
+            non-blocking models run inside the graph stages).
     """
 
     input_path: str
@@ -46,6 +48,7 @@ class JobOptions:
     overwrite: bool = False
     address: str | None = None
     num_cpus: int | None = None
+    inline: str = "none"
 
 
 def run_job(graph_path: str, options: JobOptions, *, log: Callable[[str], None] = print) -> BatchSummary:
@@ -81,9 +84,9 @@ def run_job(graph_path: str, options: JobOptions, *, log: Callable[[str], None] 
         started_ray = True
     job: BatchJob | None = None
     try:
-        job = BatchJob(graph, batch_size=options.batch_size, concurrency=options.concurrency)
-        log(f"modelweave: {len(graph.models)} model pools ready in {job.load_s:.1f} s "
-            f"({job.pools.cpus:g} CPUs, {job.concurrency} graph stage(s))")
+        job = BatchJob(graph, batch_size=options.batch_size, concurrency=options.concurrency, inline=options.inline)
+        log(f"modelweave: {len(job.pools.plans)} model pools ready in {job.load_s:.1f} s ({job.pools.cpus:g} CPUs, "
+            f"{len(job.inline)} model(s) inline, {job.concurrency} graph stage(s))")
         start = time.monotonic()
         dataset = read_input(options.input_path, options.fmt)
         results = job.run(dataset, text_column=options.text_column, timeout_s=options.timeout_s,

@@ -1,7 +1,7 @@
 """The job's shared state: one actor holding the cache nodes' caches, the feedback variables
 and the job's counters, plus the executor-side backends that talk to it in batches.
 
-The actor extends the online graph state actor (:class:`actors.shared_state.GraphState`)
+The actor extends the online graph state actor (:class:`actors.shared_state.GraphStateStore`)
 with batch methods. The backends implement the executor's ``CacheBackend`` and
 ``StateStore`` protocols, coalescing the many concurrent rows of a graph stage into one
 actor call per step, so a batch of rows costs one round trip, not one per row.
@@ -16,12 +16,12 @@ from collections import Counter
 from collections.abc import Hashable
 from typing import Any, cast
 
-from actors.shared_state import GraphState
+from actors.shared_state import GraphStateStore
 from modelweave.batch.coalesce import Coalescer
 from modelweave.spec import AdaptiveValue, CacheNode
 
 
-class JobState(GraphState):
+class JobState(GraphStateStore):
     """Actor body: shared caches and feedback variables of one job, plus row counters."""
 
     def __init__(self) -> None:
@@ -116,10 +116,12 @@ class BatchedCache:
     def __init__(self, client: SharedStateClient, path: str, node: CacheNode) -> None:
         self._client = client
         self._path = path
-        self._configured = client.actor.configure_cache.remote(path, node.ttl_s, node.max_entries)
+        self._configured: Any = client.actor.configure_cache.remote(path, node.ttl_s, node.max_entries)
 
     async def get(self, key: str) -> bytes | None:
-        await self._configured
+        if self._configured is not None:  # await the ObjectRef once, not on every lookup
+            await self._configured
+            self._configured = None
         value: bytes | None = await self._client.submit(("get", self._path), key)
         return value
 

@@ -50,7 +50,7 @@ def start_server(graph: str, ready_timeout: float = 240) -> RunningServer:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "modelweave.cli", "run", graph, "--http-port", str(http_port),
-         "--grpc-port", str(grpc_port), "--dashboard-port", str(dash_port)],
+         "--grpc-port", str(grpc_port), "--dashboard-port", str(dash_port), "--metrics-port", str(free_port())],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )
     server = RunningServer(proc, f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}")

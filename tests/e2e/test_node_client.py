@@ -85,6 +85,7 @@ def server_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]
         proc = subprocess.Popen(
             [sys.executable, "-m", "modelweave.cli", "run", str(REPO / "examples" / "demo.yaml"),
              "--http-port", str(http_port), "--grpc-port", str(grpc_port), "--dashboard-port", str(dashboard_port),
+             "--metrics-port", str(free_port()),
              "--num-cpus", "8"],
             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True,
             start_new_session=True,  # our SIGINT reaches only this process; the group is ours to clean up
