@@ -28,6 +28,7 @@ VERSIONS = [
     "examples/evolution/single-minilm.yaml",
     "examples/evolution/single-ensemble.yaml",
     "examples/evolution/1-baseline.yaml",
+    "examples/evolution/cascade-only.yaml",
     "examples/evolution/2-preprocessing.yaml",
     "examples/evolution/3-routing.yaml",
     "examples/triage.yaml",
@@ -74,6 +75,7 @@ def main() -> int:
     parser.add_argument("--latency-requests", type=int, default=200)
     parser.add_argument("--runner", choices=["batch", "local"], default="batch")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    parser.add_argument("--versions", nargs="*", default=VERSIONS, help="graph files, in evolution order")
     opts = parser.parse_args()
 
     import ray
@@ -83,7 +85,7 @@ def main() -> int:
     from modelweave.prepare import data_dir, run_prepare_hooks
     from modelweave.spec import load_graph
 
-    specs = [load_graph(REPO / v) for v in VERSIONS]
+    specs = [load_graph(REPO / v) for v in opts.versions]
     for spec in specs:
         run_prepare_hooks(spec, data_dir(), log=lambda m: print(m, file=sys.stderr))
     with tempfile.TemporaryDirectory() as tmp:
