@@ -202,7 +202,15 @@ def draw(graph: str, output: str | None, mermaid_path: str | None, stats_source:
             stats = stats_from_prometheus(httpx.get(stats_source, timeout=30).text, checked.spec.name)
         else:
             raw = json.loads(pathlib.Path(stats_source).read_text())
-            stats = {k: NodeStats(**v) for k, v in raw.items()}
+            if isinstance(raw, list):  # `modelweave eval --json` output: take this graph's report
+                report = next((r for r in raw if r["name"] == checked.spec.name and not r.get("removed")), None)
+                if report is None:
+                    click.echo(f"error: {stats_source} has no report for graph {checked.spec.name!r}", err=True)
+                    sys.exit(2)
+                stats = {node: NodeStats(share=report["node_share"].get(node, 0.0), mean_ms=ms)
+                         for node, ms in report["node_ms"].items()}
+            else:
+                stats = {k: NodeStats(**v) for k, v in raw.items()}
     text = to_mermaid(checked, stats)
     if mermaid_path:
         pathlib.Path(mermaid_path).write_text(text, encoding="utf-8")

@@ -53,6 +53,8 @@ class VersionReport:
     cost: float
     errors: int
     reach: dict[str, float] = field(default_factory=dict)
+    node_ms: dict[str, float] = field(default_factory=dict)
+    node_share: dict[str, float] = field(default_factory=dict)
     removed: str = ""
 
 
@@ -85,12 +87,18 @@ def summarise(name: str, graph: CheckedGraph, outcomes: Sequence[RowOutcome], re
     predicted = [o.predicted for o in outcomes]
     latencies, cpu, cost = [], 0.0, 0.0
     reach: Counter[str] = Counter()
+    node_total_ms: dict[str, float] = defaultdict(float)
+    node_calls: Counter[str] = Counter()
+    node_rows: Counter[str] = Counter()
     for o in outcomes:
         if o.trace is None:
             continue
         latencies.append(o.trace.total_ms)
+        node_rows.update({span.node for span in o.trace.spans})
         seen = set()
         for span in o.trace.spans:
+            node_total_ms[span.node] += span.latency_ms
+            node_calls[span.node] += 1
             if span.kind != "model" or span.error:
                 continue
             cpu += span.cpu_ms
@@ -104,7 +112,9 @@ def summarise(name: str, graph: CheckedGraph, outcomes: Sequence[RowOutcome], re
         macro_f1=macro_f1(truth, predicted),
         p50_ms=_percentile(latencies, 0.5), p99_ms=_percentile(latencies, 0.99),
         cpu_ms=cpu / n, cost=cost / n, errors=sum(1 for o in outcomes if o.error),
-        reach={node: count / n for node, count in sorted(reach.items())}, removed=removed,
+        reach={node: count / n for node, count in sorted(reach.items())},
+        node_ms={node: node_total_ms[node] / node_calls[node] for node in sorted(node_calls)},
+        node_share={node: count / n for node, count in sorted(node_rows.items())}, removed=removed,
     )
 
 

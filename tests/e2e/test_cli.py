@@ -154,3 +154,23 @@ def test_committed_cluster_config_matches_the_graphs(tmp_path: pathlib.Path):
     service = yaml.safe_load((pathlib.Path(__file__).resolve().parents[2] / "cluster" / "rayservice-triage.yaml")
                              .read_text())
     assert yaml.safe_load(service["spec"]["serveConfigV2"]) == yaml.safe_load(committed)
+
+
+def test_eval_compares_versions_with_ablations_and_feeds_draw(tmp_path: pathlib.Path):
+    data = tmp_path / "labelled.csv"
+    data.write_text("text,label\n" + "\n".join([
+        '"terrible, broken, late",negative', '"great service, thanks",positive', '"it arrived",neutral',
+        '"not good at all",negative', '"I love it",positive', '"Le produit est cassé",negative',
+    ] * 3) + "\n")
+    out = tmp_path / "eval.json"
+    r = cli("eval", "examples/demo.yaml", "--data", str(data), "--runner", "local", "--ablate",
+            "--markdown", str(tmp_path / "r.md"), "--plot", str(tmp_path / "p.png"), "--json", str(out),
+            timeout=180)
+    assert r.returncode == 0, r.stderr
+    table = (tmp_path / "r.md").read_text()
+    assert "| demo | 18 |" in table and "demo - ensemble" in table and "Δ accuracy" in table
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+    drawn = cli("draw", "examples/demo.yaml", "--stats", str(out))
+    assert drawn.returncode == 0 and "100% ·" in drawn.stdout
+    bad = cli("eval", "examples/demo.yaml", "--data", str(data), "--label-column", "nope", "--runner", "local")
+    assert bad.returncode == 2 and "no column 'nope'" in bad.stderr
