@@ -8,6 +8,7 @@ thread so parallel branches still overlap.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 
 from modelweave.adapters.base import ModelAdapter, build_adapter, predict_measured
 from modelweave.checker import CheckedGraph
@@ -23,12 +24,15 @@ class LocalCaller:
     Args:
         graph: The checked graph whose model nodes to load.
         adapters: Pre-built adapters by node name (tests inject instances here).
+        names: Load only these model nodes (default: all).
     """
 
-    def __init__(self, graph: CheckedGraph, adapters: dict[str, ModelAdapter] | None = None) -> None:
+    def __init__(self, graph: CheckedGraph, adapters: dict[str, ModelAdapter] | None = None,
+                 names: Iterable[str] | None = None) -> None:
         self.adapters: dict[str, ModelAdapter] = dict(adapters or {})
+        wanted = set(graph.models) if names is None else set(names)
         for name, node in graph.models.items():
-            if name not in self.adapters:
+            if name in wanted and name not in self.adapters:
                 adapter = build_adapter(node.impl, node.params)
                 adapter.load()
                 self.adapters[name] = adapter

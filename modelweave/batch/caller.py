@@ -12,15 +12,14 @@ inline in the stage process instead, which saves one inter-process hop per step.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Hashable, Iterable
 from typing import Any
 
-from modelweave.adapters.base import ModelAdapter, build_adapter, predict_measured
 from modelweave.batch.coalesce import Coalescer
 from modelweave.checker import CheckedGraph
 from modelweave.errors import ModelError, ModelweaveError, Unavailable
 from modelweave.executor import ModelReply
+from modelweave.local import LocalCaller
 from modelweave.spec import ModelNode
 from modelweave.v1 import messages_pb2 as pb
 
@@ -64,7 +63,7 @@ class PoolCaller:
         return outcomes
 
 
-class InlineCaller:
+class InlineCaller(LocalCaller):
     """Runs some model nodes' adapters inside the graph stage process.
 
     Args:
@@ -73,23 +72,7 @@ class InlineCaller:
     """
 
     def __init__(self, graph: CheckedGraph, names: Iterable[str]) -> None:
-        self.adapters: dict[str, ModelAdapter] = {}
-        for name in names:
-            node = graph.models[name]
-            adapter = build_adapter(node.impl, node.params)
-            adapter.load()
-            self.adapters[name] = adapter
-
-    async def call(self, model: ModelNode, message: pb.Message) -> ModelReply:
-        """Answers one envelope in this process."""
-        adapter = self.adapters[model.name]
-        if adapter.blocking:
-            outputs, cpu_ms = await asyncio.to_thread(predict_measured, adapter, [message])
-        else:
-            outputs, cpu_ms = predict_measured(adapter, [message])
-        if len(outputs) != 1:
-            raise ModelError(f"adapter returned {len(outputs)} outputs for 1 input")
-        return ModelReply(outputs[0], cpu_ms)
+        super().__init__(graph, names=names)
 
 
 class StageCaller:
