@@ -28,7 +28,7 @@ from modelweave.errors import (
     ModelError,
     ModelweaveError,
 )
-from modelweave.messages import PART_FIELDS, clone, copy_parts, set_part
+from modelweave.messages import PART_FIELDS, clone, copy_parts, part_name, set_part
 from modelweave.spec import (
     AdaptiveValue,
     CacheNode,
@@ -99,6 +99,7 @@ class Executor:
         self.state = state or MemoryState()
         self._state_refresh_s = state_refresh_s
         self._state_cache: dict[str, tuple[float, float]] = {}
+        self._output_parts = frozenset(part_name(t) for t in graph.spec.output)
         factory = cache_factory or (lambda _path, node: MemoryCache(node.ttl_s, node.max_entries))
         self._caches = {
             info.path: factory(info.path, info.node)
@@ -140,7 +141,21 @@ class Executor:
         except ModelweaveError as exc:
             exc.trace = ctx.trace()  # the hops before the failure, for metrics and debugging
             raise
-        return Result(out, ctx.trace())
+        return Result(self._project(out), ctx.trace())
+
+    def _project(self, message: pb.Message) -> pb.Message:
+        """Keeps only the parts the graph declares as ``output`` (all parts when it declares none).
+
+        Intermediate parts such as a 384-float embedding stay inside the graph; clients get
+        what the graph promises. Metadata is kept (it carries route hints and ids).
+        """
+        declared = self._output_parts
+        if not declared:
+            return message
+        for short, field in PART_FIELDS.items():
+            if short not in declared:
+                message.ClearField(field)
+        return message
 
     def feedback_values(self) -> dict[str, float]:
         """Last known value of each feedback variable this executor has read or adjusted."""

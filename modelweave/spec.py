@@ -325,7 +325,7 @@ class GraphSpec(_Strict):
     description: str = ""
     version: str = "1"
     input: list[str] = ["Text"]
-    output: list[str] = []
+    output: list[str] = Field([], description="parts returned to clients (checked to exist); empty = all")
     timeout_s: float = Field(30.0, gt=0)
     limits: Limits = Limits()
     ingress: IngressSettings = IngressSettings()

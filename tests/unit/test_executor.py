@@ -1062,3 +1062,21 @@ def test_route_feedback_needs_a_declared_state_and_known_branches():
     base["flow"]["feedback"] = [{"state": "nope", "branches": ["zzz"]}]
     with pytest.raises(GraphSpecError, match="feedback\\[0\\].branches: 'zzz'"):
         parse_graph(base)
+
+
+async def test_result_keeps_only_declared_output_parts():
+    from modelweave.checker import check_graph
+    from modelweave.executor import Executor
+    from modelweave.local import LocalCaller
+    from modelweave.spec import parse_graph
+
+    flow = {"kind": "chain", "name": "main", "steps": [
+        {"kind": "model", "name": "cheap", "impl": "modelweave.examples.rules:LexiconSentiment"},
+        {"kind": "model", "name": "reply", "impl": "modelweave.examples.rules:TemplateResponder"},
+    ]}
+    narrow = check_graph(parse_graph({"name": "g", "output": ["Generation"], "flow": flow}))
+    out = (await Executor(narrow, LocalCaller(narrow)).run(pb.Message(text=pb.Text(content="great")))).message
+    assert out.HasField("generation") and not out.HasField("classification") and not out.HasField("text")
+    wide = check_graph(parse_graph({"name": "g", "flow": flow}))
+    out = (await Executor(wide, LocalCaller(wide)).run(pb.Message(text=pb.Text(content="great")))).message
+    assert out.HasField("generation") and out.HasField("classification") and out.HasField("text")
