@@ -63,7 +63,7 @@ def check(graphs: tuple[str, ...], verbose: bool) -> None:
 def serve_config(graphs: list[GraphSpec], *, host: str, http_port: int, grpc_port: int,
                  working_dir: str | None = None) -> dict[str, Any]:
     """A standard Ray Serve config (for ``serve run`` / ``serve deploy`` / KubeRay) running ``graphs``."""
-    from deployments.app import GRPC_SERVICER, LOGGING_CONFIG, deployment_options, ingress_name
+    from deployments.app import GRPC_SERVICER, LOGGING_CONFIG, deployment_options
     from modelweave.spec import dump_graph
 
     apps = []
@@ -84,7 +84,6 @@ def serve_config(graphs: list[GraphSpec], *, host: str, http_port: int, grpc_por
         if working_dir:
             app["runtime_env"] = {"working_dir": working_dir}
         apps.append(app)
-        _ = ingress_name(spec)
     return {
         "proxy_location": "EveryNode",
         "http_options": {"host": host, "port": http_port},
@@ -255,16 +254,18 @@ def eval_command(graphs: tuple[str, ...], data_path: str, text_column: str, labe
     directory = resolve_data_dir(None)
     for graph in checked:
         run_prepare_hooks(graph.spec, directory, log=lambda m: click.echo(m, err=True))
-    if predicted != "classification.label":
-        click.echo("error: --predicted other than classification.label needs --runner local", err=True) \
-            if runner == "batch" else None
+    if predicted != "classification.label" and runner == "batch":
+        # The batch path's result columns carry the label; other fields need the local runner.
+        click.echo("error: --predicted other than classification.label needs --runner local", err=True)
+        sys.exit(2)
     if runner == "batch":
         import ray
 
         ray.init(address="local", num_cpus=num_cpus or max(4, os.cpu_count() or 1), include_dashboard=False,
                  log_to_driver=False, namespace="modelweave")
     click.echo(f"evaluating {len(checked)} version(s) on {len(texts)} rows ({runner} runner)", err=True)
-    reports = ev.evaluate([(g.spec.name, g.spec) for g in checked], texts, truths, runner=runner, ablate=ablate)
+    reports = ev.evaluate([(g.spec.name, g.spec) for g in checked], texts, truths, runner=runner, ablate=ablate,
+                          label_field=predicted)
     text = ev.markdown(reports, reach_of=ev.reach_nodes(reports)) + "\n" + ev.contributions(reports)
     click.echo(text)
     if markdown_path:

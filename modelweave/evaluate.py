@@ -167,7 +167,8 @@ def run_batch_rows(graph: CheckedGraph, texts: Sequence[str], truths: Sequence[s
 
 
 def evaluate(versions: Sequence[tuple[str, GraphSpec]], texts: Sequence[str], truths: Sequence[str], *,
-             runner: str = "batch", ablate: bool = False) -> list[VersionReport]:
+             runner: str = "batch", ablate: bool = False,
+             label_field: str = "classification.label") -> list[VersionReport]:
     """Evaluates every version (and, with ``ablate``, each single-node removal of the last one)."""
     from modelweave.evolve import ablations
 
@@ -180,7 +181,7 @@ def evaluate(versions: Sequence[tuple[str, GraphSpec]], texts: Sequence[str], tr
         graph = check_graph(spec)
         started = time.perf_counter()
         outcomes = (run_batch_rows(graph, texts, truths) if runner == "batch"
-                    else run_local(graph, texts, truths))
+                    else run_local(graph, texts, truths, label_field=label_field))
         report = summarise(name, graph, outcomes, removed)
         reports.append(report)
         print(f"  {name}: acc {report.accuracy:.3f} in {time.perf_counter() - started:.0f} s", flush=True)
