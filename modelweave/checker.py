@@ -127,21 +127,21 @@ def _check_feedback(checked: CheckedGraph) -> None:
                         )
                     checked.states[var.state] = var
     for info in checked.nodes.values():
+        # (state, field compared after the branch) per feedback entry; validate feedback has no field.
         if isinstance(info.node, RouteNode):
-            for i, change in enumerate(info.node.feedback):
-                if change.state not in checked.states:
-                    raise GraphSpecError(
-                        f"{info.path}: feedback[{i}].state {change.state!r} is not declared by any "
-                        "route condition's value_from"
-                    )
-                _field_part(change.field, info.available_out, f"{info.path}: feedback[{i}].field")
-        if isinstance(info.node, ValidateNode):
-            for i, update in enumerate(info.node.feedback):
-                if update.state not in checked.states:
-                    raise GraphSpecError(
-                        f"{info.path}: feedback[{i}].state {update.state!r} is not declared by any "
-                        "route condition's value_from"
-                    )
+            updates: list[tuple[str, str | None]] = [(fb.state, fb.field) for fb in info.node.feedback]
+        elif isinstance(info.node, ValidateNode):
+            updates = [(fb.state, None) for fb in info.node.feedback]
+        else:
+            continue
+        for i, (state, field_path) in enumerate(updates):
+            if state not in checked.states:
+                raise GraphSpecError(
+                    f"{info.path}: feedback[{i}].state {state!r} is not declared by any "
+                    "route condition's value_from"
+                )
+            if field_path is not None:
+                _field_part(field_path, info.available_out, f"{info.path}: feedback[{i}].field")
 
 
 def _fmt(types: frozenset[str] | set[str]) -> str:

@@ -307,15 +307,17 @@ class Executor:
         chosen, reason = node.default, "default"
         for i, rule in enumerate(node.rules):
             tests = []
+            adaptive = []  # "state=value" of the adaptive thresholds this rule read, for the trace
             for cond in rule.when:
-                threshold = await self._threshold(cond.value_from) if cond.value_from else None
+                threshold = None
+                if cond.value_from is not None:
+                    threshold = await self._threshold(cond.value_from)
+                    adaptive.append(f"{cond.value_from.state}={threshold:.3f}")
                 tests.append(evaluate(cond, msg, threshold))
-                if threshold is not None:
-                    reason_value = f"{cond.value_from.state}={threshold:.3f}" if cond.value_from else ""
             if (all(tests) if rule.match == "all" else any(tests)):
                 chosen, reason = rule.branch, f"rules[{i}]"
-                if any(c.value_from for c in rule.when):
-                    reason += f" ({reason_value})"
+                if adaptive:
+                    reason += f" ({', '.join(adaptive)})"
                 break
         else:
             if node.router is not None and msg.classification.label in node.branches:

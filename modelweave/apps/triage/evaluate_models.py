@@ -18,23 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from modelweave.apps.triage import artifacts as art
 from modelweave.apps.triage import calibration as cal
 from modelweave.apps.triage import data
+from modelweave.codecs import message_from_text
 from modelweave.v1 import messages_pb2 as pb
-
-
-def _envelopes(texts: Sequence[str]) -> list[pb.Message]:
-    out = []
-    for text in texts:
-        m = pb.Message()
-        m.text.content = text
-        out.append(m)
-    return out
 
 
 def _run(adapter: Any, envelopes: list[pb.Message], batch_size: int) -> tuple[list[pb.Classification], float, float]:
@@ -66,7 +57,7 @@ def evaluate_sentiment(data_dir: Path | None, limit: int | None = None, batch_si
     arts = art.Artifacts(data_dir)
     threshold = arts.calibration("cascade_threshold")
     test = data.tweets("test", limit)
-    envelopes = _envelopes([t.text for t in test])
+    envelopes = [message_from_text(t.text) for t in test]
     y = cal.label_indices([t.label for t in test], data.LABELS)
     n = len(test)
     ddir = str(data_dir) if data_dir else None

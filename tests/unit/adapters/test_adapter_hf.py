@@ -13,19 +13,12 @@ import numpy as np
 import pytest
 
 from modelweave.adapters.hf import HFClassifier, HFEmbedder
+from modelweave.codecs import message_from_text
 from modelweave.errors import FailedPrecondition
-from modelweave.v1 import messages_pb2 as pb
 
 TOKENIZER = Path(__file__).resolve().parents[3] / "modelweave" / "apps" / "triage" / "assets" / "tokenizer.json"
 pytest.importorskip("sentence_transformers")
 transformers = pytest.importorskip("transformers")
-
-
-def _msg(text: str) -> pb.Message:
-    m = pb.Message()
-    m.text.content = text
-    return m
-
 
 @pytest.fixture(scope="module")
 def tiny_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
@@ -71,7 +64,7 @@ def test_embedder_from_local_dir(tiny_dirs: dict[str, Path]) -> None:
     emb = HFEmbedder(model_path=str(tiny_dirs["encoder"]), model_name="tiny", threads=1)
     emb.load()
     assert os.environ["HF_HUB_OFFLINE"] == "1"
-    out = emb.predict([_msg("hello world"), _msg("hello world"), _msg("a different sentence")])
+    out = emb.predict([message_from_text(t) for t in ("hello world", "hello world", "a different sentence")])
     vecs = np.array([o.values for o in out])
     assert vecs.shape == (3, 32) and all(o.model == "tiny" for o in out)
     assert np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-4)
@@ -82,7 +75,7 @@ def test_embedder_from_local_dir(tiny_dirs: dict[str, Path]) -> None:
 def test_classifier_from_local_dir(tiny_dirs: dict[str, Path]) -> None:
     clf = HFClassifier(model_path=str(tiny_dirs["classifier"]), batch_size=2)
     clf.load()
-    out = clf.predict([_msg(t) for t in ("good", "bad", "fine", "okay")])
+    out = clf.predict([message_from_text(t) for t in ("good", "bad", "fine", "okay")])
     assert len(out) == 4
     for c in out:
         assert {s.label for s in c.scores} == {"negative", "neutral", "positive"}
@@ -90,7 +83,7 @@ def test_classifier_from_local_dir(tiny_dirs: dict[str, Path]) -> None:
         assert c.label == c.scores[0].label and c.model == "classifier"
     multi = HFClassifier(model_path=str(tiny_dirs["classifier"]), problem="multi_label")
     multi.load()
-    (m,) = multi.predict([_msg("good")])
+    (m,) = multi.predict([message_from_text("good")])
     assert 0.0 < m.confidence < 1.0 and sum(s.score for s in m.scores) != pytest.approx(1.0, abs=1e-6)
 
 

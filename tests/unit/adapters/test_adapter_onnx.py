@@ -8,14 +8,8 @@ import numpy as np
 import pytest
 
 from modelweave.adapters.onnx import OnnxEmbedder, resolve_path
+from modelweave.codecs import message_from_text
 from modelweave.errors import FailedPrecondition, GraphSpecError, InvalidArgument
-from modelweave.v1 import messages_pb2 as pb
-
-
-def _msg(text: str) -> pb.Message:
-    m = pb.Message()
-    m.text.content = text
-    return m
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +39,7 @@ def test_resolve_path_finds_package_files(minilm_files: dict[str, str]) -> None:
 
 
 def test_embeddings_are_unit_vectors_with_model_name(embedder: OnnxEmbedder) -> None:
-    out = embedder.predict([_msg("The parcel arrived damaged."), _msg("")])
+    out = embedder.predict([message_from_text("The parcel arrived damaged."), message_from_text("")])
     assert [len(e.values) for e in out] == [384, 384]
     assert all(e.model == "minilm-int8" for e in out)
     norms = [float(np.linalg.norm(e.values)) for e in out]

@@ -9,18 +9,12 @@ import pytest
 
 from modelweave.adapters.onnx import OnnxEmbedder
 from modelweave.adapters.sklearn import SklearnClassifier, apply_temperature, classification_from_proba
+from modelweave.codecs import message_from_text
 from modelweave.errors import FailedPrecondition, GraphSpecError, InvalidArgument
 from modelweave.v1 import messages_pb2 as pb
 
 joblib = pytest.importorskip("joblib")
 pytest.importorskip("sklearn")
-
-
-def _msg(text: str) -> pb.Message:
-    m = pb.Message()
-    m.text.content = text
-    return m
-
 
 @pytest.fixture(scope="module")
 def tweets() -> dict[str, list]:
@@ -50,7 +44,7 @@ def test_text_pipeline_returns_full_distribution(text_model: Path, tweets: dict[
     clf = SklearnClassifier(model_path=str(text_model), model_name="tfidf")
     clf.load()
     test = tweets["test"]
-    out = clf.predict([_msg(t.text) for t in test])
+    out = clf.predict([message_from_text(t.text) for t in test])
     first = out[0]
     assert first.model == "tfidf" and first.label == first.scores[0].label
     assert {s.label for s in first.scores} == {"negative", "neutral", "positive"}
@@ -66,7 +60,7 @@ def test_temperature_softens_confidence(text_model: Path) -> None:
     cold = SklearnClassifier(model_path=str(text_model))
     hot.load()
     cold.load()
-    batch = [_msg("I absolutely love this, best day ever!"), _msg("worst service, I hate it")]
+    batch = [message_from_text("I absolutely love this, best day ever!"), message_from_text("worst service, I hate it")]
     for h, c in zip(hot.predict(batch), cold.predict(batch), strict=True):
         assert h.label == c.label
         assert 1 / 3 < h.confidence < c.confidence
@@ -94,7 +88,7 @@ def test_embedding_head(tweets: dict[str, list], minilm_files: dict[str, str], t
     clf = SklearnClassifier(**params, labels=["neg", "neu", "pos"])
     clf.load()
     test = tweets["test"][::3]
-    msgs = [_msg(t.text) for t in test]
+    msgs = [message_from_text(t.text) for t in test]
     for m, e in zip(msgs, emb.predict(msgs), strict=True):
         m.embedding.CopyFrom(e)
     out = clf.predict(msgs)
@@ -103,7 +97,7 @@ def test_embedding_head(tweets: dict[str, list], minilm_files: dict[str, str], t
     # Measured 0.65 (200 training tweets, 100 held out); majority class is ~43%.
     assert np.mean([o.label == short[t.label] for o, t in zip(out, test, strict=True)]) > 0.53
 
-    wrong = _msg("x")
+    wrong = message_from_text("x")
     wrong.embedding.CopyFrom(pb.Embedding(values=[0.0] * 384, model="other-model"))
     with pytest.raises(InvalidArgument, match="other-model"):
         clf.predict([wrong])

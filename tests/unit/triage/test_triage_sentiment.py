@@ -10,19 +10,10 @@ import pytest
 from modelweave.apps.triage import data
 from modelweave.apps.triage.models import MiniLMSentiment, TfidfSentiment, VaderSentiment
 from modelweave.apps.triage.sentiment import vader_distribution
+from modelweave.codecs import message_from_text
 from modelweave.v1 import messages_pb2 as pb
 
 N_TEST = 200
-
-
-def _msgs(texts: list[str]) -> list[pb.Message]:
-    out = []
-    for text in texts:
-        m = pb.Message()
-        m.text.content = text
-        out.append(m)
-    return out
-
 
 @pytest.fixture(scope="module")
 def test_tweets() -> list[data.Tweet]:
@@ -42,9 +33,10 @@ def _check_distribution(c: pb.Classification) -> None:
 def test_vader(test_tweets: list[data.Tweet]) -> None:
     model = VaderSentiment()
     model.load()
-    clear = model.predict(_msgs(["I love it, wonderful service!", "Terrible, I hate this.", "The box is blue."]))
+    texts = ["I love it, wonderful service!", "Terrible, I hate this.", "The box is blue."]
+    clear = model.predict([message_from_text(t) for t in texts])
     assert [c.label for c in clear] == ["positive", "negative", "neutral"]
-    out = model.predict(_msgs([t.text for t in test_tweets]))
+    out = model.predict([message_from_text(t.text) for t in test_tweets])
     for c in out:
         _check_distribution(c)
     # Full test split: .462; 300-tweet subset: .447. Chance level is 1/3.
@@ -62,7 +54,7 @@ def test_vader_distribution_keeps_the_rule_label() -> None:
 def test_tfidf_is_calibrated_and_accurate(data_dir: Path, test_tweets: list[data.Tweet]) -> None:
     model = TfidfSentiment(data_dir=str(data_dir))
     model.load()
-    out = model.predict(_msgs([t.text for t in test_tweets]))
+    out = model.predict([message_from_text(t.text) for t in test_tweets])
     for c in out:
         _check_distribution(c)
         assert c.model == "tfidf-lr"
@@ -78,7 +70,7 @@ def test_minilm_tiers(data_dir: Path, test_tweets: list[data.Tweet]) -> None:
     ensemble = MiniLMSentiment(data_dir=str(data_dir))
     head.load()
     ensemble.load()
-    msgs = _msgs([t.text for t in test_tweets])
+    msgs = [message_from_text(t.text) for t in test_tweets]
     out_head, out_ens = head.predict(msgs), ensemble.predict(msgs)
     assert out_head[0].model == "minilm-lr" and out_ens[0].model == "minilm-lr+tfidf"
     for c in out_ens:
