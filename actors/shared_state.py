@@ -3,21 +3,35 @@
 One actor per graph (and graph version) holds the result caches of its cache nodes
 and its feedback variables, so a cache hit or a recalibrated threshold seen by one
 replica is seen by all. The executor only sees the ``CacheBackend`` / ``StateStore``
-protocols from :mod:`modelweave.state`; these classes adapt them to the actor.
+protocols from :mod:`modelweave.state`; :mod:`actors.backends` adapts them to the actor
+(timeouts, near cache, degraded answers when the actor is down).
+
+The actor survives its own death: Ray restarts it (``max_restarts=-1``), caches are
+re-created on first use (every cache call carries the node's TTL and size bound, so the
+restarted actor needs no configuration step) and feedback values are restored from a
+coalesced checkpoint in Ray's GCS key-value store (:mod:`actors.checkpoint`). Cache
+*contents* are not checkpointed: they are a performance aid and refill with traffic.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from typing import Any
 
-import ray
-
-from modelweave.spec import AdaptiveValue, CacheNode, GraphSpec, dump_graph
+from actors.backends import ActorCache, ActorState, StateLink
+from actors.checkpoint import DEFAULT_INTERVAL_S, CoalescingCheckpoint, GcsKV, KVStore
+from modelweave.spec import AdaptiveValue, GraphSpec, dump_graph
 from modelweave.state import MemoryCache, MemoryState
 
+__all__ = ["ActorCache", "ActorState", "GraphState", "GraphStateStore", "StateLink", "actor_name",
+           "get_state_actor"]
+
 NAMESPACE = "modelweave"
+
+#: A cache node's (ttl_s, max_entries), sent with cache calls so a fresh actor can create it.
+CacheSpec = tuple[float, int] | list[float] | None
 
 
 class GraphStateStore:
@@ -36,13 +50,23 @@ class GraphStateStore:
         if path not in self._caches:
             self._caches[path] = MemoryCache(ttl_s, max_entries)
 
-    def cache_get(self, path: str, key: str) -> bytes | None:
-        """Cached value or None."""
-        return self._caches[path].get_now(key)
+    def _cache(self, path: str, spec: CacheSpec) -> MemoryCache:
+        cache = self._caches.get(path)
+        if cache is None:
+            if spec is None:
+                raise KeyError(f"cache {path!r} is not configured")
+            # Created on first use: after a restart the actor has no caches until asked.
+            ttl_s, max_entries = spec
+            cache = self._caches[path] = MemoryCache(float(ttl_s), int(max_entries))
+        return cache
 
-    def cache_put(self, path: str, key: str, value: bytes) -> None:
-        """Stores a cached value."""
-        self._caches[path].put_now(key, value)
+    def cache_get(self, path: str, key: str, spec: CacheSpec = None) -> bytes | None:
+        """Cached value or None; ``spec`` = (ttl_s, max_entries) creates a missing cache."""
+        return self._cache(path, spec).get_now(key)
+
+    def cache_put(self, path: str, key: str, value: bytes, spec: CacheSpec = None) -> None:
+        """Stores a cached value; ``spec`` = (ttl_s, max_entries) creates a missing cache."""
+        self._cache(path, spec).put_now(key, value)
 
     def get_state(self, var: dict[str, Any]) -> float:
         """Current value of a feedback variable."""
@@ -62,36 +86,66 @@ class GraphStateStore:
 
 
 class GraphState(GraphStateStore):
-    """The online actor body: the store behind ``async`` methods.
+    """The online actor body: the store behind ``async`` methods, with checkpointed feedback.
 
     Async methods make Ray run this as an asyncio actor: up to ``max_concurrency`` calls are
     in flight, but they interleave on one event loop and never run in parallel threads, so
     the store needs no locks.
+
+    Args:
+        checkpoint_key: Key of the feedback checkpoint (``None``: no checkpoint). Ray passes
+            the same arguments again when it restarts the actor, so the restarted actor
+            reads back what its predecessor wrote.
+        store: Checkpoint storage (default: Ray's GCS key-value store).
+        interval_s: Checkpoint coalescing interval (see :mod:`actors.checkpoint`).
     """
+
+    def __init__(self, checkpoint_key: str | None = None, store: KVStore | None = None,
+                 interval_s: float | None = None) -> None:
+        super().__init__()
+        self._checkpoint: CoalescingCheckpoint | None = None
+        if checkpoint_key is not None:
+            self._checkpoint = CoalescingCheckpoint(store or GcsKV(), checkpoint_key,
+                                                    interval_s=interval_s or DEFAULT_INTERVAL_S)
+            self._state.values.update(self._checkpoint.load())
 
     async def configure_cache(self, path: str, ttl_s: float, max_entries: int) -> None:  # type: ignore[override]
         """Creates the cache of one cache node (idempotent)."""
         super().configure_cache(path, ttl_s, max_entries)
 
-    async def cache_get(self, path: str, key: str) -> bytes | None:  # type: ignore[override]
-        """Cached value or None."""
-        return super().cache_get(path, key)
+    async def cache_get(self, path: str, key: str, spec: CacheSpec = None) -> bytes | None:  # type: ignore[override]
+        """Cached value or None (creates the cache from ``spec`` when missing)."""
+        return super().cache_get(path, key, spec)
 
-    async def cache_put(self, path: str, key: str, value: bytes) -> None:  # type: ignore[override]
-        """Stores a cached value."""
-        super().cache_put(path, key, value)
+    async def cache_put(self, path: str, key: str, value: bytes,  # type: ignore[override]
+                        spec: CacheSpec = None) -> None:
+        """Stores a cached value (creates the cache from ``spec`` when missing)."""
+        super().cache_put(path, key, value, spec)
 
     async def get_state(self, var: dict[str, Any]) -> float:  # type: ignore[override]
         """Current value of a feedback variable."""
         return super().get_state(var)
 
     async def adjust_state(self, var: dict[str, Any], delta: float) -> float:  # type: ignore[override]
-        """Clamped adjustment of a feedback variable."""
-        return super().adjust_state(var, delta)
+        """Clamped adjustment of a feedback variable (checkpointed, coalesced)."""
+        value = super().adjust_state(var, delta)
+        if self._checkpoint is not None:
+            delay = self._checkpoint.changed()
+            if delay is not None:
+                asyncio.get_running_loop().call_later(delay, self._flush)
+        return value
 
     async def stats(self) -> dict[str, Any]:  # type: ignore[override]
-        """Cache sizes, hit/miss counts and feedback values."""
-        return super().stats()
+        """Cache sizes, hit/miss counts, feedback values and checkpoint writes."""
+        out = super().stats()
+        out["checkpoint_writes"] = self._checkpoint.writes if self._checkpoint is not None else 0
+        return out
+
+    def _flush(self) -> None:
+        assert self._checkpoint is not None
+        retry = self._checkpoint.flush(self._state.values)
+        if retry is not None:
+            asyncio.get_running_loop().call_later(retry, self._flush)
 
 
 def actor_name(spec: GraphSpec) -> str:
@@ -100,42 +154,17 @@ def actor_name(spec: GraphSpec) -> str:
     return f"graph-state:{spec.name}:{digest}"
 
 
+def checkpoint_key(spec: GraphSpec) -> str:
+    """GCS key of a graph version's feedback checkpoint (graph name + version hash)."""
+    return f"feedback/{actor_name(spec)}"
+
+
 def get_state_actor(spec: GraphSpec) -> Any:
     """Gets or creates the graph's detached state actor (0 CPU: it only holds data)."""
+    import ray  # here, so the actor body and backends import without Ray (unit tests)
+
     remote_cls = ray.remote(GraphState)
     return remote_cls.options(  # type: ignore[attr-defined]
         name=actor_name(spec), namespace=NAMESPACE, get_if_exists=True, lifetime="detached",
         num_cpus=0, max_concurrency=64, max_restarts=-1,
-    ).remote()
-
-
-class ActorCache:
-    """``CacheBackend`` over the graph state actor."""
-
-    def __init__(self, actor: Any, path: str, node: CacheNode) -> None:
-        self._actor = actor
-        self._path = path
-        self._configured = actor.configure_cache.remote(path, node.ttl_s, node.max_entries)
-
-    async def get(self, key: str) -> bytes | None:
-        await self._configured
-        result: bytes | None = await self._actor.cache_get.remote(self._path, key)
-        return result
-
-    async def put(self, key: str, value: bytes) -> None:
-        await self._actor.cache_put.remote(self._path, key, value)
-
-
-class ActorState:
-    """``StateStore`` over the graph state actor."""
-
-    def __init__(self, actor: Any) -> None:
-        self._actor = actor
-
-    async def get(self, var: AdaptiveValue) -> float:
-        value: float = await self._actor.get_state.remote(var.model_dump())
-        return value
-
-    async def adjust(self, var: AdaptiveValue, delta: float) -> float:
-        value: float = await self._actor.adjust_state.remote(var.model_dump(), delta)
-        return value
+    ).remote(checkpoint_key(spec))

@@ -39,9 +39,13 @@ def deployment_options(settings: DeploymentSettings | IngressSettings) -> dict[s
     options: dict[str, Any] = {
         "ray_actor_options": ray_actor_options,
         "max_ongoing_requests": settings.max_ongoing_requests,
-        "max_queued_requests": settings.max_queued_requests,
+        "max_queued_requests": settings.queue_bound(),
         "logging_config": LOGGING_CONFIG,
     }
+    if isinstance(settings, IngressSettings):
+        # Serve's proxy answers for the ingress when even its bounded queue is full (the
+        # backstop under modelweave's own admission control): a 503 that says when to retry.
+        options["backpressure_config"] = {"status_code": 503, "retry_after_s": 1}
     if settings.autoscaling_config is not None:
         options["autoscaling_config"] = settings.autoscaling_config.model_dump(exclude_none=True)
     else:
@@ -49,6 +53,8 @@ def deployment_options(settings: DeploymentSettings | IngressSettings) -> dict[s
     if isinstance(settings, DeploymentSettings):
         options["graceful_shutdown_timeout_s"] = settings.graceful_shutdown_timeout_s
         options["health_check_period_s"] = settings.health_check_period_s
+        if settings.max_replicas_per_node is not None:
+            options["max_replicas_per_node"] = settings.max_replicas_per_node
     return options
 
 

@@ -17,6 +17,8 @@ _COST_BOUNDARIES: list[float] = [0.5, 1, 2, 3, 5, 8, 13, 21, 34, 55, 100]
 #: name -> (kind, description, tag keys, histogram boundaries)
 _SERIES: dict[str, tuple[str, str, tuple[str, ...], list[float] | None]] = {
     "requests_total": ("counter", "Graph requests by final status", ("graph", "status"), None),
+    "auth_total": ("counter", "Authentication checks by token name (never the token) and result",
+                   ("graph", "caller", "result"), None),
     "request_latency_ms": ("histogram", "End-to-end graph latency (ms)", ("graph",), LATENCY_MS_BOUNDARIES),
     "request_cost": ("histogram", "Modelled cost units per request", ("graph",), _COST_BOUNDARIES),
     "request_cpu_ms": ("histogram", "Model CPU milliseconds per request", ("graph",), LATENCY_MS_BOUNDARIES),
@@ -30,6 +32,11 @@ _SERIES: dict[str, tuple[str, str, tuple[str, ...], list[float] | None]] = {
     "cache_lookups_total": ("counter", "Cache lookups by result", ("graph", "node", "result"), None),
     "modelled_cost_total": ("counter", "Modelled cost units spent per model node", ("graph", "node"), None),
     "feedback_value": ("gauge", "Current value of a feedback variable", ("graph", "state"), None),
+    "requests_shed_total": ("counter", "Requests shed by admission control", ("graph", "reason"), None),
+    "model_retries_total": ("counter", "Model calls retried after their replica was lost", ("graph", "node"),
+                            None),
+    "state_errors_total": ("counter", "State-actor calls answered degraded (miss / last value)",
+                           ("graph", "op", "reason"), None),
 }
 
 

@@ -15,6 +15,7 @@ HTTP_STATUS: dict[Status, int] = {
     Status.INTERNAL: 500,
     Status.UNAVAILABLE: 503,
     Status.DEADLINE_EXCEEDED: 504,
+    Status.UNAUTHENTICATED: 401,
 }
 
 #: modelweave status -> gRPC status code.
@@ -26,4 +27,5 @@ GRPC_STATUS: dict[Status, grpc.StatusCode] = {
     Status.INTERNAL: grpc.StatusCode.INTERNAL,
     Status.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
     Status.DEADLINE_EXCEEDED: grpc.StatusCode.DEADLINE_EXCEEDED,
+    Status.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
 }

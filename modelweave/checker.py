@@ -48,6 +48,8 @@ class NodeInfo:
     writes: frozenset[str] = frozenset()
     #: Part types read from the node's input that are not produced inside it.
     reads: frozenset[str] = frozenset()
+    #: Model nodes: a call whose replica died may be retried (adapter or node says so).
+    idempotent: bool = False
 
 
 @dataclass
@@ -181,6 +183,7 @@ class _Walker:
             cls, params = resolve_adapter(node.impl, node.params)
             consumes, produces = cls.signature(params)
             cls.validate_params(params)
+            idempotent = node.idempotent if node.idempotent is not None else cls.is_idempotent(params)
             consumes = tuple(part_name(c) for c in consumes)
             produces = part_name(produces)
         except GraphSpecError as exc:
@@ -193,7 +196,7 @@ class _Walker:
             )
         self.checked.models[node.name] = node
         self.checked.model_paths[node.name] = path
-        info.consumes, info.produces = consumes, produces
+        info.consumes, info.produces, info.idempotent = consumes, produces, idempotent
         return available | {produces}, {produces}, set(consumes)
 
     def _chain(self, node: ChainNode, path: str, available: frozenset[str], info: NodeInfo):

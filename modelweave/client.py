@@ -20,16 +20,39 @@ def grpc_stub(addr: str) -> svc_grpc.GraphServiceStub:
     return svc_grpc.GraphServiceStub(grpc.insecure_channel(addr))
 
 
-def infer_grpc(addr: str, graph: str, request: svc.InferRequest, timeout_s: float = 60.0) -> svc.InferResponse:
+def _metadata(graph: str, token: str) -> tuple[tuple[str, str], ...]:
+    auth = (("authorization", f"Bearer {token}"),) if token else ()
+    return (("application", graph), *auth)
+
+
+def infer_grpc(addr: str, graph: str, request: svc.InferRequest, timeout_s: float = 60.0,
+               token: str = "") -> svc.InferResponse:
     """Unary gRPC call; ``graph`` goes in the ``application`` metadata Serve routes on."""
-    response: svc.InferResponse = grpc_stub(addr).Infer(request, metadata=(("application", graph),),
-                                                        timeout=timeout_s)
+    response: svc.InferResponse = grpc_stub(addr).Infer(_with_deadline(request, timeout_s),
+                                                        metadata=_metadata(graph, token), timeout=timeout_s)
     return response
 
 
-def stream_grpc(addr: str, graph: str, request: svc.InferRequest, timeout_s: float = 60.0) -> Iterator[svc.InferEvent]:
+def _with_deadline(request: svc.InferRequest, timeout_s: float) -> svc.InferRequest:
+    """Copies the gRPC deadline into ``timeout_ms`` unless the request sets one.
+
+    Ray Serve 2.60's gRPC proxy stops the work when the client's deadline expires, but does
+    not tell the ingress how long that deadline is; ``timeout_ms`` lets admission control
+    refuse at once what it could not finish in time.
+    """
+    if request.timeout_ms or timeout_s <= 0:
+        return request
+    copy = svc.InferRequest()
+    copy.CopyFrom(request)
+    copy.timeout_ms = int(timeout_s * 1000)
+    return copy
+
+
+def stream_grpc(addr: str, graph: str, request: svc.InferRequest, timeout_s: float = 60.0,
+                token: str = "") -> Iterator[svc.InferEvent]:
     """Server-streaming gRPC call."""
-    yield from grpc_stub(addr).InferStream(request, metadata=(("application", graph),), timeout=timeout_s)
+    yield from grpc_stub(addr).InferStream(_with_deadline(request, timeout_s), metadata=_metadata(graph, token),
+                                           timeout=timeout_s)
 
 
 def _span_line(span: pb.Span) -> str:
@@ -55,30 +78,31 @@ def _summary(response: svc.InferResponse, echo: Callable[[str], None]) -> None:
 
 
 def call_graph(graph: str, text: str, *, http_url: str, grpc_addr: str | None, stream: bool, timeout_ms: int,
-               request_id: str, as_json: bool, echo: Callable[[str], None]) -> int:
+               request_id: str, as_json: bool, echo: Callable[[str], None], token: str = "") -> int:
     """Calls a running graph and prints the outcome; returns a process exit code."""
     request = svc.InferRequest(input=message_from_text(text), request_id=request_id, timeout_ms=timeout_ms)
     if grpc_addr:
         try:
             if stream:
-                for event in stream_grpc(grpc_addr, graph, request):
+                for event in stream_grpc(grpc_addr, graph, request, token=token):
                     if event.HasField("span"):
                         echo(json_format.MessageToJson(event, indent=None) if as_json else _span_line(event.span))
                     else:
                         echo(json_format.MessageToJson(event.result)) if as_json else _summary(event.result, echo)
                 return 0
-            response = infer_grpc(grpc_addr, graph, request)
+            response = infer_grpc(grpc_addr, graph, request, token=token)
         except grpc.RpcError as exc:
             echo(f"error: {exc.code().name}: {exc.details()}")
             return 1
         echo(json_format.MessageToJson(response)) if as_json else _summary(response, echo)
         return 0
     body = json_format.MessageToJson(request)
+    headers = {"content-type": "application/json", **({"authorization": f"Bearer {token}"} if token else {})}
     url = f"{http_url.rstrip('/')}/{graph}" + ("/stream" if stream else "")
     try:
         with httpx.Client(timeout=120.0) as client:
             if stream:
-                with client.stream("POST", url, content=body, headers={"content-type": "application/json"}) as r:
+                with client.stream("POST", url, content=body, headers=headers) as r:
                     for line in r.iter_lines():
                         if not line:
                             continue
@@ -94,7 +118,7 @@ def call_graph(graph: str, text: str, *, http_url: str, grpc_addr: str | None, s
                         else:
                             _summary(event.result, echo)
                 return 0
-            r = client.post(url, content=body, headers={"content-type": "application/json"})
+            r = client.post(url, content=body, headers=headers)
     except httpx.HTTPError as exc:
         echo(f"error: cannot reach {url}: {exc}")
         return 1

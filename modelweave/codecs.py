@@ -7,13 +7,15 @@ and their own error mapping table.
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Iterable
 from typing import Any
 
 from google.protobuf import json_format
 
 from modelweave.checker import CheckedGraph
-from modelweave.errors import InvalidArgument, ModelweaveError, ResourceExhausted
-from modelweave.messages import full_name
+from modelweave.errors import InvalidArgument, ModelweaveError, ResourceExhausted, Status
+from modelweave.messages import PART_FIELDS, full_name, part_name, parts_present
 from modelweave.spec import Limits, ModelNode
 from modelweave.v1 import messages_pb2 as pb
 from modelweave.v1 import service_pb2 as svc
@@ -35,6 +37,10 @@ def parse_infer_json(body: bytes, limits: Limits) -> svc.InferRequest:
         data = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidArgument(f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        # The C decoder counts its recursion: thousands of nested brackets end here, not in a 500.
+        raise InvalidArgument(f"request body nests deeper than {limits.max_json_depth} levels") from None
+    check_json_depth(data, limits.max_json_depth)
     if not isinstance(data, dict):
         raise InvalidArgument("request body must be a JSON object with an 'input' field")
     request = svc.InferRequest()
@@ -45,23 +51,146 @@ def parse_infer_json(body: bytes, limits: Limits) -> svc.InferRequest:
     return request
 
 
-def check_request(request: svc.InferRequest, limits: Limits) -> None:
+def check_json_depth(data: Any, max_depth: int) -> None:
+    """Refuses parsed JSON nested deeper than ``max_depth`` (walked without recursion).
+
+    The request schema nests 5 levels at most; the bound keeps every later recursive
+    step (protobuf's JSON parser, logging) far from Python's recursion limit.
+
+    Raises:
+        InvalidArgument: the data is nested too deeply.
+    """
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict | list):
+            if depth > max_depth:
+                raise InvalidArgument(f"request body nests deeper than {max_depth} levels")
+            children = value.values() if isinstance(value, dict) else value
+            stack.extend((child, depth + 1) for child in children)
+
+
+#: Request ids travel into logs, traces and headers: a plain charset keeps them inert.
+REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+_REQUEST_ID_RE = re.compile(REQUEST_ID_PATTERN)
+_DTYPE_BYTES = {pb.DTYPE_FLOAT32: 4, pb.DTYPE_FLOAT64: 8, pb.DTYPE_INT32: 4, pb.DTYPE_INT64: 8,
+                pb.DTYPE_UINT8: 1, pb.DTYPE_BOOL: 1, pb.DTYPE_FLOAT16: 2}
+
+
+def check_request_id(request_id: str, field: str = "request_id") -> str:
+    """Returns ``request_id`` when it is 1-128 characters of ``[A-Za-z0-9._:-]``.
+
+    Raises:
+        InvalidArgument: naming ``field`` (the body field, header or metadata key it came from).
+    """
+    if not _REQUEST_ID_RE.match(request_id):
+        raise InvalidArgument(f"{field} must be 1-128 characters of letters, digits, '.', '_', ':' or '-'")
+    return request_id
+
+
+def check_request(request: svc.InferRequest, limits: Limits, inputs: Iterable[str] | None = None) -> None:
     """Checks an ``InferRequest`` against the graph's limits (transport independent).
+
+    Both transports call this on the parsed request, so every bound holds for HTTP and
+    gRPC alike. With ``limits.undeclared_parts == "drop"`` undeclared parts are cleared
+    from ``request.input`` instead of refused.
+
+    Args:
+        request: The parsed request (may be modified: dropped parts).
+        limits: The graph's limits.
+        inputs: Part types the graph declares as ``input``; None skips that check.
 
     Raises:
         InvalidArgument: naming the offending field.
+        ResourceExhausted: the serialised request exceeds ``limits.max_request_bytes``.
     """
+    if request.ByteSize() > limits.max_request_bytes:
+        # HTTP bodies are bounded before parsing; this bounds gRPC messages the same way.
+        raise ResourceExhausted(f"request of {request.ByteSize()} bytes exceeds the limit of "
+                                f"{limits.max_request_bytes} bytes")
     if not request.HasField("input"):
         raise InvalidArgument("input is required")
+    if request.request_id:
+        check_request_id(request.request_id)
+    if inputs is not None:
+        _check_declared_parts(request.input, {part_name(p) for p in inputs}, limits)
+    _check_part_sizes(request.input, limits)
     if len(request.input.text.content) > limits.max_text_chars:
         raise InvalidArgument(f"input.text.content has {len(request.input.text.content)} characters; "
                               f"the limit is {limits.max_text_chars}")
     if request.timeout_ms > limits.max_timeout_ms:
         raise InvalidArgument(f"timeout_ms {request.timeout_ms} exceeds the limit of {limits.max_timeout_ms}")
-    if len(request.request_id) > 128:
-        raise InvalidArgument("request_id must be at most 128 characters")
     if request.input.HasField("error"):
         raise InvalidArgument("input.error is output-only")
+
+
+def _check_declared_parts(message: pb.Message, declared: set[str], limits: Limits) -> None:
+    # A client must not pre-fill parts that later nodes produce and routes read (e.g. a
+    # classification that skips the classifier).
+    for part in sorted(parts_present(message) - declared):
+        field = PART_FIELDS[part]
+        if limits.undeclared_parts == "drop":
+            message.ClearField(field)
+        else:
+            accepted = ", ".join(f"input.{PART_FIELDS[d]}" for d in sorted(declared))
+            raise InvalidArgument(f"input.{field} is not an input of this graph; it accepts {accepted}")
+
+
+def _check_part_sizes(message: pb.Message, limits: Limits) -> None:
+    n = len(message.embedding.values)
+    if n > limits.max_embedding_values:
+        raise InvalidArgument(f"input.embedding.values has {n} values; the limit is {limits.max_embedding_values}")
+    if len(message.tensors) > limits.max_tensors:
+        raise InvalidArgument(f"input.tensors has {len(message.tensors)} entries; the limit is {limits.max_tensors}")
+    for key, tensor in message.tensors.items():
+        where = f"input.tensors[{key[:64]!r}]"
+        if len(tensor.data) > limits.max_tensor_bytes:
+            raise InvalidArgument(f"{where}.data has {len(tensor.data)} bytes; the limit is {limits.max_tensor_bytes}")
+        width = _DTYPE_BYTES.get(tensor.dtype)
+        if width is None:
+            raise InvalidArgument(f"{where}.dtype must be set to a known DType")
+        if any(d < 0 for d in tensor.shape):
+            raise InvalidArgument(f"{where}.shape has a negative dimension")
+        elements = 1
+        for d in tensor.shape:
+            elements *= d
+            if elements * width > limits.max_tensor_bytes:
+                raise InvalidArgument(f"{where}.shape describes more than {limits.max_tensor_bytes} bytes")
+        if elements * width != len(tensor.data):
+            raise InvalidArgument(f"{where}: shape {list(tensor.shape)} needs {elements * width} bytes of data, "
+                                  f"got {len(tensor.data)}")
+    if len(message.metadata) > limits.max_metadata_entries:
+        raise InvalidArgument(f"input.metadata has {len(message.metadata)} entries; "
+                              f"the limit is {limits.max_metadata_entries}")
+    for key, value in message.metadata.items():
+        if not key or len(key) > limits.max_metadata_key_chars:
+            raise InvalidArgument(f"input.metadata keys must be 1-{limits.max_metadata_key_chars} characters")
+        if len(value) > limits.max_metadata_value_chars:
+            raise InvalidArgument(f"input.metadata[{key!r}] has {len(value)} characters; "
+                                  f"the limit is {limits.max_metadata_value_chars}")
+
+
+#: What clients learn about server-side failures: the details go to logs with the request id.
+_PUBLIC_MESSAGES: dict[Status, str] = {
+    Status.INTERNAL: "internal error",
+    Status.UNAVAILABLE: "a model is unavailable or overloaded; retry later",
+    Status.FAILED_PRECONDITION: "the graph could not produce an acceptable answer",
+    Status.DEADLINE_EXCEEDED: "the request's deadline passed before the graph finished",
+}
+
+
+def public_message(exc: ModelweaveError, request_id: str = "") -> str:
+    """The message a client may see for ``exc``.
+
+    Errors about the client's own input (INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED,
+    UNAUTHENTICATED) keep their message, which names the field. Server-side failures get a
+    fixed message plus the request id: their text can hold exception messages, upstream
+    bodies, URLs and file paths, which only the logs may see.
+    """
+    fixed = _PUBLIC_MESSAGES.get(exc.status)
+    if fixed is None:
+        return exc.message[:500]
+    return f"{fixed} (request id {request_id}; details in the server logs)" if request_id else fixed
 
 
 def to_json(message: Any) -> bytes:
@@ -71,7 +200,7 @@ def to_json(message: Any) -> bytes:
 
 def error_body(exc: ModelweaveError, request_id: str = "") -> bytes:
     """JSON error body shared by the HTTP ingress: ``{"error": {code, message, node}}``."""
-    err = {"code": exc.status.value, "message": exc.message}
+    err = {"code": exc.status.value, "message": public_message(exc, request_id)}
     if exc.node:
         err["node"] = exc.node
     if request_id:

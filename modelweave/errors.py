@@ -22,6 +22,7 @@ class Status(enum.StrEnum):
     RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
     FAILED_PRECONDITION = "FAILED_PRECONDITION"
     INTERNAL = "INTERNAL"
+    UNAUTHENTICATED = "UNAUTHENTICATED"
 
 
 class ModelweaveError(Exception):
@@ -81,6 +82,41 @@ class Unavailable(ModelweaveError):
     status = Status.UNAVAILABLE
 
 
+class ReplicaLost(Unavailable):
+    """The replica (or pool worker) running a model call died or could not be reached.
+
+    The call did not complete; another replica may answer it. The executor retries
+    these for idempotent models within the request's deadline and a retry budget.
+    """
+
+
+class Overloaded(Unavailable):
+    """Shed by admission control: the graph cannot serve this request in time now.
+
+    UNAVAILABLE (HTTP 503, gRPC UNAVAILABLE) rather than RESOURCE_EXHAUSTED: it is the code
+    gRPC retry policies and client libraries treat as retryable, it maps 1:1 to HTTP 503,
+    and RESOURCE_EXHAUSTED already means "this request is too large" here (HTTP 413), which
+    no retry fixes.
+
+    Args:
+        message: Why the request was shed.
+        retry_after_s: How long the client should wait before retrying (HTTP ``Retry-After``,
+            gRPC trailing metadata ``retry-after``).
+        node: Graph path, when a model's own queue was full.
+    """
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0, node: str = "") -> None:
+        super().__init__(message, node=node)
+        self.retry_after_s = retry_after_s
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_overloaded, (self.message, self.retry_after_s, self.node))
+
+
+def _rebuild_overloaded(message: str, retry_after_s: float, node: str) -> Overloaded:
+    return Overloaded(message, retry_after_s=retry_after_s, node=node)
+
+
 class ResourceExhausted(ModelweaveError):
     """A size or queue bound was exceeded."""
 
@@ -91,6 +127,12 @@ class FailedPrecondition(ModelweaveError):
     """The graph ran but could not produce an acceptable answer (e.g. validation exhausted)."""
 
     status = Status.FAILED_PRECONDITION
+
+
+class Unauthenticated(ModelweaveError):
+    """The caller presented no credentials, or credentials no configured token matches."""
+
+    status = Status.UNAUTHENTICATED
 
 
 class ModelError(ModelweaveError):
@@ -107,6 +149,7 @@ _BY_STATUS: dict[Status, type[ModelweaveError]] = {
     Status.RESOURCE_EXHAUSTED: ResourceExhausted,
     Status.FAILED_PRECONDITION: FailedPrecondition,
     Status.INTERNAL: ModelError,
+    Status.UNAUTHENTICATED: Unauthenticated,
 }
 
 

@@ -7,7 +7,10 @@ contribution (the change when it is removed). Output: a Markdown table and a PNG
 quality against compute with the Pareto frontier drawn.
 
 Rows run through the batch path (:mod:`modelweave.batch`, the same executor as online
-serving) or, with ``runner="local"``, through the executor in this process.
+serving) or, with ``runner="local"``, through the executor in this process. Inputs are
+texts, or a table whose columns map to the graph's input parts
+(:mod:`modelweave.batch.inputs`: text, embedding, tensor or whole-message columns); the
+predicted value is any envelope field (``classification.label`` by default).
 """
 
 from __future__ import annotations
@@ -21,12 +24,37 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
 from google.protobuf import json_format
 
+from modelweave.batch.inputs import ColumnChoice, messages_from_table
 from modelweave.checker import CheckedGraph, check_graph
 from modelweave.codecs import message_from_text
+from modelweave.messages import clone
 from modelweave.spec import GraphSpec, ModelNode
 from modelweave.v1 import messages_pb2 as pb
+
+
+@dataclass(frozen=True)
+class TableInputs:
+    """Evaluation inputs as a table: its columns map to each version's input parts.
+
+    Attributes:
+        table: The input columns (the label column left out).
+        choice: The user's column choices (``--column``, ``--text-column``, ``--message-column``).
+    """
+
+    table: pa.Table
+    choice: ColumnChoice = ColumnChoice()
+
+    def messages(self, graph: CheckedGraph) -> list[pb.Message | Exception]:
+        """One input envelope per row for ``graph`` (or the row's conversion error)."""
+        mapping = self.choice.derive(self.table.schema, graph)
+        return list(messages_from_table(self.table, mapping, max_json_depth=graph.spec.limits.max_json_depth))
+
+
+#: What :func:`evaluate` takes as inputs: texts or a table of input columns.
+Inputs = Sequence[str] | TableInputs
 
 
 @dataclass
@@ -118,55 +146,85 @@ def summarise(name: str, graph: CheckedGraph, outcomes: Sequence[RowOutcome], re
     )
 
 
-def run_local(graph: CheckedGraph, texts: Sequence[str], truths: Sequence[str], *, concurrency: int = 8,
+def _predicted(message: pb.Message, label_field: str) -> str | None:
+    from modelweave.conditions import read_field
+
+    value = read_field(message, label_field)
+    return str(value) if value is not None else None
+
+
+def run_local(graph: CheckedGraph, texts: Inputs, truths: Sequence[str], *, concurrency: int = 8,
               label_field: str = "classification.label") -> list[RowOutcome]:
     """Runs rows through the executor in this process (models loaded here)."""
-    from modelweave.conditions import read_field
     from modelweave.errors import ModelweaveError
     from modelweave.executor import Executor
     from modelweave.local import LocalCaller
 
     executor = Executor(graph, LocalCaller(graph))
-    outcomes: list[RowOutcome | None] = [None] * len(texts)
+    inputs: list[pb.Message | Exception] = (texts.messages(graph) if isinstance(texts, TableInputs)
+                                            else [message_from_text(t) for t in texts])
+    outcomes: list[RowOutcome | None] = [None] * len(inputs)
 
     async def one(i: int, sem: asyncio.Semaphore) -> None:
         async with sem:
             try:
-                result = await executor.run(message_from_text(texts[i]))
-                value = read_field(result.message, label_field)
-                outcomes[i] = RowOutcome(truths[i], str(value) if value is not None else None, result.trace)
+                message = inputs[i]
+                if isinstance(message, Exception):  # the row's columns did not convert
+                    raise message
+                result = await executor.run(clone(message))  # versions share the inputs; runs edit theirs
+                outcomes[i] = RowOutcome(truths[i], _predicted(result.message, label_field), result.trace)
             except ModelweaveError as exc:
                 outcomes[i] = RowOutcome(truths[i], None, exc.trace, f"{exc.status.value}: {exc}")
 
     async def main() -> None:
         sem = asyncio.Semaphore(concurrency)
-        await asyncio.gather(*(one(i, sem) for i in range(len(texts))))
+        await asyncio.gather(*(one(i, sem) for i in range(len(inputs))))
 
     asyncio.run(main())
     return [o for o in outcomes if o is not None]
 
 
-def run_batch_rows(graph: CheckedGraph, texts: Sequence[str], truths: Sequence[str], *,
-                   batch_size: int = 64) -> list[RowOutcome]:
+def outcome_from_row(row: dict[str, Any], truth: str, label_field: str = "classification.label") -> RowOutcome:
+    """A batch output row (with ``trace_json``) as a :class:`RowOutcome`.
+
+    The predicted value is read from the full result message (``result_json``), so any
+    envelope field compares, not only the ``label`` column.
+    """
+    trace = json_format.Parse(row["trace_json"], pb.Trace()) if row.get("trace_json") else None
+    result = json_format.Parse(row["result_json"], pb.Message()) if row.get("result_json") else None
+    predicted = _predicted(result, label_field) if result is not None else None
+    return RowOutcome(truth, predicted, trace, row.get("error"))
+
+
+def run_batch_rows(graph: CheckedGraph, texts: Inputs, truths: Sequence[str], *, batch_size: int = 64,
+                   label_field: str = "classification.label") -> list[RowOutcome]:
     """Runs rows through the Ray Data batch path (Ray must be initialised)."""
     import ray
 
     from modelweave.batch.job import BatchJob
 
-    dataset = ray.data.from_items([{"row": i, "text": t} for i, t in enumerate(texts)])
+    row_column = "__modelweave_row"  # joins results back to truths; no input column is named so
+    if isinstance(texts, TableInputs):
+        mapping = texts.choice.derive(texts.table.schema, graph)
+        table = texts.table.select(mapping.columns())
+        dataset = ray.data.from_arrow(table.append_column(row_column, pa.array(range(table.num_rows))))
+        run_kw: dict[str, Any] = {"mapping": mapping}
+    else:
+        dataset = ray.data.from_items([{row_column: i, "text": t} for i, t in enumerate(texts)])
+        run_kw = {"text_column": "text"}
     job = BatchJob(graph, batch_size=batch_size)
     try:
-        rows = job.run(dataset, include_trace=True).take_all()
+        rows = job.run(dataset, include_trace=True, **run_kw).take_all()
     finally:
         job.shutdown()
-    outcomes: list[RowOutcome | None] = [None] * len(texts)
+    outcomes: list[RowOutcome | None] = [None] * len(truths)
     for row in rows:
-        trace = json_format.Parse(row["trace_json"], pb.Trace()) if row.get("trace_json") else None
-        outcomes[row["row"]] = RowOutcome(truths[row["row"]], row.get("label"), trace, row.get("error"))
+        i = row[row_column]
+        outcomes[i] = outcome_from_row(row, truths[i], label_field)
     return [o for o in outcomes if o is not None]
 
 
-def evaluate(versions: Sequence[tuple[str, GraphSpec]], texts: Sequence[str], truths: Sequence[str], *,
+def evaluate(versions: Sequence[tuple[str, GraphSpec]], texts: Inputs, truths: Sequence[str], *,
              runner: str = "batch", ablate: bool = False,
              label_field: str = "classification.label") -> list[VersionReport]:
     """Evaluates every version (and, with ``ablate``, each single-node removal of the last one)."""
@@ -180,7 +238,7 @@ def evaluate(versions: Sequence[tuple[str, GraphSpec]], texts: Sequence[str], tr
     for name, spec, removed in jobs:
         graph = check_graph(spec)
         started = time.perf_counter()
-        outcomes = (run_batch_rows(graph, texts, truths) if runner == "batch"
+        outcomes = (run_batch_rows(graph, texts, truths, label_field=label_field) if runner == "batch"
                     else run_local(graph, texts, truths, label_field=label_field))
         report = summarise(name, graph, outcomes, removed)
         reports.append(report)
@@ -256,30 +314,43 @@ def plot(reports: Sequence[VersionReport], path: str | pathlib.Path, title: str 
     plt.close(fig)
 
 
-def load_labelled(path: str, text_column: str, label_column: str, limit: int | None = None
-                  ) -> tuple[list[str], list[str]]:
-    """Reads texts and reference labels from a parquet/CSV/JSONL file (pyarrow, no Ray)."""
+def load_table(path: str, label_column: str, limit: int | None = None) -> tuple[pa.Table, list[str]]:
+    """Reads a labelled parquet/CSV/JSONL file (pyarrow, no Ray): input columns and reference labels.
+
+    Returns:
+        The table without the label column, and the labels as strings.
+
+    Raises:
+        ValueError: an unsupported format or a missing label column.
+    """
     import pyarrow.csv as pcsv
     import pyarrow.json as pjson
     import pyarrow.parquet as pq
 
     suffix = pathlib.Path(path).suffix.lower()
     if suffix == ".parquet":
-        table = pq.read_table(path, columns=[text_column, label_column])
+        table = pq.read_table(path)
     elif suffix == ".csv":
         table = pcsv.read_csv(path)
     elif suffix in (".jsonl", ".json"):
         table = pjson.read_json(path)
     else:
         raise ValueError(f"unsupported dataset format {suffix!r}; use .parquet, .csv or .jsonl")
-    for column in (text_column, label_column):
-        if column not in table.column_names:
-            raise ValueError(f"dataset {path} has no column {column!r} (columns: {table.column_names})")
-    texts = [str(t) for t in table.column(text_column).to_pylist()]
-    labels = [str(v) for v in table.column(label_column).to_pylist()]
+    if label_column not in table.column_names:
+        raise ValueError(f"dataset {path} has no column {label_column!r} (columns: {table.column_names})")
     if limit is not None:
-        texts, labels = texts[:limit], labels[:limit]
-    return texts, labels
+        table = table.slice(0, limit)
+    labels = [str(v) for v in table.column(label_column).to_pylist()]
+    return table.drop_columns([label_column]), labels
+
+
+def load_labelled(path: str, text_column: str, label_column: str, limit: int | None = None
+                  ) -> tuple[list[str], list[str]]:
+    """Reads texts and reference labels from a parquet/CSV/JSONL file (pyarrow, no Ray)."""
+    table, labels = load_table(path, label_column, limit)
+    if text_column not in table.column_names:
+        raise ValueError(f"dataset {path} has no column {text_column!r} (columns: {table.column_names})")
+    return [str(t) for t in table.column(text_column).to_pylist()], labels
 
 
 def reach_nodes(reports: Sequence[VersionReport], top: int = 3) -> list[str]:

@@ -27,8 +27,10 @@ from modelweave.errors import (
     InvalidArgument,
     ModelError,
     ModelweaveError,
+    ReplicaLost,
 )
 from modelweave.messages import PART_FIELDS, clone, copy_parts, part_name, set_part
+from modelweave.retry import RetryBudget, backoff_s
 from modelweave.spec import (
     AdaptiveValue,
     CacheNode,
@@ -40,10 +42,13 @@ from modelweave.spec import (
     ValidateNode,
 )
 from modelweave.state import CacheBackend, MemoryCache, MemoryState, StateStore, cache_key
-from modelweave.trace import RequestContext, new_request_id
+from modelweave.trace import RequestContext, new_request_id, request_deadline
 from modelweave.v1 import messages_pb2 as pb
 
 logger = logging.getLogger("modelweave.executor")
+
+#: Smoothing of each model's typical call latency (weight of the newest call).
+_HOP_EWMA_ALPHA = 0.2
 
 
 @dataclass
@@ -83,6 +88,8 @@ class Executor:
         state: Feedback variables shared across requests (default: in-process).
         state_refresh_s: How long a read feedback value is reused before re-reading, so
             a remote store costs one call per interval, not one per request.
+        retry_budget: Bounds retries of calls whose replica was lost (default: 20 % of
+            requests plus 10 per second).
     """
 
     def __init__(
@@ -93,8 +100,12 @@ class Executor:
         cache_factory: CacheFactory | None = None,
         state: StateStore | None = None,
         state_refresh_s: float = 1.0,
+        retry_budget: RetryBudget | None = None,
     ) -> None:
         self.graph = graph
+        self.retry_budget = retry_budget or RetryBudget()
+        #: Typical (smoothed) seconds of a successful call, per model node name.
+        self.hop_s: dict[str, float] = {}
         self.caller = caller
         self.state = state or MemoryState()
         self._state_refresh_s = state_refresh_s
@@ -131,6 +142,8 @@ class Executor:
         budget = timeout_s if timeout_s else spec.timeout_s
         ctx = RequestContext(request_id=request_id or new_request_id(), deadline=time.monotonic() + budget,
                              on_span=on_span)
+        self.retry_budget.deposit()
+        token = request_deadline.set(time.time() + budget)
         try:
             async with asyncio.timeout(budget):
                 out = await self._run(spec.flow, clone(message), ctx, spec.name, 1)
@@ -141,6 +154,8 @@ class Executor:
         except ModelweaveError as exc:
             exc.trace = ctx.trace()  # the hops before the failure, for metrics and debugging
             raise
+        finally:
+            request_deadline.reset(token)
         return Result(self._project(out), ctx.trace())
 
     def _project(self, message: pb.Message) -> pb.Message:
@@ -200,12 +215,37 @@ class Executor:
             ctx.record(pb.Span(node=f"{path}/{node.fallback.name}", kind="fallback", attempt=attempt,
                                start_ms=ctx.elapsed_ms(), error=exc.status.value,
                                detail=f"fallback after {exc.status.value}: {exc.message}"[:300]))
+            ctx.degraded += 1
             return await self._run(node.fallback, msg, ctx, path, attempt)
 
     async def _run_model(self, node: ModelNode, msg: pb.Message, ctx: RequestContext, path: str,
                          attempt: int) -> pb.Message:
+        typical = self.hop_s.get(node.name)
+        remaining = ctx.remaining_s()
+        if typical is not None and remaining < typical:
+            # Starting a call that cannot finish only takes capacity from requests that can.
+            ctx.record(pb.Span(node=path, kind="model", model=node.impl, attempt=attempt, start_ms=ctx.elapsed_ms(),
+                               error=DeadlineExceeded.status.value, detail="not started: deadline too close"))
+            raise DeadlineExceeded(f"remaining budget of {remaining * 1000:.0f} ms cannot cover model "
+                                   f"{node.name!r} (typically {typical * 1000:.0f} ms)", node=path)
+        retry = 0
+        while True:
+            try:
+                return await self._call_model(node, msg, ctx, path, attempt, retry)
+            except ReplicaLost as exc:
+                pause = backoff_s(retry + 1)
+                if not (self.graph.info(node).idempotent and ctx.remaining_s() > pause
+                        and self.retry_budget.try_spend()):
+                    raise
+                logger.info("request %s: retrying %s after %s", ctx.request_id, path, exc.message)
+                retry += 1
+                await asyncio.sleep(pause)
+
+    async def _call_model(self, node: ModelNode, msg: pb.Message, ctx: RequestContext, path: str,
+                          attempt: int, retry: int) -> pb.Message:
         start = time.monotonic()
-        span = pb.Span(node=path, kind="model", model=node.impl, attempt=attempt, start_ms=ctx.elapsed_ms())
+        span = pb.Span(node=path, kind="model", model=node.impl, attempt=attempt, start_ms=ctx.elapsed_ms(),
+                       retry=retry)
         try:
             reply = await self.caller.call(node, msg)
             if isinstance(reply, ModelReply):
@@ -237,6 +277,10 @@ class Executor:
         if isinstance(part, pb.Verdict):
             span.verdict = "passed" if part.passed else "failed"
         ctx.record(span)
+        seconds = span.latency_ms / 1000.0
+        previous = self.hop_s.get(node.name)
+        self.hop_s[node.name] = seconds if previous is None else (
+            (1 - _HOP_EWMA_ALPHA) * previous + _HOP_EWMA_ALPHA * seconds)
         return msg
 
     async def _run_chain(self, node: ChainNode, msg: pb.Message, ctx: RequestContext, path: str,
@@ -376,6 +420,7 @@ class Executor:
                            latency_ms=(time.monotonic() - start) * 1000.0))
         if node.on_exhausted == "error":
             raise FailedPrecondition(f"validation failed after {attempts} attempt(s): {reason}", node=path)
+        ctx.degraded += 1
         return last
 
     async def _feedback(self, node: ValidateNode, *, passed: bool) -> None:
@@ -415,15 +460,22 @@ class Executor:
             ctx.record(pb.Span(node=path, kind="cache", attempt=attempt, start_ms=ctx.elapsed_ms(), cache_hit=True,
                                latency_ms=(time.monotonic() - start) * 1000.0))
             return msg
+        degraded_before = ctx.degraded
         out = await self._run(node.body, msg, ctx, path, attempt)
-        stored = pb.Message()
-        copy_parts(out, stored, info.writes)
-        try:
-            await backend.put(key, stored.SerializeToString(deterministic=True))
-        except Exception:
-            logger.warning("cache %s store failed", path, exc_info=True)
+        detail = ""
+        if ctx.degraded > degraded_before:
+            # A fallback's or an exhausted validation's answer must not outlive the outage
+            # that caused it: later requests get a fresh try instead of the degraded answer.
+            detail = "not stored: degraded answer (fallback or validation exhausted)"
+        else:
+            stored = pb.Message()
+            copy_parts(out, stored, info.writes)
+            try:
+                await backend.put(key, stored.SerializeToString(deterministic=True))
+            except Exception:
+                logger.warning("cache %s store failed", path, exc_info=True)
         ctx.record(pb.Span(node=path, kind="cache", attempt=attempt, start_ms=ctx.elapsed_ms(), cache_hit=False,
-                           latency_ms=(time.monotonic() - start) * 1000.0))
+                           detail=detail, latency_ms=(time.monotonic() - start) * 1000.0))
         return out
 
 

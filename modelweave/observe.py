@@ -78,6 +78,8 @@ class TraceMetrics:
                     self.sink.inc("escalations_total", node)
             if span.kind == "cache":
                 self.sink.inc("cache_lookups_total", {**node, "result": "hit" if span.cache_hit else "miss"})
+            if span.kind == "model" and span.retry and not span.error:
+                self.sink.inc("model_retries_total", node, float(span.retry))
             if span.kind == "model" and not span.error:
                 node_cost = self._cost.get(span.node, 0.0)
                 if node_cost:
@@ -85,6 +87,10 @@ class TraceMetrics:
                     cost += node_cost
         self.sink.observe("request_cost", {"graph": g}, cost)
         self.sink.observe("request_cpu_ms", {"graph": g}, cpu_ms)
+
+    def record_shed(self, reason: str) -> None:
+        """Counts one request shed by admission control (``queue_full`` or ``deadline``)."""
+        self.sink.inc("requests_shed_total", {"graph": self.graph, "reason": reason})
 
     def record_feedback(self, values: dict[str, float]) -> None:
         """Publishes the current feedback variables (e.g. an adaptive escalation threshold)."""

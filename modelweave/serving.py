@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import pathlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from modelweave.fit import NodeCapacity, nodes_from_ray
 from modelweave.spec import GraphSpec
 
 
@@ -20,8 +22,17 @@ class ServingSession:
 
 def start_serving(graphs: list[GraphSpec], *, host: str, http_port: int, grpc_port: int, dashboard_port: int,
                   address: str | None = None, num_cpus: int | None = None, metrics_port: int | None = None,
-                  log: Callable[[str], None] = print) -> ServingSession:
-    """Starts Ray (unless ``address``), Serve with HTTP + gRPC, and one application per graph."""
+                  log: Callable[[str], None] = print, tls: dict[str, str] | None = None,
+                  artifact_sets: Sequence[pathlib.Path] = (),
+                  fit: Callable[[list[NodeCapacity]], None] | None = None) -> ServingSession:
+    """Starts Ray (unless ``address``), Serve with HTTP + gRPC, and one application per graph.
+
+    ``tls`` holds Serve's ``ssl_certfile`` / ``ssl_keyfile`` HTTP options (HTTPS); Serve's gRPC
+    proxy has no TLS option in Ray 2.60 (see README, "Security"). ``fit`` is called with the
+    cluster's alive nodes before anything is deployed (it exits when the graphs cannot fit).
+    On an existing cluster (``address``) the prepared ``artifact_sets`` are published to the
+    cluster's artifact store, so replicas on nodes that never ran ``prepare`` fetch them.
+    """
     import ray
     from ray import serve
 
@@ -36,8 +47,20 @@ def start_serving(graphs: list[GraphSpec], *, host: str, http_port: int, grpc_po
         ctx = ray.init(address="local", namespace="modelweave", include_dashboard=True, dashboard_host=host,
                        dashboard_port=dashboard_port, num_cpus=num_cpus or max(4, os.cpu_count() or 1),
                        log_to_driver=False, _metrics_export_port=metrics_port)
+    if fit is not None:
+        try:
+            fit(nodes_from_ray(ray.nodes()))
+        except SystemExit:
+            ray.shutdown()
+            raise
+    if address:
+        from modelweave.artifacts import publish_set
+
+        for directory in artifact_sets:
+            size = publish_set(directory)
+            log(f"modelweave: published artifact set {directory.name!r} ({size / 1e6:.1f} MB) to the cluster")
     serve.start(
-        http_options={"host": host, "port": http_port},
+        http_options={"host": host, "port": http_port, **(tls or {})},
         grpc_options={"port": grpc_port, "grpc_servicer_functions": [GRPC_SERVICER]},
     )
     for spec in graphs:

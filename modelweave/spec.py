@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from modelweave.auth import AuthSettings
 from modelweave.errors import GraphSpecError
 
 NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,62}$"
@@ -71,16 +72,27 @@ class DeploymentSettings(_Strict):
     autoscaling_config: AutoscalingSettings | None = None
     ray_actor_options: ActorOptions = ActorOptions()
     max_ongoing_requests: int = Field(64, ge=1)
-    max_queued_requests: int = Field(-1, ge=-1, description="-1 = unbounded")
+    max_queued_requests: int | None = Field(
+        None, ge=-1, description="calls queued per caller; default max_ongoing_requests x max replicas; -1 = unbounded")
     batching: BatchingSettings | None = None
+    max_replicas_per_node: int | None = Field(
+        None, ge=1, description="Serve's cap on this deployment's replicas per node (1 spreads them over nodes)")
     graceful_shutdown_timeout_s: float = Field(5.0, ge=0)
     health_check_period_s: float = Field(10.0, gt=0)
+    nice: int = Field(
+        5, ge=0, le=19,
+        description="CPU priority of the replica process (Unix nice): models yield the CPU to Serve's proxy "
+                    "and the ingress, so an overloaded machine still answers (and sheds) requests fast")
 
     @model_validator(mode="after")
     def _replicas_xor_autoscaling(self) -> DeploymentSettings:
         if self.num_replicas is not None and self.autoscaling_config is not None:
             raise ValueError("set either num_replicas or autoscaling_config, not both")
         return self
+
+    def queue_bound(self) -> int:
+        """Serve's ``max_queued_requests`` for this deployment (see :func:`queue_bound`)."""
+        return queue_bound(self)
 
 
 class BatchOverrides(_Strict):
@@ -117,6 +129,8 @@ class ModelNode(NodeBase):
     deployment: DeploymentSettings = DeploymentSettings()
     batch: BatchOverrides = BatchOverrides()
     cost: float = Field(1.0, ge=0, description="modelled cost units per call")
+    idempotent: bool | None = Field(
+        None, description="retry a call whose replica died; default: what the adapter declares")
 
 
 class ChainNode(NodeBase):
@@ -300,6 +314,29 @@ class Limits(_Strict):
     max_request_bytes: int = Field(1 << 20, ge=1024)
     max_text_chars: int = Field(20_000, ge=1)
     max_timeout_ms: int = Field(600_000, ge=1)
+    # Hostile-input bounds, checked identically for HTTP and gRPC (codecs.check_request).
+    max_json_depth: int = Field(32, ge=4, le=200)
+    max_embedding_values: int = Field(8192, ge=1)
+    max_tensors: int = Field(8, ge=0)
+    max_tensor_bytes: int = Field(1 << 20, ge=0, description="per tensor")
+    max_metadata_entries: int = Field(32, ge=0)
+    max_metadata_key_chars: int = Field(64, ge=1)
+    max_metadata_value_chars: int = Field(1024, ge=1)
+    undeclared_parts: Literal["refuse", "drop"] = Field(
+        "refuse", description="input parts the graph does not declare in `input`: refuse (400) or drop")
+
+
+class AdmissionSettings(_Strict):
+    """Admission control of each ingress replica (see :mod:`modelweave.admission`).
+
+    Requests beyond ``max_concurrent`` running graphs wait in a queue of ``max_queued``;
+    beyond that, or when their deadline cannot be met, they are answered at once with
+    HTTP 503 + ``Retry-After`` / gRPC UNAVAILABLE. Choose ``max_concurrent`` near the
+    concurrency at which the graph reaches its throughput: more only adds latency.
+    """
+
+    max_concurrent: int = Field(32, ge=1)
+    max_queued: int = Field(64, ge=0)
 
 
 class IngressSettings(_Strict):
@@ -309,13 +346,36 @@ class IngressSettings(_Strict):
     autoscaling_config: AutoscalingSettings | None = None
     ray_actor_options: ActorOptions = ActorOptions()
     max_ongoing_requests: int = Field(256, ge=1)
-    max_queued_requests: int = Field(-1, ge=-1)
+    max_queued_requests: int | None = Field(
+        None, ge=-1, description="requests queued per proxy; default max_ongoing_requests x max replicas")
+    admission: AdmissionSettings = AdmissionSettings()
+    auth: AuthSettings | None = Field(None, description="token authentication (HTTP and gRPC)")
 
     @model_validator(mode="after")
     def _replicas_xor_autoscaling(self) -> IngressSettings:
         if self.num_replicas is not None and self.autoscaling_config is not None:
             raise ValueError("set either num_replicas or autoscaling_config, not both")
+        if self.admission.max_concurrent + self.admission.max_queued > self.max_ongoing_requests:
+            # Otherwise Serve's own queue, which knows no deadlines, fills before admission sheds.
+            raise ValueError("admission.max_concurrent + admission.max_queued must not exceed max_ongoing_requests")
         return self
+
+    def queue_bound(self) -> int:
+        """Serve's ``max_queued_requests`` for the ingress (see :func:`queue_bound`)."""
+        return queue_bound(self)
+
+
+def queue_bound(settings: DeploymentSettings | IngressSettings) -> int:
+    """``max_queued_requests``: explicit, else one full round of every replica's slots.
+
+    Bounded by default: an unbounded queue turns overload into congestion collapse
+    (every request waits, none finishes in time) and grows memory without limit.
+    """
+    if settings.max_queued_requests is not None:
+        return settings.max_queued_requests
+    auto = settings.autoscaling_config
+    replicas = auto.max_replicas if auto is not None else (settings.num_replicas or 1)
+    return settings.max_ongoing_requests * replicas
 
 
 class GraphSpec(_Strict):

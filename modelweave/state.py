@@ -2,7 +2,10 @@
 
 The executor talks to these protocols only. In-process implementations live here
 (unit tests, single-process batch); Ray actor-backed ones live in ``actors/`` so that
-every ingress replica shares them.
+every ingress replica shares them. Those degrade instead of raising when the shared store
+is slow or down (a cache miss, the last known feedback value; see ``actors/backends.py``),
+so a state outage never fails or stalls a request; the executor still treats an exception
+from any backend the same way.
 """
 
 from __future__ import annotations

@@ -5,9 +5,16 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 from modelweave.v1 import messages_pb2 as pb
+
+#: Wall-clock (Unix time) deadline of the request the current task runs. The executor sets
+#: it; model callers send it along with every call so a replica skips work whose caller has
+#: already given up (a ContextVar, so every caller protocol stays unchanged and parallel
+#: branches inherit it).
+request_deadline: ContextVar[float | None] = ContextVar("modelweave_request_deadline", default=None)
 
 
 def new_request_id() -> str:
@@ -24,6 +31,9 @@ class RequestContext:
     started: float = field(default_factory=time.monotonic)
     spans: list[pb.Span] = field(default_factory=list)
     on_span: Callable[[pb.Span], None] | None = None
+    #: Degraded answers produced so far (a fallback ran, or validation was exhausted and
+    #: the last attempt accepted); cache nodes do not store what a degraded run produced.
+    degraded: int = 0
 
     def elapsed_ms(self) -> float:
         """Milliseconds since the request started."""

@@ -44,12 +44,16 @@ class ModelAdapter:
         produces: The one part type the model writes.
         blocking: True when ``predict`` does real CPU work and must run off the
             event loop; rule-based glue sets False to skip the thread hop.
+        idempotent: True when calling ``predict`` twice on the same input is harmless
+            (pure models), so a call whose replica died may be retried on another one.
+            Adapters with side effects (e.g. calling an external paid service) say False.
         Params: Pydantic model validating the node's ``params``.
     """
 
     consumes: ClassVar[tuple[str, ...]] = ("Text",)
     produces: ClassVar[str] = "Text"
     blocking: ClassVar[bool] = True
+    idempotent: ClassVar[bool] = True
     Params: ClassVar[type[BaseModel]] = NoParams
 
     def __init__(self, **params: Any) -> None:
@@ -74,6 +78,11 @@ class ModelAdapter:
     def signature(cls, params: Mapping[str, Any]) -> tuple[tuple[str, ...], str]:
         """Returns ``(consumes, produces)`` for these parameters (override when they vary)."""
         return cls.consumes, cls.produces
+
+    @classmethod
+    def is_idempotent(cls, params: Mapping[str, Any]) -> bool:
+        """Whether a call may be retried for these parameters (override when they decide)."""
+        return cls.idempotent
 
     def load(self) -> None:
         """Loads weights and other heavy state. Called once per replica / actor."""

@@ -13,21 +13,30 @@ The API key is read from the environment variable named by ``api_key_env`` at
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import string
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from modelweave.adapters.base import ModelAdapter
-from modelweave.errors import DeadlineExceeded, FailedPrecondition, GraphSpecError, InvalidArgument, Unavailable
+from modelweave.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    GraphSpecError,
+    InvalidArgument,
+    ModelError,
+    Unavailable,
+)
 from modelweave.v1 import messages_pb2 as pb
 
 _JSON_OBJECT = re.compile(r"\{.*\}", re.DOTALL)
 _KEYWORD = re.compile(r"\b(pass|passed|yes|fail|failed|no)\b", re.IGNORECASE)
+logger = logging.getLogger("modelweave.adapters.openai")
 
 
 class OpenAIParams(BaseModel):
@@ -42,6 +51,9 @@ class OpenAIParams(BaseModel):
         system_prompt: System message (prepended to the prompt for ``completions``).
         prompt_template: ``str.format`` template of the user prompt; the fields each
             adapter offers are listed in its docstring.
+        template_metadata: Opt in to the ``metadata`` template field. Metadata can come
+            from clients, so it is off by default; when on, every value is inserted as a
+            JSON string literal (quoted and escaped), never as raw prompt text.
         max_tokens: Completion length limit.
         temperature: Sampling temperature.
         stop: Stop sequences.
@@ -52,6 +64,8 @@ class OpenAIParams(BaseModel):
         extra_body: Extra JSON fields merged into every request body.
         headers: Extra HTTP headers.
         health_path: Path probed by ``health()`` (GET, below ``base_url``); None skips it.
+        idempotent: Whether modelweave may resend a call whose replica died mid-call. Off
+            by default: the upstream may already have done (and billed) the work.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -62,6 +76,7 @@ class OpenAIParams(BaseModel):
     api_key_env: str | None = "OPENAI_API_KEY"
     system_prompt: str | None = None
     prompt_template: str = "{text}"
+    template_metadata: bool = False
     max_tokens: int = Field(default=256, ge=1)
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
     stop: list[str] | None = None
@@ -72,10 +87,15 @@ class OpenAIParams(BaseModel):
     extra_body: dict[str, Any] = Field(default_factory=dict)
     headers: dict[str, str] = Field(default_factory=dict)
     health_path: str | None = "/models"
+    idempotent: bool = False
 
 
 class _OpenAIBase(ModelAdapter):
     """HTTP plumbing: client, retries, prompt rendering, concurrency."""
+
+    @classmethod
+    def is_idempotent(cls, params: Mapping[str, Any]) -> bool:
+        return bool(cls.validate_params(params).idempotent)
 
     #: Template fields each subclass offers (checked when the node is configured).
     fields: ClassVar[frozenset[str]] = frozenset()
@@ -87,11 +107,11 @@ class _OpenAIBase(ModelAdapter):
             name.split(".")[0].split("[")[0]
             for _, name, _, _ in string.Formatter().parse(self.params.prompt_template)
             if name is not None
-        } - self.fields
+        } - (self.fields if self.params.template_metadata else self.fields - {"metadata"})
         if unknown:
             raise GraphSpecError(
                 f"{type(self).__name__}: params.prompt_template uses unknown fields {sorted(unknown)}; "
-                f"available: {sorted(self.fields)}"
+                f"available: {sorted(self.fields)} ('metadata' needs params.template_metadata: true)"
             )
         self._client: Any = None
         self._pool: Any = None
@@ -182,12 +202,15 @@ class _OpenAIBase(ModelAdapter):
                         raise Unavailable(f"{type(self).__name__}: reply is not JSON") from None
                 detail = response.text[:300]
                 if status in (401, 403):
-                    raise FailedPrecondition(
-                        f"{type(self).__name__}: HTTP {status} from {p.base_url}{path}; "
-                        f"is ${p.api_key_env} set? {detail}"
-                    )
+                    # Our credentials, not the client's request: a server-side failure. The
+                    # upstream body stays in this replica's log.
+                    logger.error("%s: HTTP %s from %s%s (is $%s set?): %s", type(self).__name__, status,
+                                 p.base_url, path, p.api_key_env, detail)
+                    raise ModelError(f"{type(self).__name__}: the model server refused our credentials "
+                                     f"(HTTP {status}); see the replica log")
                 if status != 429 and status < 500:
-                    raise InvalidArgument(f"{type(self).__name__}: HTTP {status} from {p.base_url}{path}: {detail}")
+                    logger.warning("%s: HTTP %s from %s%s: %s", type(self).__name__, status, p.base_url, path, detail)
+                    raise InvalidArgument(f"the model server refused the request (HTTP {status})")
                 last, timed_out = f"HTTP {status}: {detail}", False
                 retry_after = response.headers.get("Retry-After", "")
                 if retry_after.replace(".", "", 1).isdigit():
@@ -203,6 +226,14 @@ class _OpenAIBase(ModelAdapter):
         if len(batch) == 1:
             return [fn(batch[0])]
         return list(self._pool.map(fn, batch))
+
+
+def quoted_metadata(envelope: pb.Message) -> dict[str, str]:
+    """Metadata for prompt templates: each value a JSON string literal (quotes and escapes kept).
+
+    Only reachable when a node sets ``template_metadata: true`` (checked at configuration).
+    """
+    return {key: json.dumps(value, ensure_ascii=False) for key, value in envelope.metadata.items()}
 
 
 def _attempt(envelope: pb.Message) -> int:
@@ -239,7 +270,7 @@ class OpenAIGenerator(_OpenAIBase):
     def _one(self, m: pb.Message) -> pb.Generation:
         attempt = _attempt(m)
         prompt = self.params.prompt_template.format(
-            text=m.text.content, language=m.text.language, attempt=attempt, metadata=dict(m.metadata)
+            text=m.text.content, language=m.text.language, attempt=attempt, metadata=quoted_metadata(m)
         )
         if m.HasField("verdict") and not m.verdict.passed:
             prompt += self.params.feedback_template.format(reason=m.verdict.reason, previous=m.generation.text)
@@ -341,7 +372,7 @@ class OpenAIJudge(_OpenAIBase):
             answer=m.generation.text,
             language=m.text.language,
             attempt=_attempt(m),
-            metadata=dict(m.metadata),
+            metadata=quoted_metadata(m),
         )
         reply, _ = self.complete(prompt)
         passed, score, reason = parse_verdict(reply, self.params.pass_threshold)

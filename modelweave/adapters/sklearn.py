@@ -147,8 +147,16 @@ class SklearnClassifier(ModelAdapter):
                 raise InvalidArgument(
                     f"{type(self).__name__}: embedding from {m.embedding.model!r}, expected {expected!r}"
                 )
+        # A client's wrong-sized vector is its mistake (400 naming the part), not a model crash (500).
+        expected_size = getattr(self._estimator, "n_features_in_", None)
+        for m in batch:
+            size = len(m.embedding.values)
+            if size == 0 or (expected_size is not None and size != int(expected_size)):
+                wanted = f"{int(expected_size)} values" if expected_size is not None else "values"
+                raise InvalidArgument(f"embedding.values has {size} values; model {self.model_name!r} "
+                                      f"expects {wanted}")
         sizes = {len(m.embedding.values) for m in batch}
-        if len(sizes) != 1 or 0 in sizes:
+        if len(sizes) != 1:
             raise InvalidArgument(f"{type(self).__name__}: embeddings of sizes {sorted(sizes)} in one batch")
         return np.array([m.embedding.values for m in batch], dtype=np.float32)
 

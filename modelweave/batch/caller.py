@@ -17,7 +17,7 @@ from typing import Any
 
 from modelweave.batch.coalesce import Coalescer
 from modelweave.checker import CheckedGraph
-from modelweave.errors import ModelError, ModelweaveError, Unavailable
+from modelweave.errors import ModelError, ModelweaveError, ReplicaLost
 from modelweave.executor import ModelReply
 from modelweave.local import LocalCaller
 from modelweave.spec import ModelNode
@@ -99,7 +99,7 @@ def _transport_error(name: str, exc: BaseException) -> ModelweaveError:
     from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
 
     if isinstance(exc, ActorDiedError | ActorUnavailableError | RayActorError):
-        return Unavailable(f"model {name!r} is unavailable: {type(exc).__name__}")
+        return ReplicaLost(f"model {name!r} is unavailable: {type(exc).__name__}")
     if isinstance(exc, RayTaskError):
         cause = exc.cause if exc.cause is not None else exc
         if isinstance(cause, ModelweaveError):

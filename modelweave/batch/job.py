@@ -35,13 +35,16 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
+
 from actors.shared_state import NAMESPACE
+from modelweave.batch.inputs import ColumnChoice, InputMapping
 from modelweave.batch.pools import RESERVED_CPUS, ModelPools, cheap_models, fit_plans, plan_pool
-from modelweave.batch.rows import output_fields
+from modelweave.batch.rows import check_result_columns
 from modelweave.batch.shared import JobState
 from modelweave.batch.stage import GraphStage
 from modelweave.checker import CheckedGraph, check_graph
@@ -208,31 +211,37 @@ class BatchJob:
                 f"leave {max(free, 0):.2f} CPU free; Ray Data needs {RESERVED_CPUS:g} to read and write. Lower "
                 "the stage concurrency, or start Ray with more logical CPUs (--num-cpus)")
 
-    def run(self, dataset: Any, *, text_column: str = "text", timeout_s: float | None = None, prefix: str = "",
-            include_trace: bool = False) -> Any:
+    def run(self, dataset: Any, *, text_column: str | None = None, columns: Mapping[str, str] | None = None,
+            message_column: str | None = None, mapping: InputMapping | None = None, timeout_s: float | None = None,
+            prefix: str = "", include_trace: bool = False) -> Any:
         """Returns the lazy dataset of results: input columns plus result/trace/error columns.
 
+        Input columns map to the graph's input parts (:mod:`modelweave.batch.inputs`):
+        derived from the schema unless ``mapping`` is given, with the overrides below.
+
         Args:
-            dataset: A ``ray.data.Dataset`` with a text column.
-            text_column: Column holding each row's input text.
+            dataset: A ``ray.data.Dataset`` with the graph's input column(s).
+            text_column: Column holding each row's input text (default: derived, ``text``).
+            columns: ``PART=COLUMN`` overrides (``{"Embedding": "features"}``).
+            message_column: Column holding the whole input message as protobuf JSON.
+            mapping: An already derived mapping (the CLI's pre-flight); skips derivation.
             timeout_s: Per-row deadline (default: the graph's ``timeout_s``).
             prefix: Prefix for the added column names (when the input already has e.g. ``label``).
             include_trace: Also add ``trace_json`` with each row's full trace.
 
         Raises:
-            InvalidArgument: the input schema (when known without reading) lacks the text
-                column or already has a result column name.
+            InvalidArgument: the input schema (when known without reading) has no column for
+                an input part or already has a result column name.
         """
         import ray
 
+        choice = ColumnChoice(dict(columns or {}), text_column, message_column)
         schema = dataset.schema(fetch_if_missing=False)
         if schema is not None:
-            names = set(schema.names)
-            if text_column not in names:
-                raise InvalidArgument(f"input has no column {text_column!r} (columns: {sorted(names)})")
-            clash = {c for _, c, _ in output_fields(prefix=prefix, include_trace=include_trace)} & names
-            if clash:
-                raise InvalidArgument(f"input column(s) {sorted(clash)} collide with result columns; set a prefix")
+            check_result_columns(schema.names, prefix=prefix, include_trace=include_trace)
+            arrow = _arrow_schema(schema)
+            if mapping is None and arrow is not None:
+                mapping = choice.derive(arrow, self.graph)
         out = dataset.map_batches(
             GraphStage,
             compute=ray.data.ActorPoolStrategy(size=self.concurrency),
@@ -241,7 +250,8 @@ class BatchJob:
                 "pools": self.pools.handles(),
                 "batch_sizes": self.pools.batch_sizes(),
                 "state_actor": self.state,
-                "text_column": text_column,
+                "choice": choice,
+                "mapping": mapping,
                 "timeout_s": timeout_s,
                 "prefix": prefix,
                 "include_trace": include_trace,
@@ -299,13 +309,22 @@ class BatchJob:
             time.sleep(0.1)
 
 
+def _arrow_schema(schema: Any) -> pa.Schema | None:
+    """A Ray Data schema as a pyarrow one; None when a column has no Arrow type (pandas blocks)."""
+    types = list(schema.types)
+    if not all(isinstance(t, pa.DataType) for t in types):
+        return None
+    return pa.schema(list(zip(schema.names, types, strict=True)))
+
+
 def configure_context(ctx: Any) -> None:
     """Keeps a dataset streaming: lowers ``target_max_block_size`` to 8 MiB (never raises it)."""
     if ctx.target_max_block_size is None or ctx.target_max_block_size > TARGET_MAX_BLOCK_SIZE:
         ctx.target_max_block_size = TARGET_MAX_BLOCK_SIZE
 
 
-def run_batch(graph: GraphSpec | CheckedGraph, dataset: Any, *, text_column: str = "text", batch_size: int = 64,
+def run_batch(graph: GraphSpec | CheckedGraph, dataset: Any, *, text_column: str | None = None,
+              columns: Mapping[str, str] | None = None, message_column: str | None = None, batch_size: int = 64,
               concurrency: int | None = None, timeout_s: float | None = None, prefix: str = "",
               include_trace: bool = False, inline: str | Collection[str] = "none") -> Any:
     """Runs ``graph`` over ``dataset`` as a streaming batch job; returns the lazy result dataset.
@@ -315,4 +334,5 @@ def run_batch(graph: GraphSpec | CheckedGraph, dataset: Any, *, text_column: str
     output columns.
     """
     job = BatchJob(graph, batch_size=batch_size, concurrency=concurrency, inline=inline)
-    return job.run(dataset, text_column=text_column, timeout_s=timeout_s, prefix=prefix, include_trace=include_trace)
+    return job.run(dataset, text_column=text_column, columns=columns, message_column=message_column,
+                   timeout_s=timeout_s, prefix=prefix, include_trace=include_trace)

@@ -24,10 +24,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from modelweave.adapters.base import build_adapter, predict_measured
+from modelweave.adapters.base import build_adapter
 from modelweave.checker import CheckedGraph
 from modelweave.errors import ModelError, ModelweaveError, ResourceExhausted
 from modelweave.executor import ModelReply
+from modelweave.model_calls import predict_rows
 from modelweave.spec import ModelNode
 from modelweave.v1 import messages_pb2 as pb
 
@@ -165,40 +166,17 @@ class ModelWorker:
     def predict(self, batch: list[pb.Message]) -> list[ModelReply | ModelweaveError]:
         """Answers a micro-batch with one reply (part + CPU ms) or typed error per envelope.
 
-        When the adapter fails on a batch of several envelopes, each is retried alone, so
-        one poison row fails only itself (online, without batching, it would too).
+        A failing row fails only itself (:func:`modelweave.model_calls.predict_rows`, the
+        same rule as online dynamic batching).
         """
         self.calls += 1
         self.rows += len(batch)
         self.max_batch = max(self.max_batch, len(batch))
-        try:
-            return self._predict(batch)
-        except Exception as exc:
-            if len(batch) == 1:
-                return [_typed(exc)]
-        out: list[ModelReply | ModelweaveError] = []
-        for message in batch:
-            try:
-                out.extend(self._predict([message]))
-            except Exception as exc:
-                out.append(_typed(exc))
-        return out
-
-    def _predict(self, batch: Sequence[pb.Message]) -> list[ModelReply | ModelweaveError]:
-        outputs, cpu_ms = predict_measured(self.adapter, batch)
-        if len(outputs) != len(batch):
-            raise ModelError(f"adapter returned {len(outputs)} outputs for {len(batch)} inputs")
-        return [ModelReply(part, cpu_ms) for part in outputs]
+        return predict_rows(self.adapter, batch)
 
     def stats(self) -> dict[str, int]:
         """Calls, rows and largest batch seen by this worker."""
         return {"calls": self.calls, "rows": self.rows, "max_batch": self.max_batch}
-
-
-def _typed(exc: Exception) -> ModelweaveError:
-    if isinstance(exc, ModelweaveError):
-        return exc
-    return ModelError(f"model failed: {type(exc).__name__}: {exc}")
 
 
 class ModelPools:

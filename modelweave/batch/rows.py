@@ -6,12 +6,13 @@ tests (to summarise an in-process reference run the same way) and the benchmark.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import pyarrow as pa
 
 from modelweave.codecs import to_json
-from modelweave.errors import ModelweaveError
+from modelweave.errors import InvalidArgument, ModelweaveError
 from modelweave.executor import Result
 from modelweave.v1 import messages_pb2 as pb
 
@@ -108,18 +109,28 @@ def output_fields(*, prefix: str = "", include_trace: bool = False) -> list[tupl
     return [(name, f"{prefix}{name}", dtype) for name, dtype in fields]
 
 
+def check_result_columns(names: Iterable[str], *, prefix: str = "", include_trace: bool = False) -> None:
+    """Refuses input columns that have the name of a column the job adds.
+
+    Raises:
+        InvalidArgument: naming the colliding column(s) and the way out (``--prefix``).
+    """
+    added = {column for _, column, _ in output_fields(prefix=prefix, include_trace=include_trace)}
+    clash = [name for name in names if name in added]
+    if clash:
+        raise InvalidArgument(f"input column(s) {', '.join(repr(c) for c in clash)} collide with the result "
+                              "columns the job adds; pass --prefix (e.g. --prefix mw_; prefix= in Python)")
+
+
 def append_columns(table: pa.Table, rows: list[dict[str, Any]], *, prefix: str = "",
                    include_trace: bool = False) -> pa.Table:
     """Adds the result columns of ``rows`` (one per table row) to ``table``.
 
     Raises:
-        ValueError: an input column already has the name of an added column.
+        InvalidArgument: an input column already has the name of an added column.
     """
+    check_result_columns(table.column_names, prefix=prefix, include_trace=include_trace)
     fields = output_fields(prefix=prefix, include_trace=include_trace)
-    clash = sorted({column for _, column, _ in fields} & set(table.column_names))
-    if clash:
-        raise ValueError(f"input column(s) {clash} collide with modelweave's result columns; "
-                         "set a result column prefix (run_batch(prefix=...), --prefix)")
     for key, column, dtype in fields:
         table = table.append_column(pa.field(column, dtype), pa.array([r[key] for r in rows], type=dtype))
     return table

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from modelweave.batch.io import format_of, normalise_format, output_exists, read_input, write_output
+from modelweave.batch.io import read_input, write_output
 from modelweave.batch.job import BatchJob, BatchSummary
+from modelweave.batch.preflight import preflight
 from modelweave.checker import check_graph
-from modelweave.errors import InvalidArgument
 from modelweave.spec import load_graph
 
 
@@ -22,7 +22,9 @@ class JobOptions:
         output_path: Folder to write part files to (local path or URI).
         fmt: Input format (default: from the input's extension).
         output_format: Output format (default: from the output's extension, else parquet).
-        text_column: Input column holding the text.
+        text_column: Input column holding the text (``--text-column``; default: derived).
+        columns: ``PART=COLUMN`` overrides of the derived input mapping (``--column``).
+        message_column: Column holding the whole input message as protobuf JSON.
         batch_size: Rows per Ray Data batch (and default micro-batch size per model).
         concurrency: Graph stage actors (default: 1 per 4 cluster CPUs).
         timeout_s: Per-row deadline (default: the graph's ``timeout_s``).
@@ -39,7 +41,9 @@ class JobOptions:
     output_path: str
     fmt: str | None = None
     output_format: str | None = None
-    text_column: str = "text"
+    text_column: str | None = None
+    columns: dict[str, str] = field(default_factory=dict)
+    message_column: str | None = None
     batch_size: int = 64
     concurrency: int | None = None
     timeout_s: float | None = None
@@ -54,8 +58,8 @@ class JobOptions:
 def run_job(graph_path: str, options: JobOptions, *, log: Callable[[str], None] = print) -> BatchSummary:
     """Reads the input, runs the graph over every row, writes the output; returns the summary.
 
-    Everything that can be checked without Ray (graph, formats, an existing output) is
-    checked before Ray starts.
+    Everything that can be checked without Ray (graph, formats, the input's schema and
+    columns, the output) is checked before Ray starts (:mod:`modelweave.batch.preflight`).
 
     Raises:
         InvalidArgument: a bad graph, format, path or column (exit code 2 in the CLI).
@@ -66,12 +70,8 @@ def run_job(graph_path: str, options: JobOptions, *, log: Callable[[str], None] 
     from actors.shared_state import NAMESPACE
 
     graph = check_graph(load_graph(graph_path))
-    out_fmt = normalise_format(options.output_format) if options.output_format else (
-        format_of(options.output_path) or "parquet")
-    if options.fmt:
-        normalise_format(options.fmt)
-    if not options.overwrite and output_exists(options.output_path):
-        raise InvalidArgument(f"output {options.output_path!r} already exists; remove it or pass --overwrite")
+    checked = preflight(graph, options)
+    log(f"modelweave: input {checked.mapping.describe()}")
     started_ray = False
     if not ray.is_initialized():
         if options.address:
@@ -89,9 +89,9 @@ def run_job(graph_path: str, options: JobOptions, *, log: Callable[[str], None] 
             f"{len(job.inline)} model(s) inline, {job.concurrency} graph stage(s))")
         start = time.monotonic()
         dataset = read_input(options.input_path, options.fmt)
-        results = job.run(dataset, text_column=options.text_column, timeout_s=options.timeout_s,
+        results = job.run(dataset, mapping=checked.mapping, timeout_s=options.timeout_s,
                           prefix=options.prefix, include_trace=options.include_trace)
-        write_output(results, options.output_path, out_fmt, overwrite=options.overwrite)
+        write_output(results, options.output_path, checked.output_format, overwrite=options.overwrite)
         return job.summary(time.monotonic() - start)
     finally:
         if job is not None:

@@ -18,13 +18,16 @@ from typing import Any
 import pyarrow as pa
 
 from modelweave.batch.caller import InlineCaller, PoolCaller, StageCaller
+from modelweave.batch.inputs import ColumnChoice, InputMapping, messages_from_table
 from modelweave.batch.rows import append_columns, error_row, result_row
 from modelweave.batch.shared import BatchedCache, BatchedState, SharedStateClient
 from modelweave.checker import check_graph
-from modelweave.codecs import check_request, message_from_text
+from modelweave.codecs import check_request
+from modelweave.errors import InvalidArgument
 from modelweave.executor import Executor
 from modelweave.spec import CacheNode, parse_graph
 from modelweave.state import CacheBackend
+from modelweave.v1 import messages_pb2 as pb
 from modelweave.v1 import service_pb2 as svc
 
 
@@ -87,7 +90,8 @@ class GraphStage:
         pools: Model worker actor handles per model node name.
         batch_sizes: Micro-batch size per model node name.
         state_actor: The job's state actor (shared cache, feedback variables, counters).
-        text_column: Input column holding the text of each row.
+        choice: The user's input column choices; derive the mapping when ``mapping`` is None.
+        mapping: Input columns per input part (derived from the first batch when None).
         timeout_s: Per-row deadline; defaults to the graph's ``timeout_s``.
         prefix: Prefix of the added column names.
         include_trace: Also add ``trace_json`` with each row's full trace.
@@ -96,10 +100,12 @@ class GraphStage:
     """
 
     def __init__(self, *, graph: dict[str, Any], pools: dict[str, list[Any]], batch_sizes: dict[str, int],
-                 state_actor: Any, text_column: str = "text", timeout_s: float | None = None, prefix: str = "",
+                 state_actor: Any, choice: ColumnChoice | None = None, mapping: InputMapping | None = None,
+                 timeout_s: float | None = None, prefix: str = "",
                  include_trace: bool = False, max_wait_s: float = 0.005, inline: list[str] | None = None) -> None:
         self.graph = check_graph(parse_graph(graph, "batch job"))
-        self.text_column = text_column
+        self.choice = choice or ColumnChoice()
+        self.mapping = mapping
         self.timeout_s = timeout_s
         self.prefix = prefix
         self.include_trace = include_trace
@@ -117,22 +123,24 @@ class GraphStage:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         """Runs every row of ``batch``; returns it with the result columns appended."""
-        if self.text_column not in batch.column_names:
-            raise ValueError(f"input has no column {self.text_column!r} (columns: {batch.column_names}); "
-                             "choose the text column with text_column= / --text-column")
-        texts = batch.column(self.text_column).to_pylist()
-        rows = self._loop.run_until_complete(self._run_all(texts))
+        if self.mapping is None:  # the schema was unknown before reading: derive once, keep it for every batch
+            self.mapping = self.choice.derive(batch.schema, self.graph)
+        inputs = messages_from_table(batch, self.mapping, max_json_depth=self.graph.spec.limits.max_json_depth)
+        rows = self._loop.run_until_complete(self._run_all(inputs))
         self._report(rows)
         return append_columns(batch, rows, prefix=self.prefix, include_trace=self.include_trace)
 
-    async def _run_all(self, texts: list[Any]) -> list[dict[str, Any]]:
-        return list(await asyncio.gather(*(self._run_row(t) for t in texts)))
+    async def _run_all(self, inputs: list[pb.Message | InvalidArgument]) -> list[dict[str, Any]]:
+        return list(await asyncio.gather(*(self._run_row(m) for m in inputs)))
 
-    async def _run_row(self, text: Any) -> dict[str, Any]:
+    async def _run_row(self, message: pb.Message | InvalidArgument) -> dict[str, Any]:
         start = time.monotonic()
         try:
-            request = svc.InferRequest(input=message_from_text("" if text is None else str(text)))
-            check_request(request, self.graph.spec.limits)  # the same limits as the online ingress
+            if isinstance(message, InvalidArgument):  # the row's columns did not convert
+                raise message
+            request = svc.InferRequest(input=message)
+            # The same checks and limits as the online ingress, declared input parts included.
+            check_request(request, self.graph.spec.limits, self.graph.spec.input)
             result = await self.executor.run(request.input, timeout_s=self.timeout_s)
         except Exception as exc:  # a failing row never fails the job
             return error_row(exc, (time.monotonic() - start) * 1000.0, include_trace=self.include_trace)

@@ -149,7 +149,7 @@ class Message(_message.Message):
     def __init__(self, text: _Optional[_Union[Text, _Mapping]] = ..., embedding: _Optional[_Union[Embedding, _Mapping]] = ..., classification: _Optional[_Union[Classification, _Mapping]] = ..., tensors: _Optional[_Mapping[str, Tensor]] = ..., generation: _Optional[_Union[Generation, _Mapping]] = ..., verdict: _Optional[_Union[Verdict, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
 
 class Span(_message.Message):
-    __slots__ = ("node", "kind", "model", "attempt", "start_ms", "latency_ms", "route", "verdict", "cache_hit", "error", "detail", "cpu_ms")
+    __slots__ = ("node", "kind", "model", "attempt", "start_ms", "latency_ms", "route", "verdict", "cache_hit", "error", "detail", "cpu_ms", "retry")
     NODE_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -162,6 +162,7 @@ class Span(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
     CPU_MS_FIELD_NUMBER: _ClassVar[int]
+    RETRY_FIELD_NUMBER: _ClassVar[int]
     node: str
     kind: str
     model: str
@@ -174,14 +175,17 @@ class Span(_message.Message):
     error: str
     detail: str
     cpu_ms: float
-    def __init__(self, node: _Optional[str] = ..., kind: _Optional[str] = ..., model: _Optional[str] = ..., attempt: _Optional[int] = ..., start_ms: _Optional[float] = ..., latency_ms: _Optional[float] = ..., route: _Optional[str] = ..., verdict: _Optional[str] = ..., cache_hit: _Optional[bool] = ..., error: _Optional[str] = ..., detail: _Optional[str] = ..., cpu_ms: _Optional[float] = ...) -> None: ...
+    retry: int
+    def __init__(self, node: _Optional[str] = ..., kind: _Optional[str] = ..., model: _Optional[str] = ..., attempt: _Optional[int] = ..., start_ms: _Optional[float] = ..., latency_ms: _Optional[float] = ..., route: _Optional[str] = ..., verdict: _Optional[str] = ..., cache_hit: _Optional[bool] = ..., error: _Optional[str] = ..., detail: _Optional[str] = ..., cpu_ms: _Optional[float] = ..., retry: _Optional[int] = ...) -> None: ...
 
 class Trace(_message.Message):
-    __slots__ = ("request_id", "spans", "total_ms")
+    __slots__ = ("request_id", "spans", "total_ms", "caller")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     SPANS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
+    CALLER_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     spans: _containers.RepeatedCompositeFieldContainer[Span]
     total_ms: float
-    def __init__(self, request_id: _Optional[str] = ..., spans: _Optional[_Iterable[_Union[Span, _Mapping]]] = ..., total_ms: _Optional[float] = ...) -> None: ...
+    caller: str
+    def __init__(self, request_id: _Optional[str] = ..., spans: _Optional[_Iterable[_Union[Span, _Mapping]]] = ..., total_ms: _Optional[float] = ..., caller: _Optional[str] = ...) -> None: ...

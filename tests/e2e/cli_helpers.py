@@ -44,13 +44,14 @@ class RunningServer:
         return self.proc.wait(timeout=timeout)
 
 
-def start_server(graph: str, ready_timeout: float = 240) -> RunningServer:
-    """Starts `modelweave run GRAPH` on free ports and waits until it says it is ready."""
+def start_server(graph: str, ready_timeout: float = 240, extra_args: list[str] | None = None) -> RunningServer:
+    """Starts `modelweave run GRAPH [extra_args]` on free ports and waits until it says it is ready."""
     http_port, grpc_port, dash_port = free_port(), free_port(), free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "modelweave.cli", "run", graph, "--http-port", str(http_port),
-         "--grpc-port", str(grpc_port), "--dashboard-port", str(dash_port), "--metrics-port", str(free_port())],
+         "--grpc-port", str(grpc_port), "--dashboard-port", str(dash_port), "--metrics-port", str(free_port()),
+         *(extra_args or [])],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )
     server = RunningServer(proc, f"http://127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}")

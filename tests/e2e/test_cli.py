@@ -59,7 +59,8 @@ def test_check_refuses_malformed_yaml_and_spec(tmp_path: pathlib.Path):
 
 def test_build_writes_a_standard_serve_config(tmp_path: pathlib.Path):
     out = tmp_path / "serve.yaml"
-    r = cli("build", "examples/demo.yaml", "-o", str(out), "--http-port", "8123", "--grpc-port", "9123")
+    r = cli("build", "examples/demo.yaml", "-o", str(out), "--http-port", "8123", "--grpc-port", "9123",
+            "--insecure")
     assert r.returncode == 0, r.stderr
     config = yaml.safe_load(out.read_text())
     from ray.serve.schema import ServeDeploySchema
@@ -147,7 +148,7 @@ def test_draw_writes_mermaid_and_an_image_with_stats(tmp_path: pathlib.Path):
 
 def test_committed_cluster_config_matches_the_graphs(tmp_path: pathlib.Path):
     fresh = tmp_path / "serve.yaml"
-    r = cli("build", "examples/triage.yaml", "examples/triage-baseline.yaml", "-o", str(fresh))
+    r = cli("build", "examples/triage.yaml", "examples/triage-baseline.yaml", "-o", str(fresh), "--insecure")
     assert r.returncode == 0, r.stderr
     committed = (pathlib.Path(__file__).resolve().parents[2] / "cluster" / "serve-triage.yaml").read_text()
     assert fresh.read_text() == committed, "cluster/serve-triage.yaml is stale: rebuild it (see cluster/README.md)"

@@ -38,3 +38,41 @@ class Broken(ModelAdapter):
 
     def predict(self, batch: Sequence[pb.Message]) -> list[pb.Classification]:
         raise RuntimeError("weights are corrupt")
+
+
+class Counting(ModelAdapter):
+    """Sleeps ``seconds`` per row and counts the rows it really ran.
+
+    The text ``count?`` answers at once with the count as the label, so a test can see
+    how much queued work a replica skipped because its caller had given up.
+    """
+
+    consumes = ("Text",)
+    produces = "Classification"
+    Params = SleepParams
+
+    def load(self) -> None:
+        self.ran = 0
+
+    def predict(self, batch: Sequence[pb.Message]) -> list[pb.Classification]:
+        if any(m.text.content == "count?" for m in batch):
+            return [pb.Classification(label=str(self.ran), confidence=1.0) for _ in batch]
+        self.ran += len(batch)
+        time.sleep(self.params.seconds * len(batch))
+        return [pb.Classification(label="done", confidence=1.0) for _ in batch]
+
+
+class Poison(ModelAdapter):
+    """Fails a whole batch when one row says ``poison``; labels rows with the largest batch seen."""
+
+    consumes = ("Text",)
+    produces = "Classification"
+
+    def load(self) -> None:
+        self.largest = 0
+
+    def predict(self, batch: Sequence[pb.Message]) -> list[pb.Classification]:
+        self.largest = max(self.largest, len(batch))
+        if any(m.text.content == "poison" for m in batch):
+            raise ValueError("cannot digest this row")
+        return [pb.Classification(label=f"largest-batch-{self.largest}", confidence=1.0) for _ in batch]

@@ -101,7 +101,12 @@ class Artifacts:
     """
 
     def __init__(self, data_dir: str | Path | None = None) -> None:
+        from modelweave.artifacts import ensure_artifacts
+
         self.directory = artifacts_dir(data_dir)
+        # Verified by hash before anything loads; a node that never ran prepare (a fresh
+        # worker) fetches the set, and with no source the error names the node and the file.
+        ensure_artifacts(self.directory)
         self.manifest = read_manifest(self.directory)
 
     def path(self, name: str) -> Path:

@@ -124,9 +124,13 @@ def prepare(data_dir: Path, progress: bool = True, limit: int | None = None) -> 
     return out
 
 
-def prepare_hook(data_dir: Path, progress: bool = True) -> None:
-    """Graph ``prepare`` hook (see ``GraphSpec.prepare``): builds the full artifacts once."""
-    prepare(data_dir, progress=progress)
+def prepare_hook(data_dir: Path, progress: bool = True) -> Path:
+    """Graph ``prepare`` hook (see ``GraphSpec.prepare``): builds the full artifacts once.
+
+    Returns:
+        The artifact set's directory (``modelweave run --address`` publishes it to the cluster).
+    """
+    return prepare(data_dir, progress=progress)
 
 
 def _tfidf_pipeline() -> Any:

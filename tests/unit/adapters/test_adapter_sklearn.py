@@ -103,6 +103,24 @@ def test_embedding_head(tweets: dict[str, list], minilm_files: dict[str, str], t
         clf.predict([wrong])
 
 
+def test_wrong_sized_embedding_is_the_clients_mistake(tmp_path: Path) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    head = LogisticRegression().fit(rng.normal(size=(40, 64)), [0, 1] * 20)
+    joblib.dump(head, tmp_path / "head64.joblib")
+    clf = SklearnClassifier(model_path=str(tmp_path / "head64.joblib"), input="Embedding")
+    clf.load()
+    good = message_from_text("x")
+    good.embedding.values.extend([0.1] * 64)
+    assert len(clf.predict([good])) == 1
+    short = message_from_text("x")
+    short.embedding.values.extend([0.1, 0.2, 0.3])
+    # Was a 500 "X has 3 features, but LogisticRegression is expecting 64 features".
+    with pytest.raises(InvalidArgument, match=r"embedding.values has 3 values; .* expects 64 values"):
+        clf.predict([short])
+
+
 def test_errors(text_model: Path, tmp_path: Path) -> None:
     with pytest.raises(GraphSpecError, match="params.input"):
         SklearnClassifier(model_path="x", input="Image")

@@ -1,0 +1,195 @@
+"""The executor's ``CacheBackend`` / ``StateStore`` over the graph state actor, fault-tolerant.
+
+A graph keeps answering when its state actor is slow, restarting or gone: a cache lookup
+becomes a miss, a feedback read returns the last value this replica saw (the variable's
+``initial`` if it never saw one), and a failed adjustment is dropped. Every degraded call is
+counted (``state_errors_total{graph, op, reason}``) and logged at most once per 10 s, without a
+stack trace. Behaviour:
+
+* Every call on the request path has a timeout (default 0.5 s, ``MODELWEAVE_STATE_TIMEOUT_S``).
+* After a failure a circuit breaker skips the actor for 1 s, then lets one probe through,
+  so an outage costs one timeout per second per replica, not one per request.
+* Cache writes are fire-and-forget (1 s timeout, at most 256 in flight per replica).
+* Each cache node has a per-replica near cache (TTL ``min(5 s, ttl_s / 10)``, 1024 entries),
+  so repeated keys skip the actor round trip; see :class:`actors.resilience.NearCache`.
+* Every cache call carries the node's TTL and size bound, so a restarted actor re-creates a
+  cache on first use (no extra round trip, nothing to remember client-side).
+
+The actor handle is duck-typed (``handle.method.remote(*args)`` returning an awaitable), so
+this module needs no Ray and unit tests pass a fake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from actors.resilience import NEAR_MAX_ENTRIES, Breaker, NearCache, RateLimitedLog, near_ttl
+from modelweave.observe import MetricsSink
+from modelweave.spec import AdaptiveValue, CacheNode
+
+logger = logging.getLogger("modelweave.state")
+
+#: Timeout of state calls on the request path (cache read, feedback read and adjustment).
+DEFAULT_TIMEOUT_S = float(os.environ.get("MODELWEAVE_STATE_TIMEOUT_S", "0.5"))
+#: Timeout of fire-and-forget cache writes (off the request path; bounds their lifetime).
+WRITE_TIMEOUT_S = 1.0
+#: How long the actor is skipped after a failed call.
+RETRY_AFTER_S = 1.0
+#: Cache writes in flight per replica beyond which new ones are dropped (and counted).
+MAX_PENDING_WRITES = 256
+#: Counter of degraded state calls (declared in ``deployments.metrics``).
+ERRORS_METRIC = "state_errors_total"
+
+
+class StateLink:
+    """One replica's connection to its graph's state actor: timeouts, breaker, reporting.
+
+    Args:
+        actor: Handle of the graph's state actor.
+        graph: Graph name (metric tag, log lines).
+        sink: Metrics backend for ``state_errors_total``; ``None`` counts only in ``errors``.
+        timeout_s: Timeout of calls on the request path.
+        write_timeout_s: Timeout of fire-and-forget writes.
+        retry_after_s: Breaker open time after a failure.
+        max_pending_writes: Bound on fire-and-forget writes in flight.
+        clock: Monotonic clock (tests pass a fake).
+    """
+
+    def __init__(self, actor: Any, graph: str, *, sink: MetricsSink | None = None,
+                 timeout_s: float = DEFAULT_TIMEOUT_S, write_timeout_s: float = WRITE_TIMEOUT_S,
+                 retry_after_s: float = RETRY_AFTER_S, max_pending_writes: int = MAX_PENDING_WRITES,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.actor = actor
+        self.graph = graph
+        self.timeout_s = timeout_s
+        self.write_timeout_s = write_timeout_s
+        self.breaker = Breaker(retry_after_s, clock)
+        self.log = RateLimitedLog(logger, 10.0, clock)
+        self.errors: dict[tuple[str, str], int] = {}  # (op, reason) -> count, for tests and debugging
+        self._sink = sink
+        self._max_pending = max_pending_writes
+        self._pending: set[asyncio.Task[Any]] = set()
+        self._degraded_since_ok = 0
+
+    async def call(self, op: str, method: str, *args: Any, timeout_s: float | None = None) -> tuple[bool, Any]:
+        """Calls ``actor.<method>(*args)``; returns ``(True, value)`` or ``(False, None)`` when
+        the call was skipped, failed or timed out (already counted and logged)."""
+        if not self.breaker.allow():
+            self._degraded(op, "unavailable", None)
+            return False, None
+        try:
+            ref = getattr(self.actor, method).remote(*args)
+            value = await asyncio.wait_for(_awaitable(ref), timeout_s or self.timeout_s)
+        except TimeoutError:
+            self.breaker.failure()
+            self._degraded(op, "timeout", None)
+            return False, None
+        except asyncio.CancelledError:  # the request went away; no verdict on the actor
+            self.breaker.release()
+            raise
+        except Exception as exc:  # actor died / restarting / unreachable / bad answer
+            self.breaker.failure()
+            self._degraded(op, "error", exc)
+            return False, None
+        self.breaker.success()
+        if self._degraded_since_ok:
+            self.log.warning("graph %s: state actor answers again (%d state call(s) were degraded)",
+                             self.graph, self._degraded_since_ok)
+            self._degraded_since_ok = 0
+        return True, value
+
+    def fire(self, op: str, method: str, *args: Any) -> None:
+        """Fire-and-forget call; failures are counted when they happen, not raised."""
+        if len(self._pending) >= self._max_pending:
+            self._degraded(op, "overflow", None)
+            return
+        task = asyncio.ensure_future(self.call(op, method, *args, timeout_s=self.write_timeout_s))
+        self._pending.add(task)  # strong reference until done, else the task may be collected
+        task.add_done_callback(self._pending.discard)
+
+    async def drain(self) -> None:
+        """Waits for the fire-and-forget calls in flight (tests, shutdown)."""
+        while self._pending:
+            await asyncio.gather(*list(self._pending), return_exceptions=True)
+
+    def _degraded(self, op: str, reason: str, exc: BaseException | None) -> None:
+        self.errors[(op, reason)] = self.errors.get((op, reason), 0) + 1
+        self._degraded_since_ok += 1
+        if self._sink is not None:
+            self._sink.inc(ERRORS_METRIC, {"graph": self.graph, "op": op, "reason": reason})
+        detail = f"{type(exc).__name__}: {str(exc)[:200]}" if exc is not None else reason
+        self.log.warning("graph %s: state actor unavailable (%s %s); serving cache misses and last known "
+                         "feedback values", self.graph, op, detail)
+
+
+async def _awaitable(ref: Any) -> Any:
+    # ObjectRefs are awaitable but not coroutines; wrapping keeps wait_for's cancellation simple.
+    return await ref
+
+
+class ActorCache:
+    """``CacheBackend`` of one cache node over the state actor, with a per-replica near cache.
+
+    Args:
+        link: The replica's link to the state actor.
+        path: Graph path of the cache node.
+        node: The cache node (TTL and size bound).
+        clock: Monotonic clock of the near cache (tests pass a fake).
+    """
+
+    def __init__(self, link: StateLink, path: str, node: CacheNode,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._link = link
+        self._path = path
+        self._spec = (node.ttl_s, node.max_entries)
+        self.near = NearCache(near_ttl(node.ttl_s), min(node.max_entries, NEAR_MAX_ENTRIES), clock)
+
+    async def get(self, key: str) -> bytes | None:
+        """Near cache, then the actor; a miss when the actor cannot answer."""
+        value = self.near.get(key)
+        if value is not None:
+            return value
+        ok, value = await self._link.call("cache_get", "cache_get", self._path, key, self._spec)
+        if not ok or value is None:
+            return None
+        self.near.put(key, value)
+        return value  # type: ignore[no-any-return]
+
+    async def put(self, key: str, value: bytes) -> None:
+        """Stores locally at once and in the actor in the background."""
+        self.near.put(key, value)
+        self._link.fire("cache_put", "cache_put", self._path, key, value, self._spec)
+
+
+class ActorState:
+    """``StateStore`` over the state actor that falls back to the last value it saw.
+
+    Args:
+        link: The replica's link to the state actor.
+    """
+
+    def __init__(self, link: StateLink) -> None:
+        self._link = link
+        self.last: dict[str, float] = {}
+
+    async def get(self, var: AdaptiveValue) -> float:
+        """The shared value; the last known one (or ``initial``) when the actor cannot answer."""
+        ok, value = await self._link.call("state_get", "get_state", var.model_dump())
+        return self._remember(var, ok, value)
+
+    async def adjust(self, var: AdaptiveValue, delta: float) -> float:
+        """Adjusts the shared value; when the actor cannot answer the delta is dropped (counted)
+        and the last known value is returned."""
+        ok, value = await self._link.call("state_adjust", "adjust_state", var.model_dump(), delta)
+        return self._remember(var, ok, value)
+
+    def _remember(self, var: AdaptiveValue, ok: bool, value: Any) -> float:
+        if ok:
+            self.last[var.state] = float(value)
+            return float(value)
+        return self.last.get(var.state, var.initial)

@@ -1,0 +1,128 @@
+"""Admission control: bounded concurrency, a bounded deadline-aware queue, fast shedding."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from modelweave.admission import AdmissionController
+from modelweave.errors import Overloaded, Status
+
+pytestmark = pytest.mark.timeout(10)
+
+
+def far() -> float:
+    return time.monotonic() + 60.0
+
+
+async def test_admits_up_to_the_limit_then_queues_in_order():
+    ctl = AdmissionController(2, 4)
+    await ctl.acquire(far())
+    await ctl.acquire(far())
+    assert ctl.in_flight == 2
+    order: list[int] = []
+
+    async def queued(i: int) -> None:
+        await ctl.acquire(far())
+        order.append(i)
+
+    tasks = [asyncio.create_task(queued(i)) for i in range(3)]
+    await asyncio.sleep(0.01)
+    assert ctl.queued == 3 and order == []
+    ctl.release(0.01)
+    await asyncio.sleep(0.01)
+    assert order == [0]
+    ctl.release(0.01)
+    ctl.release(0.01)
+    await asyncio.gather(*tasks)
+    assert order == [0, 1, 2]
+    assert ctl.in_flight == 2 and ctl.queued == 0
+
+
+async def test_full_queue_is_shed_at_once_with_retry_after():
+    shed: list[str] = []
+    ctl = AdmissionController(1, 1, on_shed=shed.append)
+    await ctl.acquire(far())
+    waiting = asyncio.create_task(ctl.acquire(far()))
+    await asyncio.sleep(0.01)
+    start = time.monotonic()
+    with pytest.raises(Overloaded) as info:
+        await ctl.acquire(far())
+    assert time.monotonic() - start < 0.5  # answered, not queued
+    assert info.value.status is Status.UNAVAILABLE
+    assert info.value.retry_after_s >= 1
+    assert "at capacity" in info.value.message
+    assert shed == ["queue_full"]
+    ctl.release(0.01)
+    await waiting
+    assert ctl.in_flight == 1
+
+
+async def test_request_that_cannot_start_before_its_deadline_is_refused_without_waiting():
+    shed: list[str] = []
+    ctl = AdmissionController(1, 100, on_shed=shed.append)
+    # One run finished: about 1 run per 2 s window, each taking ~1.5 s.
+    await ctl.acquire(far())
+    ctl.release(1.5)
+    await ctl.acquire(far())
+    with pytest.raises(Overloaded, match="cannot start this request before its deadline"):
+        await ctl.acquire(time.monotonic() + 1.0)
+    assert shed == ["deadline"]
+    assert ctl.queued == 0
+
+
+async def test_queued_request_leaves_when_its_deadline_can_no_longer_be_met():
+    ctl = AdmissionController(1, 10)
+    await ctl.acquire(far())
+    with pytest.raises(Overloaded, match="waited in the queue"):
+        await ctl.acquire(time.monotonic() + 0.05)
+    assert ctl.queued == 0 and ctl.in_flight == 1
+    ctl.release(0.01)
+    assert ctl.in_flight == 0
+
+
+async def test_cancelled_waiter_gives_its_place_and_slot_back():
+    ctl = AdmissionController(1, 10)
+    await ctl.acquire(far())
+    task = asyncio.create_task(ctl.acquire(far()))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert ctl.queued == 0
+    ctl.release(0.01)
+    assert ctl.in_flight == 0
+    await ctl.acquire(far())  # the slot is free again
+    assert ctl.in_flight == 1
+
+
+async def test_admit_context_releases_on_error():
+    ctl = AdmissionController(1, 0)
+    with pytest.raises(RuntimeError):
+        async with ctl.admit(far()):
+            raise RuntimeError("graph failed")
+    assert ctl.in_flight == 0
+    async with ctl.admit(far()):
+        assert ctl.in_flight == 1
+
+
+async def test_retry_after_grows_with_the_backlog():
+    now = [100.0]
+    ctl = AdmissionController(1, 50, clock=lambda: now[0])
+    assert ctl.retry_after_s() == 1.0  # nothing measured yet
+    for _ in range(4):  # 4 completions in the 2 s window: 2 runs/s
+        ctl.in_flight += 1
+        ctl.release(0.5)
+    for _ in range(20):
+        ctl._shed("queue_full", "test")
+    # 20 rejections in 2 s = 10/s of demand against 2 runs/s: come back in ~5 s.
+    assert ctl.retry_after_s() == 5.0
+    now[0] += 10.0  # the window has passed: no rate, no backlog
+    assert ctl.retry_after_s() == 1.0
+
+
+def test_bad_limits_are_refused():
+    with pytest.raises(ValueError):
+        AdmissionController(0, 1)

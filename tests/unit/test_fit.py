@@ -1,0 +1,66 @@
+"""Fit check before deploy and the laptop profile (pure, no Ray)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from modelweave.fit import Ask, NodeCapacity, check_fit, graph_asks, laptop_factor, nodes_from_ray, scale_cpus
+from modelweave.spec import load_graph
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def test_triage_asks_count_every_replica_and_the_ingress() -> None:
+    asks = {a.name: a for a in graph_asks([load_graph(EXAMPLES / "triage.yaml")])}
+    assert len(asks) == 17 and asks["triage/Ingress"].num_cpus == 0.1
+    assert (asks["triage/minilm"].min_replicas, asks["triage/minilm"].max_replicas) == (1, 2)
+
+
+def test_minimum_needs_that_do_not_fit_are_an_error_saying_what_to_change() -> None:
+    specs = [load_graph(EXAMPLES / "triage.yaml"), load_graph(EXAMPLES / "triage-baseline.yaml")]
+    report = check_fit(graph_asks(specs), [NodeCapacity(cpus=2)], "a 2-CPU machine")
+    assert not report.fits
+    assert "need 2.85 CPUs at start but a 2-CPU machine has 2" in report.errors[0]
+    assert "triage/minilm 1 x 0.5" in report.errors[0] and "--profile laptop" in report.errors[0]
+    assert check_fit(graph_asks(specs), [NodeCapacity(cpus=4)]).fits
+
+
+def test_autoscaling_maxima_beyond_the_target_are_a_warning() -> None:
+    asks = [Ask("g/m", num_cpus=1, min_replicas=1, max_replicas=4)]
+    report = check_fit(asks, [NodeCapacity(cpus=2)])
+    assert report.fits and "at autoscaling maxima the graphs ask 4 CPUs" in report.warnings[0]
+
+
+def test_per_replica_gpu_custom_resource_and_per_node_limits_are_checked() -> None:
+    asks = [Ask("g/big", num_cpus=3), Ask("g/gpu", num_cpus=0.1, num_gpus=1),
+            Ask("g/tpu", num_cpus=0.1, resources={"tpu": 1}),
+            Ask("g/spread", num_cpus=0.1, min_replicas=3, max_replicas=3, max_per_node=1)]
+    errors = check_fit(asks, [NodeCapacity(cpus=2), NodeCapacity(cpus=2)], "cluster").errors
+    assert any("g/big asks 3 CPUs per replica but the largest node of cluster has 2" in e for e in errors)
+    assert any("g/gpu asks 1 GPUs" in e for e in errors)
+    assert any("custom resource tpu=1 that no node" in e for e in errors)
+    assert any("g/spread needs 3 replicas at most 1 per node, so 3 nodes" in e for e in errors)
+
+
+def test_fragmented_nodes_are_a_warning_when_totals_fit() -> None:
+    asks = [Ask("g/m", num_cpus=1.2, min_replicas=3, max_replicas=3)]
+    report = check_fit(asks, [NodeCapacity(cpus=2), NodeCapacity(cpus=2)])
+    assert report.fits and "too fragmented" in report.warnings[0]
+
+
+def test_laptop_profile_scales_cpu_asks_to_fit_the_maxima() -> None:
+    specs = [load_graph(EXAMPLES / "triage.yaml"), load_graph(EXAMPLES / "triage-baseline.yaml")]
+    factor = laptop_factor(graph_asks(specs), 2.0)
+    assert 0.5 < factor < 0.7
+    scaled = scale_cpus(specs, factor)
+    report = check_fit(graph_asks(scaled), [NodeCapacity(cpus=2)])
+    assert report.fits and not report.warnings
+    assert {a.name: a.num_cpus for a in graph_asks(scaled)}["triage/minilm"] == 0.29
+    assert laptop_factor(graph_asks(scaled), 2.0) == 1.0
+
+
+def test_nodes_from_ray_keeps_alive_nodes_and_custom_resources() -> None:
+    raw = [{"Alive": True, "Resources": {"CPU": 3.0, "memory": 1e9, "node:127.0.0.1": 1.0, "slot": 2.0}},
+           {"Alive": False, "Resources": {"CPU": 8.0}},
+           {"Alive": True, "Resources": {"CPU": 1.0, "GPU": 1.0, "accelerator_type:T4": 1.0}}]
+    assert nodes_from_ray(raw) == [NodeCapacity(cpus=3.0, resources={"slot": 2.0}), NodeCapacity(cpus=1.0, gpus=1.0)]

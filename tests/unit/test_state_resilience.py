@@ -1,0 +1,278 @@
+"""State that survives: checkpoint coalescing, near cache, breaker, degraded answers (fakes, no Ray)."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+from typing import Any
+
+import pytest
+from fakes import build, graph, model, spans_of, text
+
+from actors.backends import ActorCache, ActorState, StateLink
+from actors.checkpoint import CoalescingCheckpoint
+from actors.resilience import Breaker, NearCache, RateLimitedLog, near_ttl
+from actors.shared_state import GraphState
+from modelweave.observe import DictSink
+from modelweave.spec import AdaptiveValue, CacheNode
+
+pytestmark = pytest.mark.timeout(10)
+
+VAR = AdaptiveValue(state="thr", initial=0.5, min=0.0, max=1.0)
+NODE = CacheNode(name="c", body={"kind": "model", "name": "m", "impl": "x:Y"}, ttl_s=20, max_entries=100)
+
+
+class Clock:
+    """A fake monotonic clock."""
+
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class MemoryKV:
+    """KVStore in a dict; ``fail`` makes puts raise."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+        self.puts = 0
+        self.fail = False
+
+    def get(self, key: str) -> bytes | None:
+        return self.data.get(key)
+
+    def put(self, key: str, value: bytes) -> None:
+        if self.fail:
+            raise ConnectionError("gcs down")
+        self.puts += 1
+        self.data[key] = value
+
+
+class Handle:
+    """Duck-typed actor handle: ``handle.m.remote(*a)`` runs ``target.m(*a)`` in-process.
+
+    ``mode`` "ok" answers, "hung" never answers, "dead" raises like a dead actor.
+    """
+
+    def __init__(self, target: Any) -> None:
+        self.target = target
+        self.mode = "ok"
+        self.calls: list[str] = []
+
+    def __getattr__(self, method: str) -> Any:
+        handle = self
+
+        class _Method:
+            @staticmethod
+            def remote(*args: Any) -> Any:
+                handle.calls.append(method)
+                return handle._run(method, args)
+
+        return _Method
+
+    async def _run(self, method: str, args: tuple[Any, ...]) -> Any:
+        if self.mode == "hung":
+            await asyncio.Event().wait()
+        if self.mode == "dead":
+            raise RuntimeError("The actor died unexpectedly before finishing this task.")
+        result = getattr(self.target, method)(*args)
+        return await result if inspect.isawaitable(result) else result
+
+
+def link_over(target: Any, clock: Clock, sink: DictSink | None = None, **kw: Any) -> tuple[StateLink, Handle]:
+    handle = Handle(target)
+    return StateLink(handle, "g", sink=sink, timeout_s=0.02, write_timeout_s=0.02, clock=clock, **kw), handle
+
+
+# -- checkpoint coalescing ----------------------------------------------------------------------
+
+
+def test_checkpoint_first_change_writes_at_once_then_at_most_once_per_interval():
+    clock, kv = Clock(), MemoryKV()
+    cp = CoalescingCheckpoint(kv, "k", interval_s=0.5, clock=clock)
+    assert cp.changed() == 0.0  # quiet before: write now
+    assert cp.flush({"thr": 0.6}) is None
+    assert kv.puts == 1
+    clock.t += 0.1
+    assert cp.changed() == pytest.approx(0.4)  # scheduled for 0.5 s after the last write
+    for _ in range(50):  # a hot variable: no more flushes scheduled
+        assert cp.changed() is None
+    clock.t += 0.4
+    cp.flush({"thr": 0.9})
+    assert kv.puts == 2
+    assert json.loads(kv.data["k"])["values"] == {"thr": 0.9}  # the latest values, once
+    assert cp.flush({"thr": 0.9}) is None and kv.puts == 2  # nothing changed: no write
+
+
+def test_checkpoint_failed_write_stays_dirty_and_asks_for_a_retry():
+    clock, kv = Clock(), MemoryKV()
+    cp = CoalescingCheckpoint(kv, "k", interval_s=0.5, clock=clock)
+    kv.fail = True
+    assert cp.changed() == 0.0
+    assert cp.flush({"thr": 0.7}) == 0.5
+    assert cp.changed() is None  # the retry is already scheduled
+    kv.fail = False
+    assert cp.flush({"thr": 0.7}) is None
+    assert CoalescingCheckpoint(kv, "k").load() == {"thr": 0.7}
+
+
+def test_checkpoint_load_missing_or_corrupt_is_empty():
+    kv = MemoryKV()
+    assert CoalescingCheckpoint(kv, "k").load() == {}
+    kv.data["k"] = b"not json"
+    assert CoalescingCheckpoint(kv, "k").load() == {}
+
+
+async def test_restarted_actor_restores_feedback_from_checkpoint():
+    kv = MemoryKV()
+    first = GraphState("feedback/g", store=kv, interval_s=0.01)
+    for _ in range(20):
+        await first.adjust_state(VAR.model_dump(), 0.01)
+    await asyncio.sleep(0.05)  # let the coalesced flush run
+    assert 1 <= kv.puts <= 3
+    restarted = GraphState("feedback/g", store=kv)  # what Ray does after a SIGKILL
+    assert await restarted.get_state(VAR.model_dump()) == pytest.approx(0.7)
+    other = GraphState("feedback/other-version", store=kv)
+    assert await other.get_state(VAR.model_dump()) == 0.5
+
+
+async def test_actor_creates_a_missing_cache_from_the_spec_sent_with_each_call():
+    actor = GraphState()
+    with pytest.raises(KeyError):
+        await actor.cache_get("g/c", "k")  # old protocol: unconfigured cache
+    assert await actor.cache_get("g/c", "k", (20.0, 100)) is None
+    await actor.cache_put("g/c", "k", b"v", (20.0, 100))
+    assert await actor.cache_get("g/c", "k", (20.0, 100)) == b"v"
+    assert (await actor.stats())["caches"]["g/c"]["size"] == 1
+
+
+# -- near cache, breaker, bounded log ---------------------------------------------------------
+
+
+def test_near_cache_ttl_and_bound():
+    assert near_ttl(600) == 5.0 and near_ttl(20) == 2.0
+    clock = Clock()
+    near = NearCache(2.0, 2, clock)
+    near.put("a", b"1")
+    near.put("b", b"2")
+    near.put("c", b"3")
+    assert near.get("a") is None and near.get("c") == b"3"  # size bound
+    clock.t += 2.1
+    assert near.get("c") is None  # expired
+
+
+def test_breaker_skips_then_lets_one_probe_through():
+    clock = Clock()
+    breaker = Breaker(1.0, clock)
+    assert breaker.allow()
+    breaker.failure()
+    assert not breaker.allow()
+    clock.t += 1.1
+    assert breaker.allow()  # the probe
+    assert not breaker.allow()  # only one at a time
+    breaker.release()  # probe cancelled
+    assert breaker.allow()
+    breaker.success()
+    assert breaker.allow() and breaker.allow()
+
+
+def test_rate_limited_log_is_bounded(caplog):
+    clock = Clock()
+    log = RateLimitedLog(logging.getLogger("t"), 10.0, clock)
+    with caplog.at_level(logging.WARNING, logger="t"):
+        sent = [log.warning("down %s", i) for i in range(100)]
+        clock.t += 10
+        log.warning("down again")
+    assert sent.count(True) == 1
+    assert len(caplog.records) == 2
+    assert "99 similar message(s) suppressed" in caplog.records[1].getMessage()
+
+
+# -- backends over a fake actor ---------------------------------------------------------------
+
+
+async def test_cache_recovers_after_actor_restart_and_near_cache_saves_round_trips():
+    clock = Clock()
+    link, handle = link_over(GraphState(), clock)
+    cache = ActorCache(link, "g/c", NODE, clock)
+    await cache.put("k", b"v")
+    await link.drain()
+    assert await cache.get("k") == b"v"
+    assert "cache_get" not in handle.calls  # served by the near cache
+    handle.target = GraphState()  # the actor restarted empty
+    clock.t += near_ttl(NODE.ttl_s) + 0.1
+    assert await cache.get("k") is None  # a miss, not an error
+    await cache.put("k", b"v2")
+    await link.drain()
+    clock.t += near_ttl(NODE.ttl_s) + 0.1
+    assert await cache.get("k") == b"v2"  # from the re-created actor cache
+    assert link.errors == {}
+
+
+async def test_unreachable_actor_gives_misses_and_last_values_counted_and_logged_once(caplog):
+    clock, sink = Clock(), DictSink()
+    link, handle = link_over(GraphState(), clock, sink)
+    cache, state = ActorCache(link, "g/c", NODE, clock), ActorState(link)
+    assert await state.adjust(VAR, 0.2) == pytest.approx(0.7)
+    handle.mode = "hung"
+    with caplog.at_level(logging.WARNING, logger="modelweave.state"):
+        assert await cache.get("new") is None  # times out
+        assert await state.get(VAR) == pytest.approx(0.7)  # skipped by the breaker: last value
+        assert await state.adjust(VAR, 0.1) == pytest.approx(0.7)  # delta dropped
+        await cache.put("new", b"v")  # returns at once
+        await link.drain()
+    assert link.errors[("cache_get", "timeout")] == 1
+    assert link.errors[("state_get", "unavailable")] == 1
+    assert link.errors[("state_adjust", "unavailable")] == 1
+    assert sink.counters[("state_errors_total", (("graph", "g"), ("op", "cache_get"), ("reason", "timeout")))] == 1
+    assert len(caplog.records) == 1 and caplog.records[0].exc_info is None  # bounded, no stack trace
+    handle.mode = "dead"
+    clock.t += 1.1
+    assert await state.get(VAR) == pytest.approx(0.7)
+    assert link.errors[("state_get", "error")] == 1
+    handle.mode = "ok"
+    clock.t += 1.1
+    assert await state.get(VAR) == pytest.approx(0.7)  # the probe answers: back to normal
+    assert not link.breaker.tripped
+
+
+async def test_fire_and_forget_writes_are_bounded_and_their_failures_counted():
+    clock = Clock()
+    link, handle = link_over(GraphState(), clock, max_pending_writes=1)
+    cache = ActorCache(link, "g/c", NODE, clock)
+    handle.mode = "hung"
+    await cache.put("a", b"1")
+    await cache.put("b", b"2")
+    assert link.errors[("cache_put", "overflow")] == 1
+    await link.drain()
+    assert link.errors[("cache_put", "timeout")] == 1
+    assert await cache.get("a") == b"1"  # still served by this replica's near cache
+
+
+async def test_graph_answers_while_the_state_actor_is_down():
+    clock = Clock()
+    link, handle = link_over(GraphState(), clock)
+    threshold = {"state": "thr", "initial": 0.5, "min": 0.0, "max": 1.0}
+    flow = {"kind": "chain", "name": "main", "steps": [
+        {"kind": "cache", "name": "c", "body": model("cls", "LabelFromText", confidence=0.3)},
+        {"kind": "route", "name": "r", "default": "keep",
+         "branches": {"keep": None, "esc": model("s", "Tag", suffix="+")},
+         "rules": [{"branch": "esc", "when": [{"field": "classification.confidence", "op": "lt",
+                                               "value_from": threshold}]}],
+         "feedback": [{"state": "thr", "field": "text.content", "on_changed": 0.1}]},
+    ]}
+    ex, _ = build(graph(flow), cache_factory=lambda p, n: ActorCache(link, p, n, clock), state=ActorState(link),
+                  state_refresh_s=0)
+    await ex.run(text("one"))
+    await ex.run(text("two"))
+    await link.drain()
+    assert await handle.target.get_state(threshold) == pytest.approx(0.7)
+    handle.mode = "dead"
+    result = await ex.run(text("three"))  # fresh key: a miss; threshold: the last known value
+    assert [s.cache_hit for s in spans_of(result.trace, "cache")] == [False]
+    assert spans_of(result.trace, "route")[0].detail == "rules[0] (thr=0.700)"  # not the initial 0.5
+    assert ("cache_get", "error") in link.errors
