@@ -155,6 +155,12 @@ def test_committed_cluster_config_matches_the_graphs(tmp_path: pathlib.Path):
     service = yaml.safe_load((pathlib.Path(__file__).resolve().parents[2] / "cluster" / "rayservice-triage.yaml")
                              .read_text())
     assert yaml.safe_load(service["spec"]["serveConfigV2"]) == yaml.safe_load(committed)
+    laptop = tmp_path / "laptop.yaml"
+    r = cli("build", "examples/triage.yaml", "examples/triage-baseline.yaml", "-o", str(laptop), "--insecure",
+            "--profile", "laptop")
+    assert r.returncode == 0, r.stderr
+    assert laptop.read_text() == (pathlib.Path(__file__).resolve().parents[2] / "cluster" /
+                                  "serve-triage-laptop.yaml").read_text(), "serve-triage-laptop.yaml is stale"
 
 
 def test_eval_compares_versions_with_ablations_and_feeds_draw(tmp_path: pathlib.Path):

@@ -1,7 +1,7 @@
 """Two Ray nodes on one machine: artifacts reach a fresh worker, replicas and batch pools use both
 nodes, and losing the worker node under load costs only retryable errors, never a hang.
 
-Runs alone with ``pytest -m multinode``; about 2-3 minutes on 2 idle cores (see cluster/README.md).
+Opt-in: ``pytest -m multinode`` (about 2 minutes alone on 2 cores; see cluster/README.md).
 """
 
 from __future__ import annotations
@@ -15,13 +15,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-
-from cluster import REPO, TwoNodeCluster, free_port
+from mn_cluster import REPO, TwoNodeCluster, free_port
 
 pytestmark = [pytest.mark.multinode, pytest.mark.timeout(600)]
 
 GRAPH = Path(__file__).with_name("graph.yaml")
 DEADLINE_S = 5.0  # the graph's timeout_s: no request may take (much) longer
+# Slack over the deadline for time outside the graph (proxy, connection set-up) on a loaded 2-core machine.
+SLACK_S = 5.0
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,8 @@ def call(client: httpx.Client, url: str) -> tuple[str, float, str]:
     """One request: (outcome, seconds, node that ran `where`); outcome is the status or the error class."""
     start = time.monotonic()
     try:
-        r = client.post(url, json={"input": {"text": {"content": "the parcel arrived broken"}}}, timeout=30)
+        r = client.post(url, json={"input": {"text": {"content": "the parcel arrived broken"}},
+                                   "timeout_ms": int(DEADLINE_S * 1000)}, timeout=30)
     except httpx.HTTPError as exc:
         return type(exc).__name__, time.monotonic() - start, ""
     node = r.json()["result"].get("generation", {}).get("source", "") if r.status_code == 200 else ""
@@ -83,18 +85,20 @@ def test_fresh_worker_node_serves_batches_and_survives_losing_the_worker(cluster
 
         results: list[tuple[float, tuple[str, float, str]]] = []
         stop = threading.Event()
+        raylet = cluster.worker_raylet()  # found before the load: scanning processes takes seconds
 
         def load() -> None:
             with httpx.Client() as client:
                 while not stop.is_set():
-                    results.append((time.monotonic(), call(client, url)))
+                    started = time.monotonic()
+                    results.append((started, call(client, url)))
 
         threads = [threading.Thread(target=load) for _ in range(8)]
         for t in threads:
             t.start()
         time.sleep(3)
+        raylet.kill()
         killed_at = time.monotonic()
-        cluster.worker_raylet().kill()
         time.sleep(25)
         stop.set()
         for t in threads:
@@ -102,9 +106,12 @@ def test_fresh_worker_node_serves_batches_and_survives_losing_the_worker(cluster
 
         outcomes = Counter(r[1][0] for r in results)
         lost = sum(n for k, n in outcomes.items() if k != "200")
-        print(f"\nmultinode: {len(results)} requests under load, outcomes {dict(outcomes)}, lost {lost}")
+        durations = sorted(r[1][1] for r in results)
+        print(f"\nmultinode: {len(results)} requests under load, outcomes {dict(outcomes)}, lost {lost}, "
+              f"p50 {durations[len(durations) // 2]:.2f} s, max {durations[-1]:.2f} s")
         assert set(outcomes) <= {"200", "503", "504", "ReadError", "RemoteProtocolError", "ConnectError"}, outcomes
-        assert max(r[1][1] for r in results) < DEADLINE_S + 3, "a request hung past its deadline"
+        slow = [(round(at - killed_at, 1), o, round(s, 1)) for at, (o, s, _) in results if s >= DEADLINE_S + SLACK_S]
+        assert not slow, f"requests past their deadline (start s after kill, outcome, duration): {slow}"
         late = [r[1] for r in results if r[0] > killed_at + 15]
         assert late and all(o == "200" and node == head for o, _, node in late), late[:5]
     finally:

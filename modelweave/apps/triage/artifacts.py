@@ -106,7 +106,11 @@ class Artifacts:
         self.directory = artifacts_dir(data_dir)
         # Verified by hash before anything loads; a node that never ran prepare (a fresh
         # worker) fetches the set, and with no source the error names the node and the file.
-        ensure_artifacts(self.directory)
+        try:
+            ensure_artifacts(self.directory)
+        except FailedPrecondition as exc:
+            raise FailedPrecondition(f"{exc}; or run `python -m modelweave.apps.triage.prepare --data-dir "
+                                     f"{self.directory.parent}`") from None
         self.manifest = read_manifest(self.directory)
 
     def path(self, name: str) -> Path:
