@@ -121,6 +121,12 @@ def test_sigkill_of_state_actor_keeps_serving_and_restores_cache_and_feedback(re
     actor = _actor(name)
     for _ in range(10):
         _infer(base, MOVES)
+    # On a loaded machine the freshly created actor can miss the first calls' 0.5 s timeout
+    # (the breaker then skips it for 1 s and those adjustments are dropped, by design): keep
+    # moving the variable until the actor holds it.
+    deadline = time.monotonic() + 60
+    while STATE not in _stats(actor)["state"] and time.monotonic() < deadline:
+        _infer(base, MOVES)
     assert _actor_cache_hit(base, actor)
     before = _stats(actor)["state"][STATE]
     assert before > 0.5  # moved away from its initial value
