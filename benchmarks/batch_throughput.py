@@ -351,7 +351,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--graph", default=str(REPO / "examples" / "demo.yaml"))
     parser.add_argument("--rows", type=int, default=2000, help="rows of the 1x batch run and the naive loop")
     parser.add_argument("--scale", type=int, default=10, help="size of the large batch run, in multiples of --rows")
-    parser.add_argument("--online-rows", type=int, default=600, help="requests sent to the online path")
+    parser.add_argument("--online-rows", type=int, default=600, help="requests sent to the online path (0: skip it)")
     parser.add_argument("--clients", type=int, default=32, help="concurrent HTTP clients of the online path")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--num-cpus", type=int, default=None, help="logical CPUs of the local Ray (default: cores)")
@@ -381,7 +381,7 @@ def main(argv: list[str] | None = None) -> None:
                 measure, peaks = batch_run(spec, rows, work, label, inline=inline, batch_size=args.batch_size)
                 measures.append(measure)
                 memory.append((measure, peaks))
-        measures.append(online(spec, small[:args.online_rows], args.clients))
+        measures += [online(spec, small[:args.online_rows], args.clients)] if args.online_rows else []
     second = naive(spec, small)
     baseline_s = statistics.mean([first.seconds, second.seconds])
     base = Measure("(b) naive per-row loop", args.rows, baseline_s, first.failures,

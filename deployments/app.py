@@ -1,4 +1,8 @@
-"""Builds the Ray Serve application of a graph: one deployment per model node plus the ingress.
+"""Builds the Ray Serve application of a graph: its model deployments plus the ingress.
+
+Each model node gets its own deployment, except nodes co-located in a group (one
+``GroupDeployment`` per group) and cheap nodes that run inside the ingress (see
+:mod:`modelweave.layout`).
 
 ``build_app`` is the application builder that generated Serve configs point at, so
 plain ``serve run config.yaml`` / ``serve deploy config.yaml`` / KubeRay run a graph
@@ -13,6 +17,7 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
+from deployments.group import GroupDeployment
 from deployments.ingress import GraphIngress
 from deployments.model import ModelDeployment
 from modelweave.checker import check_graph
@@ -45,7 +50,7 @@ def deployment_options(settings: DeploymentSettings | IngressSettings) -> dict[s
     if isinstance(settings, IngressSettings):
         # Serve's proxy answers for the ingress when even its bounded queue is full (the
         # backstop under modelweave's own admission control): a 503 that says when to retry.
-        options["backpressure_config"] = {"status_code": 503, "retry_after_s": 1}
+        options["backpressure_config"] = {"status_code": 503, "retry_after_s": settings.backpressure_retry_after_s}
     if settings.autoscaling_config is not None:
         options["autoscaling_config"] = settings.autoscaling_config.model_dump(exclude_none=True)
     else:
@@ -67,12 +72,15 @@ def graph_app(spec: GraphSpec) -> Application:
     """Type-checks ``spec`` and binds its Serve application (no side effects until deployed)."""
     checked = check_graph(spec)
     deployment: Any = serve.deployment  # typed as a decorator factory; used here as a plain call
-    handles = {
-        name: deployment(ModelDeployment)
-        .options(name=name, **deployment_options(node.deployment))
-        .bind(node.model_dump(mode="json"))
-        for name, node in checked.models.items()
-    }
+    handles: dict[str, Any] = {}
+    for name, plan in checked.layout.deployments.items():
+        options = deployment_options(plan.settings)
+        if plan.group:
+            nodes = [checked.models[m].model_dump(mode="json") for m in plan.members]
+            handles[name] = deployment(GroupDeployment).options(name=name, **options).bind(nodes, plan.settings.nice)
+        else:
+            node = checked.models[name]
+            handles[name] = deployment(ModelDeployment).options(name=name, **options).bind(node.model_dump(mode="json"))
     ingress = deployment(GraphIngress).options(name=ingress_name(spec), **deployment_options(spec.ingress))
     return ingress.bind(dump_graph(spec), handles)
 

@@ -54,6 +54,7 @@ from modelweave.errors import (
     Unavailable,
 )
 from modelweave.executor import Executor
+from modelweave.local import LocalCaller
 from modelweave.observe import TraceMetrics
 from modelweave.spec import parse_graph
 from modelweave.trace import new_request_id
@@ -75,7 +76,7 @@ class GraphIngress:
     Args:
         graph: The graph spec as plain data (validated again here: the replica may run
             on another machine with another code version).
-        handles: Deployment handle per model node name.
+        handles: Deployment handle per model deployment name (see :mod:`modelweave.layout`).
     """
 
     def __init__(self, graph: dict[str, Any], handles: dict[str, Any]) -> None:
@@ -86,7 +87,8 @@ class GraphIngress:
         link = StateLink(get_state_actor(self.spec), self.spec.name, sink=sink)
         self.executor = Executor(
             self.graph,
-            ServeCaller(handles),
+            # Cheap nodes placed in the ingress run here, in-process (see modelweave.layout).
+            ServeCaller(handles, self.graph.layout, LocalCaller(self.graph, names=self.graph.layout.inline)),
             cache_factory=lambda path, node: ActorCache(link, path, node),
             state=ActorState(link),
         )

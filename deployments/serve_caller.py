@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Awaitable, Sequence
+from typing import Any, TypeVar
 
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 
 from modelweave.errors import ModelError, ModelweaveError, Overloaded, ReplicaLost, Unavailable
 from modelweave.executor import ModelReply
+from modelweave.layout import Layout
+from modelweave.local import LocalCaller
+from modelweave.model_calls import Outcome
 from modelweave.spec import ModelNode
 from modelweave.trace import request_deadline
 from modelweave.v1 import messages_pb2 as pb
@@ -16,6 +20,8 @@ from modelweave.v1 import messages_pb2 as pb
 #: Failures where the call did not complete because its replica went away: another
 #: replica may answer, so the executor may retry them (idempotent models only).
 _REPLICA_LOST = (ActorDiedError, ActorUnavailableError, RayActorError, ReplicaUnavailableError)
+
+_T = TypeVar("_T")
 
 
 class ServeCaller:
@@ -27,24 +33,57 @@ class ServeCaller:
     Serve drops it from the caller's queue or cancels it on the replica.
 
     Args:
-        handles: Deployment handle per model node name.
+        handles: Deployment handle per deployment name (per model node name without ``layout``).
+        layout: Where each model runs (see :mod:`modelweave.layout`); None: every model
+            node is its own deployment.
+        local: Caller of the models that run inside this (the ingress) process.
     """
 
-    def __init__(self, handles: dict[str, Any]) -> None:
+    def __init__(self, handles: dict[str, Any], layout: Layout | None = None, local: LocalCaller | None = None) -> None:
         self.handles = handles
+        self.layout = layout
+        self.local = local
+        # One options() handle per group, made once: each handle without a router builds its own.
+        self._many: dict[str, Any] = {}
 
     async def call(self, model: ModelNode, message: pb.Message) -> ModelReply:
-        handle = self.handles[model.name]
+        if self.local is not None and model.name in self.local.adapters:
+            return await self.local.call(model, message)
+        home = self._home(model.name)
+        handle = self.handles[home]
+        if home == model.name and not self._grouped(home):
+            return await self._typed(model.name, handle.remote(message, request_deadline.get()))
+        return await self._typed(model.name, handle.remote(message, request_deadline.get(), model.name))
+
+    async def call_many(self, models: Sequence[ModelNode], message: pb.Message) -> list[Outcome]:
+        """Sends a run of consecutive members of one group as one call (see :mod:`modelweave.group_calls`)."""
+        names = [m.name for m in models]
+        home = self._home(names[0])
+        handle = self._many.get(home)
+        if handle is None:
+            handle = self._many[home] = self.handles[home].options(method_name="call_many")
+        return await self._typed(names[0], handle.remote(message, request_deadline.get(), names))
+
+    def _home(self, name: str) -> str:
+        home = self.layout.home.get(name, name) if self.layout is not None else name
+        if home is None:
+            raise ModelError(f"model {name!r} runs in the ingress but is not loaded there")
+        return home
+
+    def _grouped(self, home: str) -> bool:
+        plan = self.layout.deployments.get(home) if self.layout is not None else None
+        return plan is not None and plan.group
+
+    async def _typed(self, name: str, call: Awaitable[_T]) -> _T:
         try:
-            result: ModelReply = await handle.remote(message, request_deadline.get())
-            return result
+            return await call
         except BackPressureError:
             # The model's bounded queue is full: shed (never retried; retrying adds load).
-            raise Overloaded(f"model {model.name!r} is at capacity (its queue is full); retry later") from None
+            raise Overloaded(f"model {name!r} is at capacity (its queue is full); retry later") from None
         except _REPLICA_LOST as exc:
-            raise ReplicaLost(f"model {model.name!r} is unavailable: {type(exc).__name__}") from None
+            raise ReplicaLost(f"model {name!r} is unavailable: {type(exc).__name__}") from None
         except DeploymentUnavailableError as exc:
-            raise Unavailable(f"model {model.name!r} is unavailable: {type(exc).__name__}") from None
+            raise Unavailable(f"model {name!r} is unavailable: {type(exc).__name__}") from None
         except RayTaskError as exc:
             cause = exc.cause if exc.cause is not None else exc
             if isinstance(cause, ModelweaveError):

@@ -10,6 +10,7 @@ the Serve builder need (model nodes by name, paths, per-node types).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from google.protobuf.descriptor import FieldDescriptor
 
@@ -29,6 +30,9 @@ from modelweave.spec import (
     ValidateNode,
 )
 from modelweave.v1 import messages_pb2 as pb
+
+if TYPE_CHECKING:
+    from modelweave.layout import Layout
 
 #: Aggregation strategies that read one part type from every branch.
 _AGGREGATE_PARTS = {"vote": "Classification", "mean": "Classification", "concat": "Generation"}
@@ -50,6 +54,8 @@ class NodeInfo:
     reads: frozenset[str] = frozenset()
     #: Model nodes: a call whose replica died may be retried (adapter or node says so).
     idempotent: bool = False
+    #: Model nodes: the adapter does real CPU work (runs in a thread); False for rules and glue.
+    blocking: bool = True
 
 
 @dataclass
@@ -74,6 +80,15 @@ class CheckedGraph:
     output_types: frozenset[str] = frozenset()
     #: Feedback variables declared by adaptive route conditions, by state name.
     states: dict[str, AdaptiveValue] = field(default_factory=dict)
+    #: Where each model node runs (own deployment, group, ingress); set by :func:`check_graph`.
+    placement: Layout | None = None
+
+    @property
+    def layout(self) -> Layout:
+        """Where each model node runs (see :mod:`modelweave.layout`)."""
+        if self.placement is None:
+            raise GraphSpecError(f"graph {self.spec.name!r} has no layout: build it with check_graph")
+        return self.placement
 
     def info(self, node: Node) -> NodeInfo:
         """Facts about a node object of this graph."""
@@ -110,6 +125,9 @@ def check_graph(spec: GraphSpec) -> CheckedGraph:
             )
     checked.output_types = out
     _check_feedback(checked)
+    from modelweave.layout import plan_layout  # imports this module's types
+
+    checked.placement = plan_layout(checked)
     return checked
 
 
@@ -184,6 +202,8 @@ class _Walker:
             consumes, produces = cls.signature(params)
             cls.validate_params(params)
             idempotent = node.idempotent if node.idempotent is not None else cls.is_idempotent(params)
+            # Function adapters choose per node (params.blocking); classes declare it once.
+            blocking = bool(getattr(cls.validate_params(params), "blocking", cls.blocking))
             consumes = tuple(part_name(c) for c in consumes)
             produces = part_name(produces)
         except GraphSpecError as exc:
@@ -197,6 +217,7 @@ class _Walker:
         self.checked.models[node.name] = node
         self.checked.model_paths[node.name] = path
         info.consumes, info.produces, info.idempotent = consumes, produces, idempotent
+        info.blocking = blocking
         return available | {produces}, {produces}, set(consumes)
 
     def _chain(self, node: ChainNode, path: str, available: frozenset[str], info: NodeInfo):

@@ -16,6 +16,7 @@ from modelweave.checker import CheckedGraph, check_graph
 from modelweave.cli_cluster import fit_options
 from modelweave.cli_security import edge_options, secure
 from modelweave.errors import ModelweaveError
+from modelweave.layout import verbose_lines
 from modelweave.messages import full_name
 from modelweave.spec import GraphSpec, load_graph
 
@@ -53,13 +54,11 @@ def check(graphs: tuple[str, ...], verbose: bool) -> None:
         spec = graph.spec
         ins = ", ".join(sorted(full_name(t) for t in graph.nodes[f"{spec.name}/{spec.flow.name}"].available_in))
         outs = ", ".join(sorted(full_name(t) for t in graph.output_types))
-        click.echo(f"ok: graph {spec.name!r}: {len(graph.nodes)} nodes, {len(graph.models)} model deployments; "
+        click.echo(f"ok: graph {spec.name!r}: {len(graph.nodes)} nodes, {len(graph.models)} model nodes in "
+                   f"{len(graph.layout.deployments)} model deployments ({len(graph.layout.inline)} in the ingress); "
                    f"input {{{ins}}} -> output {{{outs}}}")
         if verbose:
-            for info in graph.nodes.values():
-                extra = f" {info.node.impl}" if info.node.kind == "model" else ""  # type: ignore[union-attr]
-                types = ", ".join(sorted(info.available_out))
-                click.echo(f"  {info.path} [{info.node.kind}]{extra} -> {{{types}}}")
+            click.echo("\n".join(f"  {line}" for line in verbose_lines(graph)))
 
 
 def serve_config(graphs: list[GraphSpec], *, host: str, http_port: int, grpc_port: int,
@@ -72,8 +71,8 @@ def serve_config(graphs: list[GraphSpec], *, host: str, http_port: int, grpc_por
     for spec in graphs:
         checked = check_graph(spec)
         deployments = []
-        for name, node in checked.models.items():
-            opts = deployment_options(node.deployment)
+        for name, plan in checked.layout.deployments.items():
+            opts = deployment_options(plan.settings)
             opts.pop("logging_config")
             deployments.append({"name": name, **opts})
         app: dict[str, Any] = {
@@ -361,8 +360,8 @@ def call(graph_name: str, text: str, http_url: str, grpc_addr: str | None, strea
 @click.option("--overwrite", is_flag=True, help="replace an existing output")
 @click.option("--address", default=None, help="join an existing Ray cluster instead of starting one")
 @click.option("--num-cpus", default=None, type=int, help="logical CPUs of the embedded Ray")
-@click.option("--inline", type=click.Choice(["none", "cheap"]), default="none", show_default=True,
-              help="cheap: run rule-based (non-blocking) models inside the graph stage, not in their own pools")
+@click.option("--inline", type=click.Choice(["none", "cheap"]), default="cheap", show_default=True,
+              help="cheap: run rule-based (non-blocking) models inside the graph stage; none: a pool for each")
 def batch(graph: str, input_path: str, output_path: str, fmt: str | None, output_format: str | None,
           text_column: str | None, columns: tuple[str, ...], message_column: str | None, batch_size: int,
           concurrency: int | None, timeout_s: float | None, prefix: str, include_trace: bool, overwrite: bool,

@@ -226,9 +226,12 @@ def describe_graph(graph: CheckedGraph) -> svc.GraphDescription:
             produces=sorted(full_name(t) for t in info.available_out),
         )
         if isinstance(node, ModelNode):
-            d = node.deployment
+            # A grouped node reports its group's deployment; an inline one the ingress.
+            home = graph.layout.home[node.name]
+            d = graph.layout.deployments[home].settings if home is not None else node.deployment
             nd.model = node.impl
-            nd.deployment = node.name
+            nd.deployment = home if home is not None else "Ingress"
+            nd.settings["placement"] = graph.layout.placement(node.name)
             if d.autoscaling_config:
                 a = d.autoscaling_config
                 nd.settings["replicas"] = f"{a.min_replicas}-{a.max_replicas} (autoscaling)"

@@ -30,11 +30,14 @@ _SHAPES = {"model": ('["', '"]'), "chain": ('(["', '"])'), "parallel": ('[["', '
            "validate": ('{{"', '"}}'), "cache": ('[("', '")]'), "input": ('(("', '"))')}
 
 
-def _label(info: NodeInfo) -> list[str]:
+def _label(info: NodeInfo, graph: CheckedGraph) -> list[str]:
     node = info.node
     lines = [node.name, node.kind]
     if isinstance(node, ModelNode):
-        d = node.deployment
+        home = graph.layout.home[node.name]
+        if home is None:
+            return [node.name, node.impl.rsplit(":", 1)[-1].rsplit(".", 1)[-1], "in ingress"]
+        d = graph.layout.deployments[home].settings
         replicas = (f"{d.autoscaling_config.min_replicas}-{d.autoscaling_config.max_replicas} replicas"
                     if d.autoscaling_config else f"{d.num_replicas or 1} replica(s)")
         res = f"{d.ray_actor_options.num_cpus:g} CPU"
@@ -43,6 +46,8 @@ def _label(info: NodeInfo) -> list[str]:
         lines = [node.name, node.impl.rsplit(":", 1)[-1].rsplit(".", 1)[-1], f"{replicas}, {res}"]
         if d.batching:
             lines.append(f"batch {d.batching.max_batch_size}")
+        if graph.layout.deployments[home].group:
+            lines.append(f"group {home}")
     return lines
 
 
@@ -62,7 +67,7 @@ def to_mermaid(graph: CheckedGraph, stats: dict[str, NodeStats] | None = None) -
     for i, (path, info) in enumerate(graph.nodes.items()):
         ids[path] = f"n{i}"
         left, right = _SHAPES[info.node.kind]
-        text = "<br/>".join(s.replace('"', "'") for s in _label(info))
+        text = "<br/>".join(s.replace('"', "'") for s in _label(info, graph))
         out.append(f"  n{i}{left}{text}{right}")
         out.append(f"  class n{i} {info.node.kind}")
     for edge in graph.edges:
@@ -106,12 +111,13 @@ def render_image(graph: CheckedGraph, path: str | pathlib.Path, stats: dict[str,
     for node, (x, y) in pos.items():
         info = graph.nodes.get(node)
         kind = info.node.kind if info else "input"
-        text = "\n".join(_label(info)) if info else "input"
+        text = "\n".join(_label(info, graph)) if info else "input"
         ax.text(x, y, text, ha="center", va="center", fontsize=6.5,
                 bbox={"boxstyle": "round,pad=0.3", "fc": _COLOURS[kind], "ec": "#334155", "lw": 0.6})
     ax.set_xlim(-1.2, width - 1.5)
     ax.set_ylim(-next_row[0] * 1.1, 1)
-    ax.set_title(f"{graph.spec.name}: {len(graph.models)} model deployments", fontsize=9)
+    ax.set_title(f"{graph.spec.name}: {len(graph.models)} model nodes, {len(graph.layout.deployments)} model "
+                 f"deployments", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=160)
     plt.close(fig)

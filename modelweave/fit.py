@@ -88,7 +88,7 @@ def graph_asks(specs: Sequence[GraphSpec]) -> list[Ask]:
     asks = []
     for spec in specs:
         checked = check_graph(spec)
-        asks += [_ask(f"{spec.name}/{name}", node.deployment) for name, node in checked.models.items()]
+        asks += [_ask(f"{spec.name}/{name}", plan.settings) for name, plan in checked.layout.deployments.items()]
         asks.append(_ask(f"{spec.name}/Ingress", spec.ingress))
     return asks
 
@@ -205,22 +205,25 @@ def scale_cpus(specs: Sequence[GraphSpec], factor: float) -> list[GraphSpec]:
     scaled = []
     for spec in specs:
         data = spec.model_dump(mode="json")
-        _scale_node_cpus(data, factor)
+        # Nodes that run inside the ingress have no replicas; scaling their (unused) CPU ask
+        # would make it a setting of their own and give them a deployment again.
+        _scale_node_cpus(data, factor, frozenset(check_graph(spec).layout.inline))
         scaled.append(GraphSpec.model_validate(data))
     return scaled
 
 
-def _scale_node_cpus(data: object, factor: float) -> None:
+def _scale_node_cpus(data: object, factor: float, inline: frozenset[str]) -> None:
     if isinstance(data, dict):
+        skip = data.get("kind") == "model" and data.get("name") in inline
         options = data.get("ray_actor_options")
         if isinstance(options, dict) and options.get("num_cpus"):
             options["num_cpus"] = max(0.01, math.floor(float(options["num_cpus"]) * factor * 100) / 100)
         for key, value in data.items():
-            if key != "ray_actor_options":
-                _scale_node_cpus(value, factor)
+            if key != "ray_actor_options" and not (skip and key == "deployment"):
+                _scale_node_cpus(value, factor, inline)
     elif isinstance(data, list):
         for item in data:
-            _scale_node_cpus(item, factor)
+            _scale_node_cpus(item, factor, inline)
 
 
 def nodes_from_ray(raw_nodes: Sequence[dict[str, object]]) -> list[NodeCapacity]:

@@ -8,13 +8,15 @@ thread so parallel branches still overlap.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from modelweave.adapters.base import ModelAdapter, build_adapter, predict_measured
 from modelweave.checker import CheckedGraph
 from modelweave.errors import ModelError
 from modelweave.executor import ModelReply
+from modelweave.model_calls import Outcome
 from modelweave.spec import ModelNode
+from modelweave.trace import request_deadline
 from modelweave.v1 import messages_pb2 as pb
 
 
@@ -30,6 +32,7 @@ class LocalCaller:
     def __init__(self, graph: CheckedGraph, adapters: dict[str, ModelAdapter] | None = None,
                  names: Iterable[str] | None = None) -> None:
         self.adapters: dict[str, ModelAdapter] = dict(adapters or {})
+        self._produces = {name: graph.nodes[path].produces for name, path in graph.model_paths.items()}
         wanted = set(graph.models) if names is None else set(names)
         for name, node in graph.models.items():
             if name in wanted and name not in self.adapters:
@@ -46,3 +49,12 @@ class LocalCaller:
         if len(outputs) != 1:
             raise ModelError(f"adapter returned {len(outputs)} outputs for 1 input")
         return ModelReply(outputs[0], cpu_ms)
+
+    async def call_many(self, models: Sequence[ModelNode], message: pb.Message) -> list[Outcome]:
+        """Runs a co-located run of model nodes in order, as a group replica does."""
+        from modelweave.group_calls import run_members  # it imports the executor, as this module does
+
+        members = [(m.name, self._produces[m.name], self.adapters[m.name]) for m in models]
+        if any(adapter.blocking for _, _, adapter in members):
+            return await asyncio.to_thread(run_members, members, message, request_deadline.get())
+        return run_members(members, message, request_deadline.get())

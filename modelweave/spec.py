@@ -83,6 +83,13 @@ class DeploymentSettings(_Strict):
         5, ge=0, le=19,
         description="CPU priority of the replica process (Unix nice): models yield the CPU to Serve's proxy "
                     "and the ingress, so an overloaded machine still answers (and sheds) requests fast")
+    group: str | None = Field(
+        None, pattern=NAME_PATTERN,
+        description="co-location: model nodes naming the same group share one deployment (one replica process "
+                    "holds all their adapters; calls inside the group are in-process); see modelweave.layout")
+    inline: Literal["auto"] | bool = Field(
+        "auto", description="run inside the ingress process instead of a deployment; auto: when the adapter is "
+                            "non-blocking (rules, glue) and the node sets no other deployment setting")
 
     @model_validator(mode="after")
     def _replicas_xor_autoscaling(self) -> DeploymentSettings:
@@ -349,6 +356,10 @@ class IngressSettings(_Strict):
     max_queued_requests: int | None = Field(
         None, ge=-1, description="requests queued per proxy; default max_ongoing_requests x max replicas")
     admission: AdmissionSettings = AdmissionSettings()
+    backpressure_retry_after_s: float = Field(
+        1.0, ge=0, le=3600,
+        description="Retry-After of the 503 that Serve's proxy answers itself once the ingress's own queue "
+                    "(max_ongoing_requests) and the proxy's (max_queued_requests) are full")
     auth: AuthSettings | None = Field(None, description="token authentication (HTTP and gRPC)")
 
     @model_validator(mode="after")

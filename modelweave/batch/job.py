@@ -14,8 +14,9 @@ models still get their own pools and real batches (the per-operator benefit), an
 flow logic exists exactly once. The cost of this choice: Ray Data sees one operator,
 so its per-operator progress and autoscaling do not apply to the model pools (they are
 sized from the graph file), and each step of a row is a hop from the stage to a pool.
-``inline="cheap"`` removes that hop for rule-based glue by running those adapters in
-the stage process (the batch analogue of operator fusion).
+By default (``inline="cheap"``) rule-based glue runs in the stage process instead: its
+adapters take microseconds, so a pool would cost far more in the hop than it saves
+(the batch analogue of operator fusion; the demo graph, all rules, then needs no pool).
 
 Semantics shared with online: the request checks and limits of the ingress
 (``check_request``, ``check_input``), per-row deadlines (the graph's ``timeout_s``),
@@ -153,15 +154,16 @@ class BatchJob:
             by this job).
         max_wait_s: Longest wait of a model call for its micro-batch to fill.
         inline: Model nodes to run inside the graph stages instead of their own pools:
-            ``"none"`` (default: every model node gets a pool, as online every one gets a
-            deployment), ``"cheap"`` (non-blocking rule-based adapters without GPU or
-            batch resource settings; saves one process hop per step on small machines),
-            or explicit node names.
+            ``"cheap"`` (default: non-blocking rule-based adapters without GPU or batch
+            resource settings, and not marked ``deployment.inline: false``; saves one
+            process hop per step, which costs more than such a model), ``"none"`` (every
+            model node gets a pool, as online every one may get a deployment), or
+            explicit node names.
     """
 
     def __init__(self, graph: GraphSpec | CheckedGraph, *, batch_size: int = 64, concurrency: int | None = None,
                  stage_num_cpus: float = 0.25, pools: ModelPools | None = None, max_wait_s: float = 0.005,
-                 inline: str | Collection[str] = "none") -> None:
+                 inline: str | Collection[str] = "cheap") -> None:
         import ray
 
         start = time.monotonic()
@@ -326,7 +328,7 @@ def configure_context(ctx: Any) -> None:
 def run_batch(graph: GraphSpec | CheckedGraph, dataset: Any, *, text_column: str | None = None,
               columns: Mapping[str, str] | None = None, message_column: str | None = None, batch_size: int = 64,
               concurrency: int | None = None, timeout_s: float | None = None, prefix: str = "",
-              include_trace: bool = False, inline: str | Collection[str] = "none") -> Any:
+              include_trace: bool = False, inline: str | Collection[str] = "cheap") -> Any:
     """Runs ``graph`` over ``dataset`` as a streaming batch job; returns the lazy result dataset.
 
     Starts the model pools now (they live until the driver exits; use :class:`BatchJob`

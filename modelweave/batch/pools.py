@@ -131,14 +131,17 @@ def fit_plans(plans: Sequence[PoolPlan], *, available_cpus: float, available_gpu
 def cheap_models(graph: CheckedGraph) -> set[str]:
     """Model nodes cheap enough to run inline in a graph stage.
 
-    Those whose adapter is not ``blocking`` (rule-based glue), that need no GPU and
-    whose ``batch`` settings ask for no pool size or CPUs of their own.
+    Those whose adapter is not ``blocking`` (rule-based glue), that need no GPU, whose
+    ``batch`` settings ask for no pool size or CPUs of their own and that are not marked
+    ``deployment.inline: false`` (``true`` inlines a node whatever its adapter).
     """
     cheap = set()
     for name, node in graph.models.items():
         gpus = node.batch.num_gpus if node.batch.num_gpus is not None else node.deployment.ray_actor_options.num_gpus
         own = node.batch.pool_size is not None or node.batch.num_cpus is not None
-        if not gpus and not own and not build_adapter(node.impl, node.params).blocking:
+        choice = getattr(node.deployment, "inline", "auto")  # the online layout's per-node choice
+        if choice is True or (choice is not False and not gpus and not own
+                              and not build_adapter(node.impl, node.params).blocking):
             cheap.add(name)
     return cheap
 

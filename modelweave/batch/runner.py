@@ -33,8 +33,8 @@ class JobOptions:
         overwrite: Replace an existing output.
         address: Ray cluster to join; None starts an embedded local Ray.
         num_cpus: Logical CPUs of the embedded Ray (default: the machine's cores).
-        inline: ``"none"`` (every model node gets an actor pool) or ``"cheap"`` (rule-based
-            non-blocking models run inside the graph stages).
+        inline: ``"cheap"`` (default: rule-based non-blocking models run inside the graph
+            stages) or ``"none"`` (every model node gets an actor pool).
     """
 
     input_path: str
@@ -52,7 +52,7 @@ class JobOptions:
     overwrite: bool = False
     address: str | None = None
     num_cpus: int | None = None
-    inline: str = "none"
+    inline: str = "cheap"
 
 
 def run_job(graph_path: str, options: JobOptions, *, log: Callable[[str], None] = print) -> BatchSummary:

@@ -86,14 +86,14 @@ def demo() -> GraphSpec:
 
 @pytest.fixture(scope="module")
 def pools_job(ray_cluster: None, demo: GraphSpec) -> Iterator[BatchJob]:
-    """Owns the demo graph's model pools for the module."""
-    job = BatchJob(demo, batch_size=64)
+    """Owns the demo graph's model pools for the module (a pool per model node, not the default inline)."""
+    job = BatchJob(demo, batch_size=64, inline="none")
     yield job
     job.shutdown()
 
 
 def run_job(spec: GraphSpec, owner: BatchJob, dataset: Any, **kw: Any) -> tuple[list[dict[str, Any]], BatchJob]:
-    job = BatchJob(spec, pools=owner.pools, concurrency=kw.pop("concurrency", None))
+    job = BatchJob(spec, pools=owner.pools, concurrency=kw.pop("concurrency", None), inline="none")
     try:
         rows = job.run(dataset, **kw).take_all()
     except BaseException:
@@ -116,7 +116,7 @@ def test_files_in_every_format_keep_columns_and_add_results(pools_job: BatchJob,
     for name in ("in.parquet", "in.csv", "in.jsonl"):
         fmt = format_of(name)
         out = tmp_path / f"out-{fmt}"
-        job = BatchJob(demo, pools=pools_job.pools)
+        job = BatchJob(demo, pools=pools_job.pools, inline="none")
         try:
             write_output(job.run(read_input(str(tmp_path / name))), str(out), fmt)
             summary = job.summary()
@@ -206,7 +206,7 @@ def test_inline_cheap_models_give_the_same_results_without_pools(ray_cluster: No
 
     spec = without_feedback(demo)
     texts = make_texts(120, seed=4)
-    job = BatchJob(spec, inline="cheap")
+    job = BatchJob(spec)  # inline="cheap" is the default
     try:
         assert job.inline == set(check_graph(spec).models) and job.pools.actors == {}
         rows = job.run(ray.data.from_items([{"i": i, "text": t} for i, t in enumerate(texts)])).take_all()

@@ -11,7 +11,7 @@ Import paths (``impl:`` in the graph YAML)::
     modelweave.apps.triage.models:MiniLMSentiment    Text -> Classification (tier 2)
     modelweave.apps.triage.models:MiniLMEmbedder     Text -> Embedding
     modelweave.apps.triage.models:AnswerRetriever    Embedding (or Text) -> Generation
-    modelweave.apps.triage.models:GroundingValidator Text + Generation -> Verdict
+    modelweave.apps.triage.models:GroundingValidator Embedding (or Text) + Generation -> Verdict
     modelweave.apps.triage.models:Handoff            Text -> Generation (reply by a person)
 
 Importing this module is cheap: every model library is imported in ``load()``.

@@ -198,21 +198,41 @@ class PiiRedactor(ModelAdapter):
 
     def find(self, text: str) -> list[tuple[int, int, str, float]]:
         """Personal-data spans ``(start, end, entity, score)`` above the threshold."""
+        return self.find_many([text])[0]
+
+    def find_many(self, texts: Sequence[str]) -> list[list[tuple[int, int, str, float]]]:
+        """:meth:`find` for several texts, with one batched spaCy pass (``nlp.pipe``).
+
+        spaCy is most of presidio's cost; ``nlp.pipe`` runs the pipeline over a batch
+        of documents, which costs less per text than one call each. The recognisers
+        then run per text on the precomputed NLP artifacts, exactly as ``analyze``
+        does on its own.
+        """
         if self._analyzer is None:
             raise FailedPrecondition("PiiRedactor.find called before load()")
-        if not text.strip():
-            return []
-        results = self._analyzer.analyze(
-            text=text,
-            language="en",
-            entities=self.params.entities,
-            score_threshold=self.params.score_threshold,
+        spans: list[list[tuple[int, int, str, float]]] = [[] for _ in texts]
+        todo = [i for i, text in enumerate(texts) if text.strip()]
+        if not todo:
+            return spans
+        artifacts = self._analyzer.nlp_engine.process_batch(
+            texts=[texts[i] for i in todo], language="en", batch_size=len(todo)
         )
-        return [(r.start, r.end, r.entity_type, float(r.score)) for r in results]
+        for i, (text, nlp_artifacts) in zip(todo, artifacts, strict=True):
+            results = self._analyzer.analyze(
+                text=text,
+                language="en",
+                entities=self.params.entities,
+                score_threshold=self.params.score_threshold,
+                nlp_artifacts=nlp_artifacts,
+            )
+            spans[i] = [(r.start, r.end, r.entity_type, float(r.score)) for r in results]
+        return spans
 
     def redact(self, text: str) -> str:
         """Returns ``text`` with every found span replaced by its placeholder."""
-        spans = self.find(text)
+        return self._replace(text, self.find(text))
+
+    def _replace(self, text: str, spans: Sequence[tuple[int, int, str, float]]) -> str:
         if not spans:
             return text
         if self._anonymizer is not None:
@@ -228,8 +248,12 @@ class PiiRedactor(ModelAdapter):
         return replace_spans(text, spans, self.params.placeholder)
 
     def predict(self, batch: Sequence[pb.Message]) -> list[pb.Text]:
-        """Redacts each ``Text.content`` and marks it ``redacted``."""
-        return [_text_with(m, content=self.redact(m.text.content), redacted=True) for m in batch]
+        """Redacts each ``Text.content`` (one batched analysis) and marks it ``redacted``."""
+        texts = [m.text.content for m in batch]
+        return [
+            _text_with(m, content=self._replace(text, spans), redacted=True)
+            for m, text, spans in zip(batch, texts, self.find_many(texts), strict=True)
+        ]
 
     def health(self) -> None:
         """Raises when the analyzer is not loaded."""
@@ -288,22 +312,41 @@ class InputGuard(ModelAdapter):
 
     def judge(self, text: str) -> pb.Verdict:
         """Judges one text."""
+        return self.judge_many([text])[0]
+
+    def judge_many(self, texts: Sequence[str]) -> list[pb.Verdict]:
+        """Judges several texts: the Guardian per text, the profanity model in one batch.
+
+        The Guardian is a pure-Python model scoring one text (and its windows) at a
+        time, so it has no batched form; the profanity SVM is vectorised, so the texts
+        the Guardian passes go to it together.
+        """
         from svguardian.window import predict_windowed
 
         if self._guardian is None:
             raise FailedPrecondition("InputGuard.judge called before load()")
-        result = predict_windowed(self._guardian, text)
-        malicious = float(result["malicious_score"])
-        if result["verdict"] == "malicious" and result["category"] not in self.params.allow_categories:
-            reason = f"{result['category']} (score {malicious:.2f} >= {self._guardian.threshold:.2f})"
-            return pb.Verdict(passed=False, score=1.0 - malicious, reason=reason, validator="securevector-guardian")
-        if self._profanity is not None and self.params.profanity_threshold is not None:
-            profane = float(self._profanity.predict_prob([text])[0])
-            if profane >= self.params.profanity_threshold:
-                reason = f"profanity (score {profane:.2f} >= {self.params.profanity_threshold:.2f})"
-                return pb.Verdict(passed=False, score=1.0 - profane, reason=reason, validator="profanity-check")
-        return pb.Verdict(passed=True, score=1.0 - malicious, validator="securevector-guardian")
+        verdicts: list[pb.Verdict] = []
+        passed: list[int] = []
+        for i, text in enumerate(texts):
+            result = predict_windowed(self._guardian, text)
+            malicious = float(result["malicious_score"])
+            if result["verdict"] == "malicious" and result["category"] not in self.params.allow_categories:
+                reason = f"{result['category']} (score {malicious:.2f} >= {self._guardian.threshold:.2f})"
+                verdicts.append(pb.Verdict(passed=False, score=1.0 - malicious, reason=reason,
+                                           validator="securevector-guardian"))
+            else:
+                verdicts.append(pb.Verdict(passed=True, score=1.0 - malicious, validator="securevector-guardian"))
+                passed.append(i)
+        limit = self.params.profanity_threshold
+        if self._profanity is not None and limit is not None and passed:
+            for i, prob in zip(passed, self._profanity.predict_prob([texts[i] for i in passed]), strict=True):
+                profane = float(prob)
+                if profane >= limit:
+                    reason = f"profanity (score {profane:.2f} >= {limit:.2f})"
+                    verdicts[i] = pb.Verdict(passed=False, score=1.0 - profane, reason=reason,
+                                             validator="profanity-check")
+        return verdicts
 
     def predict(self, batch: Sequence[pb.Message]) -> list[pb.Verdict]:
         """Judges ``Text.content`` of each envelope."""
-        return [self.judge(m.text.content) for m in batch]
+        return self.judge_many([m.text.content for m in batch])

@@ -164,28 +164,47 @@ class GroundingParams(art.TriageParams):
     """Parameters of :class:`GroundingValidator`.
 
     Attributes:
+        question: Where the question vector comes from: the ``Embedding`` part an
+            earlier :class:`MiniLMEmbedder` node wrote (the default: the question is
+            embedded once per request, not again on every validation attempt) or
+            ``Text`` (embedded here, for graphs without an embed node).
+        answers: Where answer vectors come from: ``embed`` (default) embeds each
+            ``Generation.text``; ``index`` looks answers of the retriever's corpus up
+            by ``Generation.source`` in the vectors ``prepare()`` stored (no encoder
+            run for them; the calibration used those same vectors, but a verdict within
+            ~1e-3 of the threshold may differ from ``embed``). Answers not in the index
+            are embedded either way.
         threshold: Override of the calibrated question/answer cosine threshold.
         profanity_threshold: Reject answers whose alt-profanity-check probability
             reaches this; None skips the check.
         threads: ONNX Runtime threads.
     """
 
+    question: Literal["Embedding", "Text"] = "Embedding"
+    answers: Literal["embed", "index"] = "embed"
     threshold: float | None = Field(default=None, ge=-1.0, le=1.0)
     profanity_threshold: float | None = Field(default=0.5, ge=0.0, le=1.0)
     threads: int | None = Field(default=None, ge=1)
 
 
 class GroundingValidator(ModelAdapter):
-    """Text + Generation -> Verdict: is the answer on topic (cosine) and clean (profanity)?"""
+    """Embedding (or Text) + Generation -> Verdict: is the answer on topic (cosine) and clean?"""
 
-    consumes = ("Text", "Generation")
+    consumes = ("Embedding", "Generation")
     produces = "Verdict"
     Params = GroundingParams
+
+    @classmethod
+    def signature(cls, params: Mapping[str, Any]) -> tuple[tuple[str, ...], str]:
+        """Consumes what ``question`` names, plus the ``Generation`` to judge."""
+        return (cls.validate_params(params).question, "Generation"), cls.produces
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
         self._embedder: OnnxEmbedder | None = None
         self._profanity: Any = None
+        self._answer_row: dict[tuple[str, str], int] = {}
+        self._answer_vecs: Any = None
         self.threshold = 0.0
 
     def load(self) -> None:
@@ -195,6 +214,14 @@ class GroundingValidator(ModelAdapter):
         self.threshold = t if t is not None else arts.calibration("grounding_threshold")
         self._embedder = art.minilm_embedder(self.params.threads)
         self._embedder.load()
+        if self.params.answers == "index":
+            import numpy as np
+
+            index = json.loads(arts.path(art.QA_INDEX).read_text(encoding="utf-8"))
+            # Keyed by (id, text): a Generation that names a corpus answer but says something
+            # else is embedded, never judged by the stored vector.
+            self._answer_row = {(a["id"], a["text"]): i for i, a in enumerate(index["answers"])}
+            self._answer_vecs = np.load(arts.path(art.QA_ANSWER_VECTORS))
         if self.params.profanity_threshold is not None:
             import profanity_check
 
@@ -206,9 +233,9 @@ class GroundingValidator(ModelAdapter):
             raise FailedPrecondition("GroundingValidator.predict called before load()")
         if not batch:
             return []
-        questions = [m.text.content for m in batch]
         answers = [m.generation.text for m in batch]
-        q, a = self._embedder.embed(questions), self._embedder.embed([x or " " for x in answers])
+        q = self._question_vectors(batch, self._embedder)
+        a = self._answer_vectors(batch, self._embedder)
         similarity = (q * a).sum(axis=1)
         profane = self._profanity.predict_prob(answers) if self._profanity is not None else [0.0] * len(batch)
         out = []
@@ -230,3 +257,32 @@ class GroundingValidator(ModelAdapter):
                 )
             )
         return out
+
+    def _question_vectors(self, batch: Sequence[pb.Message], embedder: OnnxEmbedder) -> np.ndarray:
+        """The question vectors: the envelopes' ``Embedding`` parts, or ``Text`` embedded here."""
+        import numpy as np
+
+        if self.params.question == "Text":
+            return embedder.embed([m.text.content for m in batch])
+        for m in batch:
+            # Only the same encoder's vectors are comparable with the answers embedded here.
+            if m.embedding.model and m.embedding.model != embedder.model_name:
+                raise InvalidArgument(
+                    f"GroundingValidator: embedding from {m.embedding.model!r}, expected {embedder.model_name!r}"
+                )
+            if len(m.embedding.values) != embedder.dim:
+                raise InvalidArgument(
+                    f"GroundingValidator: embedding has {len(m.embedding.values)} values, expected {embedder.dim}"
+                )
+        return np.array([m.embedding.values for m in batch], dtype=np.float32)
+
+    def _answer_vectors(self, batch: Sequence[pb.Message], embedder: OnnxEmbedder) -> np.ndarray:
+        """The answer vectors: looked up in the corpus index (``answers: index``) or embedded."""
+        rows = [self._answer_row.get((m.generation.source, m.generation.text), -1) for m in batch]
+        missing = [i for i, row in enumerate(rows) if row < 0]
+        if len(missing) == len(batch):
+            return embedder.embed([m.generation.text or " " for m in batch])
+        vectors = self._answer_vecs[[max(row, 0) for row in rows]].astype("float32", copy=True)
+        if missing:
+            vectors[missing] = embedder.embed([batch[i].generation.text or " " for i in missing])
+        return vectors

@@ -86,20 +86,28 @@ def test_embedding_from_another_model_is_rejected(data_dir: Path) -> None:
         retriever.predict([m])
 
 
-def test_grounding_validator(data_dir: Path, index: dict) -> None:
+def _qa_pairs(index: dict, embedder: MiniLMEmbedder) -> tuple[list[pb.Message], list[pb.Message]]:
+    """(true answer, random answer) envelopes for every other indexed question, embedded as the
+    ``embed`` node does (one batch)."""
+    rng = np.random.default_rng(0)
+    questions = index["questions"][::2]
+    vectors = embedder.predict([_msg(q["text"]) for q in questions])
+    good, bad = [], []
+    for q, vector in zip(questions, vectors, strict=True):
+        for answer, out in ((q["answers"][0], good), (int(rng.integers(len(index["answers"]))), bad)):
+            m = _msg(q["text"])
+            m.embedding.CopyFrom(vector)
+            m.generation.text = index["answers"][answer]["text"]
+            out.append(m)
+    return good, bad
+
+
+def test_grounding_validator(data_dir: Path, index: dict, embedder: MiniLMEmbedder) -> None:
     validator = GroundingValidator(data_dir=str(data_dir))
     validator.load()
     manifest = art.read_manifest(art.artifacts_dir(data_dir))
     assert validator.threshold == manifest["calibration"]["grounding_threshold"]
-    rng = np.random.default_rng(0)
-    good, bad = [], []
-    for q in index["questions"][::2]:
-        m = _msg(q["text"])
-        m.generation.text = index["answers"][q["answers"][0]]["text"]
-        good.append(m)
-        n = _msg(q["text"])
-        n.generation.text = index["answers"][int(rng.integers(len(index["answers"])))]["text"]
-        bad.append(n)
+    good, bad = _qa_pairs(index, embedder)
     good_pass = np.mean([v.passed for v in validator.predict(good)])
     bad_out = validator.predict(bad)
     # Measured on all 300 indexed questions: true answers pass .82, random answers .09.
@@ -108,8 +116,60 @@ def test_grounding_validator(data_dir: Path, index: dict) -> None:
     assert failed.reason.startswith("answer not grounded") and failed.validator == "grounding"
 
 
+def test_grounding_reuses_the_embed_nodes_vector_with_identical_verdicts(
+        data_dir: Path, index: dict, embedder: MiniLMEmbedder) -> None:
+    # Reading the question vector from the envelope (written by the embed node) must judge
+    # exactly as embedding the question again did: same verdicts, reasons and scores.
+    from_part = GroundingValidator(data_dir=str(data_dir))
+    from_text = GroundingValidator(data_dir=str(data_dir), question="Text")
+    from_part.load()
+    from_text.load()
+    good, bad = _qa_pairs(index, embedder)
+    rows = good + bad
+    assert from_part.predict(rows) == from_text.predict(rows)
+    assert GroundingValidator.signature({}) == (("Embedding", "Generation"), "Verdict")
+    assert GroundingValidator.signature({"question": "Text"}) == (("Text", "Generation"), "Verdict")
+
+
+def test_grounding_with_stored_answer_vectors_agrees_with_embedding_them(
+        data_dir: Path, index: dict, embedder: MiniLMEmbedder) -> None:
+    # answers: index skips the encoder for corpus answers; the stored vectors come from the same
+    # model, so only verdicts within rounding distance of the threshold may differ.
+    embedded = GroundingValidator(data_dir=str(data_dir))
+    stored = GroundingValidator(data_dir=str(data_dir), answers="index")
+    embedded.load()
+    stored.load()
+    good, bad = _qa_pairs(index, embedder)
+    rows = good + bad
+    by_id = {a["text"]: a["id"] for a in index["answers"]}
+    for m in rows:
+        m.generation.source = by_id[m.generation.text]
+    edited = _msg("What is AI?", embedder=embedder)  # names a corpus answer but says something else
+    edited.generation.source, edited.generation.text = index["answers"][0]["id"], "Something else entirely."
+    rows.append(edited)
+    a, b = embedded.predict(rows), stored.predict(rows)
+    assert a[-1] == b[-1]  # not in the index as written: embedded, exactly as before
+    assert max(abs(x.score - y.score) for x, y in zip(a, b, strict=True)) < 0.01
+    assert all(x.passed == y.passed for x, y in zip(a, b, strict=True)
+               if abs(x.score - embedded.threshold) > 0.01)
+
+
+def test_grounding_refuses_a_missing_or_foreign_embedding(data_dir: Path, embedder: MiniLMEmbedder) -> None:
+    validator = GroundingValidator(data_dir=str(data_dir))
+    validator.load()
+    missing = _msg("What is AI?")
+    missing.generation.text = "AI is artificial intelligence."
+    with pytest.raises(InvalidArgument, match="0 values"):
+        validator.predict([missing])
+    foreign = _msg("What is AI?", embedder=embedder)
+    foreign.generation.text = "AI is artificial intelligence."
+    foreign.embedding.model = "other-encoder"
+    with pytest.raises(InvalidArgument, match="other-encoder"):
+        validator.predict([foreign])
+
+
 def test_grounding_rejects_empty_and_profane_answers(data_dir: Path) -> None:
-    validator = GroundingValidator(data_dir=str(data_dir), threshold=-1.0)
+    validator = GroundingValidator(data_dir=str(data_dir), threshold=-1.0, question="Text")
     validator.load()
     empty, rude = _msg("What is AI?"), _msg("What is AI?")
     rude.generation.text = "AI is a fucking waste of time, you idiot."

@@ -1,0 +1,308 @@
+"""Online throughput per core of the triage graph under different deployment layouts, one run.
+
+The same graph (``examples/triage.yaml``: same models, params and routing) is deployed in
+turn under each layout and driven over HTTP:
+
+* **per-model**: one Serve deployment per model node (``deployment.inline: false``
+  everywhere): the layout before co-location, the baseline of every ratio;
+* **default**: the file as it is: non-blocking rule nodes (the handoffs) run inside the
+  ingress (``inline: auto``);
+* **colocated**: the groups of ``examples/triage-colocated.yaml`` applied to the same
+  graph (cheap preprocessing in one deployment, the TF-IDF nodes sharing one process,
+  heavy models on their own; grouped nodes drop their dynamic batching, which is per
+  deployment).
+
+For each layout: a warm-up, ``--sequential`` requests one at a time (p50 latency against
+the p50 sum of model time on the request's path), then ``--clients`` closed-loop clients
+for ``--duration`` seconds (req/s). Model CPU per request is the sum of the spans'
+``cpuMs`` in the answers' traces; the CPU floor is ``cores x 1000 / model CPU ms`` (the
+req/s if every core did nothing but model work) and efficiency is req/s over that floor.
+Memory is the PSS of all Ray processes after the run (Linux ``/proc``). Each layout gets its
+own graph name (so its own cache and feedback state) and sees the same texts in the same
+order. Run from the repository root (artifacts prepared: ``modelweave prepare
+examples/triage.yaml``)::
+
+    python benchmarks/throughput.py                       # 3 layouts, 16 clients, 40 s each
+    python benchmarks/throughput.py --duration 15 --sequential 40 --layouts per-model,colocated
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import pathlib
+import statistics
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import yaml
+
+HERE = pathlib.Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+
+from lean_http import LeanClient  # noqa: E402  (benchmarks/ is not a package)
+
+LAYOUTS = ("per-model", "default", "colocated")
+
+
+def _model_nodes(node: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(node, dict):
+        if node.get("kind") == "model":
+            yield node
+        for value in node.values():
+            yield from _model_nodes(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _model_nodes(item)
+
+
+def layout_graph(base: dict[str, Any], layout: str, groups: dict[str, str]) -> dict[str, Any]:
+    """``base`` (plain data of a graph file) under ``layout``, named ``<name>-<layout>``."""
+    data = json.loads(json.dumps(base))
+    data["name"] = f"{base['name']}-{layout}"
+    for node in _model_nodes(data["flow"]):
+        deployment = node.setdefault("deployment", {})
+        if layout == "per-model":
+            deployment["inline"] = False
+            deployment.pop("group", None)
+        elif layout == "colocated" and node["name"] in groups:
+            deployment["group"] = groups[node["name"]]
+            deployment.pop("batching", None)  # dynamic batching is per deployment
+    return data
+
+
+def groups_of(path: pathlib.Path) -> dict[str, str]:
+    """Group per model node name in a graph file."""
+    data = yaml.safe_load(path.read_text())
+    return {n["name"]: n["deployment"]["group"] for n in _model_nodes(data["flow"])
+            if isinstance(n.get("deployment"), dict) and n["deployment"].get("group")}
+
+
+@dataclass
+class Result:
+    """One layout's figures."""
+
+    layout: str
+    deployments: int
+    inline: int
+    serve_hops_max: int
+    requests: int = 0
+    errors: int = 0
+    req_s: float = 0.0
+    model_cpu_ms: float = 0.0
+    floor_req_s: float = 0.0
+    efficiency: float = 0.0
+    p50_ms: float = 0.0
+    p50_model_ms: float = 0.0
+    latency_ratio: float = 0.0
+    pss_mb: float = 0.0
+    loadgen_cpu: float = 0.0
+    #: Result JSON of every sequential request (warm-up included), for the parity check.
+    answers: list[str] = field(default_factory=list)
+    same_answers: str = ""
+
+
+def model_ms(answer: dict[str, Any]) -> float:
+    """Sum of the model spans' CPU milliseconds in one answer's trace."""
+    return sum(float(s.get("cpuMs", 0.0)) for s in answer.get("trace", {}).get("spans", [])
+               if s.get("kind") == "model")
+
+
+async def sequential(client: LeanClient, texts: Iterator[str], n: int) -> tuple[list[float], list[float], list[str]]:
+    """Latency, model milliseconds and answer (result JSON) of ``n`` requests sent one at a time."""
+    latencies, models, answers = [], [], []
+    for _ in range(n):
+        start = time.monotonic()
+        r = await client.post_json({"input": {"text": {"content": next(texts)}}}, 60)
+        if r.status == 200:
+            latencies.append((time.monotonic() - start) * 1000)
+            models.append(model_ms(r.json()))
+        answers.append(json.dumps(r.json().get("result") if r.status == 200 else r.status, sort_keys=True))
+    return latencies, models, answers
+
+
+async def concurrent(url: str, texts: Iterator[str], clients: int, duration_s: float) -> tuple[int, int, list[float]]:
+    """Closed-loop load; returns (answered, errors, model ms per answer)."""
+    pool = LeanClient(url)
+    until = time.monotonic() + duration_s
+    ok, errors, models = 0, 0, []
+
+    async def one() -> None:
+        nonlocal ok, errors
+        while time.monotonic() < until:
+            try:
+                r = await pool.post_json({"input": {"text": {"content": next(texts)}}}, 60)
+            except (OSError, TimeoutError, ValueError):
+                errors += 1
+                continue
+            if r.status == 200:
+                ok += 1
+                models.append(model_ms(r.json()))
+            else:
+                errors += 1
+                await asyncio.sleep(0.05)
+
+    await asyncio.gather(*(one() for _ in range(clients)))
+    await pool.aclose()
+    return ok, errors, models
+
+
+def ray_pss_mb() -> float:
+    """PSS of this run's Ray processes (GCS, raylet, workers: all descendants of this driver), in MB.
+
+    PSS, so pages shared between replicas (libraries, copy-on-write) are counted once; other
+    Ray clusters on the machine are not descendants, so they are not counted.
+    """
+    import psutil
+
+    total = 0
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            for line in pathlib.Path(f"/proc/{proc.pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total / 1024
+
+
+def texts_from(pool: Sequence[str]) -> Iterator[str]:
+    """Unique texts forever (a suffix per lap keeps the cache from answering repeats)."""
+    lap = 0
+    while True:
+        for text in pool:
+            yield text if lap == 0 else f"{text} ({lap})"
+        lap += 1
+
+
+async def measure(name: str, url: str, texts: list[str], opts: argparse.Namespace) -> tuple[Any, ...]:
+    """Warm-up, sequential and concurrent phases against one deployed graph."""
+    client = LeanClient(url)
+    stream = texts_from(texts)
+    _, _, warm = await sequential(client, stream, opts.warmup)
+    latencies, seq_models, answers = await sequential(client, stream, opts.sequential)
+    await client.aclose()
+    cpu0, t0 = time.process_time(), time.monotonic()
+    ok, errors, models = await concurrent(url, stream, opts.clients, opts.duration)
+    loadgen = (time.process_time() - cpu0) / (time.monotonic() - t0)
+    return latencies, seq_models, warm + answers, ok, errors, models, loadgen
+
+
+def run_layout(layout: str, data: dict[str, Any], http: str, texts: list[str], opts: argparse.Namespace) -> Result:
+    """Deploys ``data``, measures it and deletes it."""
+    from ray import serve
+
+    from deployments.app import graph_app
+    from modelweave.checker import check_graph
+    from modelweave.layout import hop_paths
+    from modelweave.spec import parse_graph
+
+    spec = parse_graph(data, layout)
+    checked = check_graph(spec)
+    result = Result(layout, len(checked.layout.deployments), len(checked.layout.inline),
+                    max(p.serve_hops for p in hop_paths(checked)))
+    print(f"[{layout}] deploying {result.deployments} model deployments ...", flush=True)
+    serve.run(graph_app(spec), name=spec.name, route_prefix=f"/{spec.name}")
+    try:
+        latencies, seq_models, result.answers, ok, errors, models, loadgen = asyncio.run(
+            measure(spec.name, f"{http}/{spec.name}", texts, opts))
+        result.pss_mb = ray_pss_mb()
+    finally:
+        serve.delete(spec.name)
+    cores = os.cpu_count() or 1
+    result.requests, result.errors, result.loadgen_cpu = ok, errors, loadgen
+    result.req_s = ok / opts.duration
+    result.model_cpu_ms = statistics.fmean(models) if models else float("nan")
+    result.floor_req_s = cores * 1000 / result.model_cpu_ms if models else float("nan")
+    result.efficiency = result.req_s / result.floor_req_s if models else float("nan")
+    if latencies:
+        result.p50_ms = statistics.median(latencies)
+        result.p50_model_ms = statistics.median(seq_models)
+        result.latency_ratio = result.p50_ms / result.p50_model_ms if result.p50_model_ms else float("nan")
+    print(f"[{layout}] {result.req_s:.1f} req/s, efficiency {result.efficiency:.0%}, p50 {result.p50_ms:.1f} ms",
+          flush=True)
+    return result
+
+
+def table(results: list[Result], cores: int) -> str:
+    """Markdown table with ratios against the first layout (measured in the same run)."""
+    base = results[0]
+    lines = [f"| layout | model deployments | in ingress | max Serve hops | req/s ({cores} cores) | "
+             f"vs {base.layout} | model CPU ms/req | CPU floor req/s | efficiency | p50 ms | p50 model ms | "
+             f"p50 / model | vs {base.layout} | Ray PSS MB | errors | same answers |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(
+            f"| {r.layout} | {r.deployments} | {r.inline} | {r.serve_hops_max} | {r.req_s:.1f} | "
+            f"{r.req_s / base.req_s:.2f}x | {r.model_cpu_ms:.1f} | {r.floor_req_s:.0f} | {r.efficiency:.0%} | "
+            f"{r.p50_ms:.1f} | {r.p50_model_ms:.1f} | {r.latency_ratio:.2f}x | {r.p50_ms / base.p50_ms:.2f}x | "
+            f"{r.pss_mb:.0f} | {r.errors} | {r.same_answers} |")
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Command-line options."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--graph", default=str(REPO / "examples" / "triage.yaml"))
+    p.add_argument("--groups-from", default=str(REPO / "examples" / "triage-colocated.yaml"))
+    p.add_argument("--layouts", default=",".join(LAYOUTS), help="comma-separated; the first is the baseline")
+    p.add_argument("--clients", type=int, default=16)
+    p.add_argument("--duration", type=float, default=40.0, help="seconds of concurrent load per layout")
+    p.add_argument("--sequential", type=int, default=80, help="sequential requests per layout")
+    p.add_argument("--warmup", type=int, default=30)
+    p.add_argument("--texts", type=int, default=4000, help="distinct held-out texts to draw from")
+    p.add_argument("--num-cpus", type=int, default=8, help="logical CPUs of the local Ray (more than cores is fine)")
+    p.add_argument("--out", default=str(HERE / "results" / "throughput.json"))
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs every layout on one local Ray and prints the table."""
+    opts = parse_args(argv)
+    import ray
+    from ray import serve
+
+    from modelweave.apps.triage import data as triage_data
+
+    base = yaml.safe_load(pathlib.Path(opts.graph).read_text())
+    groups = groups_of(pathlib.Path(opts.groups_from))
+    texts = [t.text for t in triage_data.tweets("test")][: opts.texts]
+    port = _free_port()
+    ray.init(address="local", num_cpus=opts.num_cpus, include_dashboard=False, log_to_driver=False,
+             namespace="modelweave-throughput")
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        results = [run_layout(layout, layout_graph(base, layout, groups), f"http://127.0.0.1:{port}", texts, opts)
+                   for layout in opts.layouts.split(",")]
+    finally:
+        ray.shutdown()
+    cores = os.cpu_count() or 1
+    for r in results:  # same texts in the same order: every layout must answer alike
+        same = sum(a == b for a, b in zip(r.answers, results[0].answers, strict=False))
+        r.same_answers = f"{same}/{len(results[0].answers)}"
+    print()
+    print(f"{pathlib.Path(opts.graph).name}, {opts.clients} clients x {opts.duration:.0f} s, {cores} cores, "
+          f"load average before the run {os.getloadavg()[0]:.1f}")
+    print(table(results, cores))
+    pathlib.Path(opts.out).write_text(json.dumps(
+        {"graph": opts.graph, "cores": cores, "clients": opts.clients, "duration_s": opts.duration,
+         "results": [{k: v for k, v in asdict(r).items() if k != "answers"} for r in results]}, indent=2))
+    return 0
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
