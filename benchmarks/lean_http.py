@@ -49,30 +49,22 @@ class LeanClient:
         payload = json.dumps(body).encode()
         head = (f"POST {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
                 f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n").encode()
-        reused = bool(self._idle)
-        conn = self._idle.pop() if reused else await asyncio.open_connection(self.host, self.port)
-        reader, writer = conn
+        request = head + payload
+        if not self._idle:
+            return await self._exchange(await asyncio.open_connection(self.host, self.port), request, timeout_s)
         try:
-            writer.write(head + payload)
-            reply = await asyncio.wait_for(self._read(reader), timeout_s)
+            return await self._exchange(self._idle.pop(), request, timeout_s)
         except (asyncio.IncompleteReadError, ConnectionError) as exc:
-            writer.close()
             # A kept-alive connection the server closed meanwhile fails before any answer: send
             # once more on a fresh one, as browsers and httpx do (the request was not received).
-            if reused and (not isinstance(exc, asyncio.IncompleteReadError) or not exc.partial):
-                return await self._fresh(head + payload, timeout_s)
-            raise
-        except BaseException:
-            writer.close()
-            raise
-        if reply.headers.get("connection", "").lower() == "close":
-            writer.close()
-        else:
-            self._idle.append(conn)
-        return reply
+            if isinstance(exc, asyncio.IncompleteReadError) and exc.partial:
+                raise
+            return await self._exchange(await asyncio.open_connection(self.host, self.port), request, timeout_s)
 
-    async def _fresh(self, request: bytes, timeout_s: float) -> Reply:
-        reader, writer = await asyncio.open_connection(self.host, self.port)
+    async def _exchange(self, conn: tuple[asyncio.StreamReader, asyncio.StreamWriter], request: bytes,
+                        timeout_s: float) -> Reply:
+        """One request/response on ``conn``; keeps the connection for reuse unless the server closes it."""
+        reader, writer = conn
         try:
             writer.write(request)
             reply = await asyncio.wait_for(self._read(reader), timeout_s)
@@ -82,7 +74,7 @@ class LeanClient:
         if reply.headers.get("connection", "").lower() == "close":
             writer.close()
         else:
-            self._idle.append((reader, writer))
+            self._idle.append(conn)
         return reply
 
     @staticmethod

@@ -48,25 +48,16 @@ sys.path.insert(0, str(HERE))
 
 from lean_http import LeanClient  # noqa: E402  (benchmarks/ is not a package)
 
+from modelweave.layout import model_node_dicts  # noqa: E402
+
 LAYOUTS = ("per-model", "default", "colocated")
-
-
-def _model_nodes(node: Any) -> Iterator[dict[str, Any]]:
-    if isinstance(node, dict):
-        if node.get("kind") == "model":
-            yield node
-        for value in node.values():
-            yield from _model_nodes(value)
-    elif isinstance(node, list):
-        for item in node:
-            yield from _model_nodes(item)
 
 
 def layout_graph(base: dict[str, Any], layout: str, groups: dict[str, str]) -> dict[str, Any]:
     """``base`` (plain data of a graph file) under ``layout``, named ``<name>-<layout>``."""
     data = json.loads(json.dumps(base))
     data["name"] = f"{base['name']}-{layout}"
-    for node in _model_nodes(data["flow"]):
+    for node in model_node_dicts(data["flow"]):
         deployment = node.setdefault("deployment", {})
         if layout == "per-model":
             deployment["inline"] = False
@@ -80,7 +71,7 @@ def layout_graph(base: dict[str, Any], layout: str, groups: dict[str, str]) -> d
 def groups_of(path: pathlib.Path) -> dict[str, str]:
     """Group per model node name in a graph file."""
     data = yaml.safe_load(path.read_text())
-    return {n["name"]: n["deployment"]["group"] for n in _model_nodes(data["flow"])
+    return {n["name"]: n["deployment"]["group"] for n in model_node_dicts(data["flow"])
             if isinstance(n.get("deployment"), dict) and n["deployment"].get("group")}
 
 

@@ -24,6 +24,7 @@ to every :class:`~modelweave.checker.CheckedGraph`, and the Serve builder, the i
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -284,3 +285,19 @@ def verbose_lines(graph: CheckedGraph) -> list[str]:
         lines.append(f"  {', '.join(path.choices) or 'main'}: {path.serve_hops} Serve hops, "
                      f"{path.in_process} in-process: {hops}")
     return lines
+
+
+def model_node_dicts(node: Any) -> Iterator[dict[str, Any]]:
+    """Every model node of a graph given as plain data (parsed YAML), to edit its settings in place.
+
+    Used to derive layout variants of a graph file (benchmarks, tests) without re-serialising it.
+    """
+    if isinstance(node, dict):
+        if node.get("kind") == "model":
+            yield node
+        for value in node.values():
+            yield from model_node_dicts(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from model_node_dicts(item)
+

@@ -11,6 +11,7 @@ import yaml
 from conftest import REPO, ServeEndpoints
 from google.protobuf import json_format
 
+from modelweave.layout import model_node_dicts
 from modelweave.v1 import service_pb2 as svc
 
 pytestmark = pytest.mark.integration
@@ -19,22 +20,11 @@ TEXTS = ["My parcel arrived damaged and late, I want a refund", "Le produit est 
          "Great service, thanks", "not bad at all", "Great service, thanks"]
 
 
-def _model_nodes(node: Any) -> Iterator[dict[str, Any]]:
-    if isinstance(node, dict):
-        if node.get("kind") == "model":
-            yield node
-        for value in node.values():
-            yield from _model_nodes(value)
-    elif isinstance(node, list):
-        for item in node:
-            yield from _model_nodes(item)
-
-
 def _variant(name: str, groups: dict[str, str] | None) -> dict[str, Any]:
     """The demo graph with every model in its own deployment (``groups`` None) or with ``groups``."""
     data = yaml.safe_load((REPO / "examples" / "demo.yaml").read_text())
     data["name"] = name
-    for node in _model_nodes(data["flow"]):
+    for node in model_node_dicts(data["flow"]):
         deployment = node.setdefault("deployment", {})
         if groups is None:
             deployment["inline"] = False  # the layout before co-location: one deployment per model
