@@ -219,13 +219,22 @@ def _install(directory: Path, files: dict[str, bytes]) -> None:
         tmp.chmod(0o755)  # mkdtemp makes it private; replicas may run as other users
         for file, data in files.items():
             (tmp / file).write_bytes(data)
-        old = directory.parent / f".{directory.name}-old-{tmp.name}"
-        if directory.exists():
-            directory.rename(old)
-        tmp.rename(directory)
-        shutil.rmtree(old, ignore_errors=True)
+        swap_in(tmp, directory)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def swap_in(built: Path, directory: Path) -> None:
+    """Replaces ``directory`` with the finished ``built`` one (a sibling), never leaving it half-written.
+
+    Readers see either the old set or the new one: the old directory is moved aside first and
+    deleted only after the new one is in place.
+    """
+    old = directory.parent / f".{directory.name}-old-{built.name}"
+    if directory.exists():
+        directory.rename(old)
+    built.rename(directory)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def ensure_artifacts(directory: str | os.PathLike[str], fetchers: list[tuple[str, Fetcher]] | None = None) -> Path:

@@ -34,6 +34,7 @@ from modelweave.adapters.onnx import resolve_path
 from modelweave.apps.triage import artifacts as art
 from modelweave.apps.triage import calibration as cal
 from modelweave.apps.triage import data
+from modelweave.artifacts import swap_in
 
 #: Training recipe; part of the cache key, so editing it retrains.
 RECIPE: dict[str, Any] = {
@@ -114,11 +115,7 @@ def prepare(data_dir: Path, progress: bool = True, limit: int | None = None) -> 
             manifest["inputs"] = inputs
             manifest["artifacts"] = {p.name: art.file_sha256(p) for p in sorted(tmp.iterdir())}
             (tmp / art.MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
-            old = data_dir / f".triage-old-{tmp.name}"
-            if out.exists():
-                out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
+            swap_in(tmp, out)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return out
