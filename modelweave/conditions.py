@@ -6,7 +6,7 @@ import re
 from functools import lru_cache
 from typing import Any
 
-from modelweave.spec import Condition
+from modelweave.spec_base import Condition
 from modelweave.v1 import messages_pb2 as pb
 
 _MISSING = object()

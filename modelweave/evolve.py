@@ -1,7 +1,7 @@
 """Graph variants for the evolutionary workflow: what changes when one node is removed.
 
 ``ablations(spec)`` returns, for every node that can be taken out while the graph
-still type-checks, a variant without it:
+still type-checks, a variant without it (each kind's rule is its ``NodeKind.ablation``):
 
 * a step of a chain is dropped;
 * a ``validate`` node is replaced by its target (no validator, no loop);
@@ -22,6 +22,7 @@ from typing import Any
 
 from modelweave.checker import check_graph
 from modelweave.errors import GraphSpecError
+from modelweave.nodes import KINDS
 from modelweave.spec import GraphSpec, dump_graph, parse_graph
 
 
@@ -36,25 +37,7 @@ class Variant:
 
 def _children(node: dict[str, Any]) -> Iterator[tuple[str, Any, Any]]:
     """(slot name, container, key) of every child node slot."""
-    kind = node["kind"]
-    if kind == "chain":
-        for i in range(len(node["steps"])):
-            yield "steps", node["steps"], i
-    elif kind == "parallel":
-        for i in range(len(node["branches"])):
-            yield "branches", node["branches"], i
-    elif kind == "route":
-        if node.get("router"):
-            yield "router", node, "router"
-        for key, value in node["branches"].items():
-            if value is not None:
-                yield "branches", node["branches"], key
-    elif kind == "validate":
-        for slot in ("target", "validator", "escalate"):
-            if node.get(slot):
-                yield slot, node, slot
-    elif kind == "cache":
-        yield "body", node, "body"
+    yield from KINDS[node["kind"]].dict_children(node)
     if node.get("fallback"):
         yield "fallback", node, "fallback"
 
@@ -69,25 +52,16 @@ def _walk(node: dict[str, Any], path: str, container: Any, key: Any, parent: dic
 
 def _replacement(node: dict[str, Any]) -> tuple[dict[str, Any] | None, str] | None:
     """What stands in for ``node`` when it is removed (None = drop), or None if not removable alone."""
-    kind = node["kind"]
-    if kind == "validate":
-        return node["target"], "target only, no validation loop"
-    if kind == "cache":
-        return node["body"], "no cache"
-    if kind == "route":
-        return node["branches"][node["default"]], f"always the default branch {node['default']!r}"
-    if kind == "parallel":
-        return node["branches"][0], f"only branch {node['branches'][0]['name']!r}"
-    return None
+    return KINDS[node["kind"]].ablation(node)
 
 
 def _drop_orphan_feedback(data: dict[str, Any]) -> None:
     """Removing an adaptive route also removes the feedback updates that only it read."""
     nodes = [n for _p, n, _c, _k, _par in _walk(data["flow"], "", None, None, None)]
-    declared = {cond["value_from"]["state"] for n in nodes if n["kind"] == "route"
+    declared = {cond["value_from"]["state"] for n in nodes
                 for rule in n.get("rules", []) for cond in rule["when"] if cond.get("value_from")}
     for n in nodes:
-        if n["kind"] in ("validate", "route") and n.get("feedback"):
+        if n.get("feedback"):
             n["feedback"] = [u for u in n["feedback"] if u["state"] in declared]
 
 

@@ -32,16 +32,8 @@ from pydantic import ValidationError
 
 from modelweave.checker import CheckedGraph
 from modelweave.errors import GraphSpecError
-from modelweave.spec import (
-    CacheNode,
-    ChainNode,
-    DeploymentSettings,
-    ModelNode,
-    Node,
-    ParallelNode,
-    RouteNode,
-    ValidateNode,
-)
+from modelweave.nodes import kind_of
+from modelweave.spec import ChainNode, DeploymentSettings, ModelNode, Node
 
 #: Deployment settings that only say where a node runs (not how its deployment is configured).
 _PLACEMENT_FIELDS = frozenset({"group", "inline"})
@@ -215,7 +207,8 @@ class HopPath:
         return sum(len(h.models) for h in self.hops) - self.serve_hops
 
 
-_Alt = tuple[tuple[str, ...], tuple[Hop, ...]]
+#: One way through a node: (route choices made, hops taken).
+Alt = tuple[tuple[str, ...], tuple[Hop, ...]]
 
 
 def hop_paths(graph: CheckedGraph, limit: int = 64) -> list[HopPath]:
@@ -227,8 +220,8 @@ def hop_paths(graph: CheckedGraph, limit: int = 64) -> list[HopPath]:
     return [HopPath(c, h) for c, h in _alts(graph.spec.flow, graph.layout, limit)[:limit]]
 
 
-def _product(parts: list[list[_Alt]], limit: int) -> list[_Alt]:
-    out: list[_Alt] = []
+def _product(parts: list[list[Alt]], limit: int) -> list[Alt]:
+    out: list[Alt] = []
     for combo in itertools.product(*parts):
         out.append((tuple(c for alt in combo for c in alt[0]), tuple(h for alt in combo for h in alt[1])))
         if len(out) >= limit:
@@ -236,39 +229,8 @@ def _product(parts: list[list[_Alt]], limit: int) -> list[_Alt]:
     return out
 
 
-def _alts(node: Node, layout: Layout, limit: int) -> list[_Alt]:
-    if isinstance(node, ModelNode):
-        return [((), (Hop(layout.home[node.name], (node.name,)),))]
-    if isinstance(node, ChainNode):
-        parts: list[list[_Alt]] = []
-        i = 0
-        while i < len(node.steps):
-            run = layout.runs.get(id(node.steps[i]))
-            if run is not None:
-                parts.append([((), (Hop(layout.home[run[0].name], tuple(m.name for m in run)),))])
-                i += len(run)
-            else:
-                parts.append(_alts(node.steps[i], layout, limit))
-                i += 1
-        return _product(parts, limit)
-    if isinstance(node, ParallelNode):
-        return _product([_alts(b, layout, limit) for b in node.branches], limit)
-    if isinstance(node, RouteNode):
-        head: list[_Alt] = _alts(node.router, layout, limit) if node.router is not None else [((), ())]
-        tails: list[_Alt] = []
-        for label, branch in node.branches.items():
-            for choices, hops in (_alts(branch, layout, limit) if branch is not None else [((), ())]):
-                tails.append(((f"{node.name}={label}", *choices), hops))
-        return _product([head, tails], limit)
-    if isinstance(node, ValidateNode):
-        passed = _product([_alts(node.target, layout, limit), _alts(node.validator, layout, limit)], limit)
-        if node.escalate is None:
-            return passed
-        escalated = [((f"{node.name}=escalate", *c), h)
-                     for c, h in _product([passed, _alts(node.escalate, layout, limit)], limit)]
-        return [((f"{node.name}=passed", *c), h) for c, h in passed] + escalated
-    assert isinstance(node, CacheNode)
-    return _alts(node.body, layout, limit)
+def _alts(node: Node, layout: Layout, limit: int) -> list[Alt]:
+    return kind_of(node).hop_alternatives(node, layout, limit, lambda child: _alts(child, layout, limit), _product)
 
 
 def verbose_lines(graph: CheckedGraph) -> list[str]:

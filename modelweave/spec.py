@@ -1,317 +1,58 @@
 """Graph specification: pydantic models for the YAML graph file and its Python builder.
 
 Everything here is validated before any side effect (no Ray, no model loading).
-Type-checking of edges lives in :mod:`modelweave.checker`.
+The node kinds' spec models live in :mod:`modelweave.nodes` (one module per kind) and
+are assembled here into the ``Node`` union; this module re-exports them, so users and
+the rest of the code import every spec model from here. Type-checking of edges lives in
+:mod:`modelweave.checker`.
 """
 
 from __future__ import annotations
 
 import pathlib
-import re
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from modelweave.auth import AuthSettings
 from modelweave.errors import GraphSpecError
-
-NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,62}$"
-_NAME_RE = re.compile(NAME_PATTERN)
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=False)
-
-
-class AutoscalingSettings(_Strict):
-    """Ray Serve autoscaling for one model deployment."""
-
-    min_replicas: int = Field(1, ge=0)
-    max_replicas: int = Field(1, ge=1)
-    initial_replicas: int | None = Field(None, ge=0)
-    target_ongoing_requests: float = Field(2.0, gt=0)
-    upscale_delay_s: float = Field(30.0, ge=0)
-    downscale_delay_s: float = Field(600.0, ge=0)
-
-    @model_validator(mode="after")
-    def _bounds(self) -> AutoscalingSettings:
-        if self.min_replicas > self.max_replicas:
-            raise ValueError("min_replicas must be <= max_replicas")
-        if self.initial_replicas is not None and not (
-            self.min_replicas <= self.initial_replicas <= self.max_replicas
-        ):
-            raise ValueError("initial_replicas must lie between min_replicas and max_replicas")
-        return self
-
-
-class ActorOptions(_Strict):
-    """Per-replica resources (Ray's ``ray_actor_options``)."""
-
-    num_cpus: float = Field(0.1, ge=0)
-    num_gpus: float = Field(0.0, ge=0)
-    memory: int | None = Field(None, ge=0, description="bytes")
-    resources: dict[str, float] = {}
-
-
-class BatchingSettings(_Strict):
-    """Dynamic request batching inside a model replica (``serve.batch``)."""
-
-    max_batch_size: int = Field(16, ge=1, le=4096)
-    batch_wait_timeout_s: float = Field(0.005, ge=0, le=10)
-
-
-class DeploymentSettings(_Strict):
-    """Serve settings of one model node's deployment.
-
-    Defaults follow RAY_NOTES: Serve's default ``max_ongoing_requests=5`` collapses a
-    composed app under concurrency, so modelweave defaults to 64.
-    """
-
-    num_replicas: int | None = Field(None, ge=1)
-    autoscaling_config: AutoscalingSettings | None = None
-    ray_actor_options: ActorOptions = ActorOptions()
-    max_ongoing_requests: int = Field(64, ge=1)
-    max_queued_requests: int | None = Field(
-        None, ge=-1, description="calls queued per caller; default max_ongoing_requests x max replicas; -1 = unbounded")
-    batching: BatchingSettings | None = None
-    max_replicas_per_node: int | None = Field(
-        None, ge=1, description="Serve's cap on this deployment's replicas per node (1 spreads them over nodes)")
-    graceful_shutdown_timeout_s: float = Field(5.0, ge=0)
-    health_check_period_s: float = Field(10.0, gt=0)
-    nice: int = Field(
-        5, ge=0, le=19,
-        description="CPU priority of the replica process (Unix nice): models yield the CPU to Serve's proxy "
-                    "and the ingress, so an overloaded machine still answers (and sheds) requests fast")
-    group: str | None = Field(
-        None, pattern=NAME_PATTERN,
-        description="co-location: model nodes naming the same group share one deployment (one replica process "
-                    "holds all their adapters; calls inside the group are in-process); see modelweave.layout")
-    inline: Literal["auto"] | bool = Field(
-        "auto", description="run inside the ingress process instead of a deployment; auto: when the adapter is "
-                            "non-blocking (rules, glue) and the node sets no other deployment setting")
-
-    @model_validator(mode="after")
-    def _replicas_xor_autoscaling(self) -> DeploymentSettings:
-        if self.num_replicas is not None and self.autoscaling_config is not None:
-            raise ValueError("set either num_replicas or autoscaling_config, not both")
-        return self
-
-    def queue_bound(self) -> int:
-        """Serve's ``max_queued_requests`` for this deployment (see :func:`queue_bound`)."""
-        return queue_bound(self)
-
-
-class BatchOverrides(_Strict):
-    """Batch-job (Ray Data) overrides of a model node's deployment settings."""
-
-    batch_size: int | None = Field(None, ge=1)
-    pool_size: int | None = Field(None, ge=1)
-    num_cpus: float | None = Field(None, ge=0)
-    num_gpus: float | None = Field(None, ge=0)
-
-
-class NodeBase(_Strict):
-    """Fields shared by every node kind."""
-
-    name: str = Field(..., description="unique among siblings; model names are deployment names")
-    description: str = ""
-    timeout_s: float | None = Field(None, gt=0, description="per-node time limit")
-    fallback: Node | None = Field(None, description="flow run instead when this node fails")
-
-    @field_validator("name")
-    @classmethod
-    def _valid_name(cls, v: str) -> str:
-        if not _NAME_RE.match(v):
-            raise ValueError(f"{v!r} must match {NAME_PATTERN} (lowercase letters, digits, _ and -)")
-        return v
-
-
-class ModelNode(NodeBase):
-    """Calls one model, served as its own deployment."""
-
-    kind: Literal["model"] = "model"
-    impl: str = Field(..., description="import path of a ModelAdapter subclass or a function")
-    params: dict[str, Any] = {}
-    deployment: DeploymentSettings = DeploymentSettings()
-    batch: BatchOverrides = BatchOverrides()
-    cost: float = Field(1.0, ge=0, description="modelled cost units per call")
-    idempotent: bool | None = Field(
-        None, description="retry a call whose replica died; default: what the adapter declares")
-
-
-class ChainNode(NodeBase):
-    """Runs steps in sequence; each step reads what the previous ones produced."""
-
-    kind: Literal["chain"] = "chain"
-    steps: list[Node] = Field(..., min_length=1)
-
-
-class AggregateSpec(_Strict):
-    """How a parallel node combines its branches."""
-
-    strategy: Literal["vote", "mean", "first_valid", "concat", "custom"]
-    function: str | None = Field(None, description="import path, for strategy=custom")
-    produces: str | None = Field(None, description="part type written by a custom function")
-    weights: list[float] | None = None
-    min_successful: int | None = Field(None, ge=1, description="branches that must succeed; default all")
-    separator: str = "\n"
-
-    @model_validator(mode="after")
-    def _custom_needs_function(self) -> AggregateSpec:
-        if self.strategy == "custom" and not (self.function and self.produces):
-            raise ValueError("strategy 'custom' needs 'function' and 'produces'")
-        if self.strategy != "custom" and self.function:
-            raise ValueError("'function' is only used with strategy 'custom'")
-        return self
-
-
-class ParallelNode(NodeBase):
-    """Runs branches concurrently on copies of the message, then aggregates."""
-
-    kind: Literal["parallel"] = "parallel"
-    branches: list[Node] = Field(..., min_length=2)
-    aggregate: AggregateSpec
-
-    @model_validator(mode="after")
-    def _weights_match(self) -> ParallelNode:
-        w = self.aggregate.weights
-        if w is not None and len(w) != len(self.branches):
-            raise ValueError(f"aggregate.weights has {len(w)} entries for {len(self.branches)} branches")
-        if self.aggregate.min_successful and self.aggregate.min_successful > len(self.branches):
-            raise ValueError("aggregate.min_successful exceeds the number of branches")
-        return self
-
-
-Operator = Literal["eq", "ne", "lt", "le", "gt", "ge", "in", "not_in", "exists", "matches"]
-
-
-class AdaptiveValue(_Strict):
-    """A threshold read from shared feedback state, adjusted by later stages across requests."""
-
-    state: str = Field(..., description="name of the feedback state variable")
-    initial: float
-    min: float
-    max: float
-
-    @model_validator(mode="after")
-    def _ordered(self) -> AdaptiveValue:
-        if not (self.min <= self.initial <= self.max):
-            raise ValueError("need min <= initial <= max")
-        return self
-
-
-class Condition(_Strict):
-    """A test on one field of the message, e.g. ``classification.confidence lt 0.7``."""
-
-    field: str = Field(..., description="dotted path into the envelope, e.g. text.language")
-    op: Operator = "eq"
-    value: Any = None
-    value_from: AdaptiveValue | None = None
-
-    @model_validator(mode="after")
-    def _value_given(self) -> Condition:
-        if self.op != "exists" and self.value is None and self.value_from is None:
-            raise ValueError(f"operator {self.op!r} needs 'value' or 'value_from'")
-        if self.value is not None and self.value_from is not None:
-            raise ValueError("give 'value' or 'value_from', not both")
-        if self.op in ("in", "not_in") and not isinstance(self.value, list):
-            raise ValueError(f"operator {self.op!r} needs a list value")
-        return self
-
-
-class RouteRule(_Strict):
-    """Send to ``branch`` when all conditions (or any, with ``match: any``) hold."""
-
-    branch: str
-    when: list[Condition] = Field(..., min_length=1)
-    match: Literal["all", "any"] = "all"
-
-
-class ChangeFeedback(_Strict):
-    """Cross-request feedback from what a route branch did.
-
-    After a branch runs, ``field`` is compared with its value before the branch: when the
-    branch changed it (e.g. the expensive model overturned the cheap model's label) the
-    state moves by ``on_changed``, otherwise by ``on_unchanged``. With ``+0.01`` / ``-0.002``
-    an escalation threshold settles where about one escalation in six changes the answer.
-    """
-
-    state: str
-    field: str = "classification.label"
-    on_changed: float = 0.0
-    on_unchanged: float = 0.0
-    branches: list[str] | None = Field(None, description="branches it applies to; default: all non-null")
-
-
-class RouteNode(NodeBase):
-    """Conditional branching on message fields or on a router model's label."""
-
-    kind: Literal["route"] = "route"
-    router: ModelNode | None = Field(None, description="model whose Classification label picks the branch")
-    rules: list[RouteRule] = []
-    branches: dict[str, Node | None] = Field(
-        ..., min_length=1, description="branch name -> flow; null passes the message through unchanged"
-    )
-    default: str = Field(..., description="branch taken when no rule matches")
-    feedback: list[ChangeFeedback] = []
-
-    @model_validator(mode="after")
-    def _branches_exist(self) -> RouteNode:
-        for i, fb in enumerate(self.feedback):
-            for name in fb.branches or []:
-                if name not in self.branches:
-                    raise ValueError(f"feedback[{i}].branches: {name!r} is not one of {sorted(self.branches)}")
-        if self.default not in self.branches:
-            raise ValueError(f"default branch {self.default!r} is not one of {sorted(self.branches)}")
-        for i, rule in enumerate(self.rules):
-            if rule.branch not in self.branches:
-                raise ValueError(f"rules[{i}].branch {rule.branch!r} is not one of {sorted(self.branches)}")
-        if self.router is None and not self.rules and len(self.branches) > 1:
-            raise ValueError("a route needs 'rules' or a 'router' model")
-        return self
-
-
-class FeedbackUpdate(_Strict):
-    """Cross-request feedback: nudge a shared state variable after a verdict."""
-
-    state: str
-    on_pass: float = 0.0
-    on_fail: float = 0.0
-
-
-class ValidateNode(NodeBase):
-    """Runs ``target``, asks ``validator`` for a Verdict, and loops on failure."""
-
-    kind: Literal["validate"] = "validate"
-    target: Node
-    validator: ModelNode
-    on_failure: Literal["retry", "refine", "escalate"] = "retry"
-    max_attempts: int = Field(2, ge=1, le=10)
-    escalate: Node | None = Field(None, description="stronger flow used when attempts run out")
-    on_exhausted: Literal["accept", "error"] = "accept"
-    feedback: list[FeedbackUpdate] = []
-
-    @model_validator(mode="after")
-    def _escalation(self) -> ValidateNode:
-        if self.on_failure == "escalate" and self.escalate is None:
-            raise ValueError("on_failure 'escalate' needs an 'escalate' flow")
-        return self
-
-
-class CacheNode(NodeBase):
-    """Caches ``body``'s output keyed by the exact parts it reads."""
-
-    kind: Literal["cache"] = "cache"
-    body: Node
-    ttl_s: float = Field(300.0, gt=0)
-    max_entries: int = Field(10_000, ge=1, le=10_000_000)
-    key_fields: list[str] | None = Field(None, description="envelope fields in the key; default: parts read")
-
-
-Node = Annotated[
-    ModelNode | ChainNode | ParallelNode | RouteNode | ValidateNode | CacheNode,
-    Field(discriminator="kind"),
+from modelweave.nodes import KINDS
+from modelweave.nodes.cache import CacheNode
+from modelweave.nodes.chain import ChainNode
+from modelweave.nodes.model import ModelNode
+from modelweave.nodes.parallel import AggregateSpec, ParallelNode
+from modelweave.nodes.route import ChangeFeedback, RouteNode, RouteRule
+from modelweave.nodes.validate import FeedbackUpdate, ValidateNode
+from modelweave.spec_base import (
+    _NAME_RE,
+    NAME_PATTERN,
+    ActorOptions,
+    AdaptiveValue,
+    AutoscalingSettings,
+    BatchingSettings,
+    BatchOverrides,
+    Condition,
+    DeploymentSettings,
+    NodeBase,
+    Operator,
+    _Strict,
+    queue_bound,
+)
+
+if TYPE_CHECKING:
+    # For type checkers a node is any NodeBase; narrow with isinstance on the kind's model.
+    Node = NodeBase
+else:
+    #: Any node of the flow: a union of every registered kind's spec model, tagged by ``kind``.
+    Node = Annotated[Union[tuple(k.spec for k in KINDS.values())], Field(discriminator="kind")]  # noqa: UP007
+
+__all__ = [
+    "NAME_PATTERN", "ActorOptions", "AdaptiveValue", "AdmissionSettings", "AggregateSpec", "AutoscalingSettings",
+    "BatchOverrides", "BatchingSettings", "CacheNode", "ChainNode", "ChangeFeedback", "Condition",
+    "DeploymentSettings", "FeedbackUpdate", "GraphSpec", "IngressSettings", "Limits", "ModelNode", "Node",
+    "NodeBase", "Operator", "ParallelNode", "RouteNode", "RouteRule", "ValidateNode", "dump_graph", "load_graph",
+    "parse_graph", "queue_bound",
 ]
 
 
@@ -376,19 +117,6 @@ class IngressSettings(_Strict):
         return queue_bound(self)
 
 
-def queue_bound(settings: DeploymentSettings | IngressSettings) -> int:
-    """``max_queued_requests``: explicit, else one full round of every replica's slots.
-
-    Bounded by default: an unbounded queue turns overload into congestion collapse
-    (every request waits, none finishes in time) and grows memory without limit.
-    """
-    if settings.max_queued_requests is not None:
-        return settings.max_queued_requests
-    auto = settings.autoscaling_config
-    replicas = auto.max_replicas if auto is not None else (settings.num_replicas or 1)
-    return settings.max_ongoing_requests * replicas
-
-
 class GraphSpec(_Strict):
     """A whole graph file."""
 
@@ -413,15 +141,17 @@ class GraphSpec(_Strict):
         return v
 
 
-for _model in (NodeBase, ModelNode, ChainNode, ParallelNode, RouteNode, ValidateNode, CacheNode, GraphSpec):
-    _model.model_rebuild()
+# Kind modules name ``Node`` in their fields before the union exists: resolve it now.
+_SPEC_MODELS: list[type[_Strict]] = [NodeBase, *(k.spec for k in KINDS.values()), GraphSpec]
+for _model in _SPEC_MODELS:
+    _model.model_rebuild(_types_namespace={"Node": Node, "ModelNode": ModelNode})
 
 
-_KINDS = {"model", "chain", "parallel", "route", "validate", "cache"}
+_KINDS = set(KINDS)
 
 
 #: Fields whose value is a node (a discriminated union); pydantic puts the tag after them.
-_NODE_FIELDS = {"flow", "fallback", "target", "body", "escalate"}
+_NODE_FIELDS = {"flow", "fallback", *(f for k in KINDS.values() for f in k.node_fields)}
 
 
 def _is_kind_tag(loc: tuple[Any, ...], i: int) -> bool:

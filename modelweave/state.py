@@ -16,7 +16,7 @@ from typing import Protocol
 
 from cachetools import TTLCache
 
-from modelweave.spec import AdaptiveValue
+from modelweave.spec_base import AdaptiveValue
 
 
 class CacheBackend(Protocol):

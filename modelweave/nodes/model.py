@@ -1,0 +1,164 @@
+"""``model``: call one model (its own deployment, a co-located group, or inside the ingress)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from google.protobuf.message import Message as ProtoMessage
+from pydantic import Field
+
+from modelweave.adapters.base import resolve_adapter
+from modelweave.errors import DeadlineExceeded, GraphSpecError, ModelError, ModelweaveError, ReplicaLost
+from modelweave.fields import fmt_types
+from modelweave.messages import part_name, set_part
+from modelweave.nodes.base import NodeKind, TypeRule
+from modelweave.retry import backoff_s
+from modelweave.spec_base import BatchOverrides, DeploymentSettings, NodeBase
+from modelweave.v1 import messages_pb2 as pb
+
+if TYPE_CHECKING:
+    from modelweave.checker import NodeInfo, Walker
+    from modelweave.executor import Executor
+    from modelweave.layout import Alt, Layout
+    from modelweave.spec import Node
+    from modelweave.trace import RequestContext
+
+logger = logging.getLogger("modelweave.executor")
+
+
+class ModelNode(NodeBase):
+    """Calls one model, served as its own deployment."""
+
+    kind: Literal["model"] = "model"
+    impl: str = Field(..., description="import path of a ModelAdapter subclass or a function")
+    params: dict[str, Any] = {}
+    deployment: DeploymentSettings = DeploymentSettings()
+    batch: BatchOverrides = BatchOverrides()
+    cost: float = Field(1.0, ge=0, description="modelled cost units per call")
+    idempotent: bool | None = Field(
+        None, description="retry a call whose replica died; default: what the adapter declares")
+
+
+@dataclass
+class ModelReply:
+    """A model's answer plus what it cost (callers that can measure CPU time return this)."""
+
+    part: ProtoMessage
+    cpu_ms: float = 0.0
+    #: Wall time of the model inside its process; set for members of a co-located run,
+    #: whose spans cannot be timed from outside one by one.
+    latency_ms: float = 0.0
+
+
+class ModelKind(NodeKind):
+    """Type rule: the adapter's declared input parts must be available; it adds the part it produces."""
+
+    kind = "model"
+    spec = ModelNode
+    shape = ('["', '"]')
+    colour = "#dbeafe"
+
+    def check(self, walker: Walker, node: ModelNode, path: str, available: frozenset[str],
+              info: NodeInfo) -> TypeRule:
+        checked = walker.checked
+        if node.name in checked.models:
+            raise GraphSpecError(
+                f"{path}: model name {node.name!r} is already used at {checked.model_paths[node.name]}; "
+                "model names are deployment names and must be unique in a graph"
+            )
+        try:
+            cls, params = resolve_adapter(node.impl, node.params)
+            consumes, produces = cls.signature(params)
+            cls.validate_params(params)
+            idempotent = node.idempotent if node.idempotent is not None else cls.is_idempotent(params)
+            # Function adapters choose per node (params.blocking); classes declare it once.
+            blocking = bool(getattr(cls.validate_params(params), "blocking", cls.blocking))
+            consumes = tuple(part_name(c) for c in consumes)
+            produces = part_name(produces)
+        except GraphSpecError as exc:
+            raise GraphSpecError(f"{path}: {exc.message}") from None
+        missing = set(consumes) - available
+        if missing:
+            raise GraphSpecError(
+                f"{path}: model {node.impl} consumes {fmt_types(set(consumes))} but its input only has "
+                f"{fmt_types(available)} (missing {fmt_types(missing)})"
+            )
+        checked.models[node.name] = node
+        checked.model_paths[node.name] = path
+        info.consumes, info.produces, info.idempotent = consumes, produces, idempotent
+        info.blocking = blocking
+        return available | {produces}, {produces}, set(consumes)
+
+    async def run(self, ex: Executor, node: ModelNode, msg: pb.Message, ctx: RequestContext, path: str,
+                  attempt: int) -> pb.Message:
+        typical = ex.hop_s.get(node.name)
+        remaining = ctx.remaining_s()
+        if typical is not None and remaining < typical:
+            # Starting a call that cannot finish only takes capacity from requests that can.
+            ctx.record(pb.Span(node=path, kind="model", model=node.impl, attempt=attempt, start_ms=ctx.elapsed_ms(),
+                               error=DeadlineExceeded.status.value, detail="not started: deadline too close"))
+            raise DeadlineExceeded(f"remaining budget of {remaining * 1000:.0f} ms cannot cover model "
+                                   f"{node.name!r} (typically {typical * 1000:.0f} ms)", node=path)
+        retry = 0
+        while True:
+            try:
+                return await _call_model(ex, node, msg, ctx, path, attempt, retry)
+            except ReplicaLost as exc:
+                pause = backoff_s(retry + 1)
+                if not (ex.graph.info(node).idempotent and ctx.remaining_s() > pause
+                        and ex.retry_budget.try_spend()):
+                    raise
+                logger.info("request %s: retrying %s after %s", ctx.request_id, path, exc.message)
+                retry += 1
+                await asyncio.sleep(pause)
+
+    def hop_alternatives(self, node: ModelNode, layout: Layout, limit: int, alts: Callable[[Node], list[Alt]],
+                         product: Callable[[list[list[Alt]], int], list[Alt]]) -> list[Alt]:
+        from modelweave.layout import Hop
+
+        return [((), (Hop(layout.home[node.name], (node.name,)),))]
+
+
+async def _call_model(ex: Executor, node: ModelNode, msg: pb.Message, ctx: RequestContext, path: str,
+                      attempt: int, retry: int) -> pb.Message:
+    start = time.monotonic()
+    span = pb.Span(node=path, kind="model", model=node.impl, attempt=attempt, start_ms=ctx.elapsed_ms(),
+                   retry=retry)
+    try:
+        reply = await ex.caller.call(node, msg)
+        if isinstance(reply, ModelReply):
+            part, span.cpu_ms = reply.part, reply.cpu_ms
+        else:
+            part = reply
+    except ModelweaveError as exc:
+        exc.node = exc.node or path
+        span.error = exc.status.value
+        span.detail = exc.message[:300]
+        raise
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # a model bug must surface as a typed error, not a hang
+        span.error = ModelError.status.value
+        span.detail = f"{type(exc).__name__}: {exc}"[:300]
+        raise ModelError(f"model failed: {type(exc).__name__}: {exc}", node=path) from exc
+    finally:
+        span.latency_ms = (time.monotonic() - start) * 1000.0
+        if span.error:
+            ctx.record(span)
+    expected = ex.graph.info(node).produces
+    if not isinstance(part, ProtoMessage) or part.DESCRIPTOR.name != expected:
+        got = part.DESCRIPTOR.full_name if isinstance(part, ProtoMessage) else type(part).__name__
+        span.error = ModelError.status.value
+        ctx.record(span)
+        raise ModelError(f"model returned {got}, declared {expected}", node=path)
+    set_part(msg, part, tensor_name=node.name)
+    if isinstance(part, pb.Verdict):
+        span.verdict = "passed" if part.passed else "failed"
+    ctx.record(span)
+    ex.observe_hop(node.name, span.latency_ms / 1000.0)
+    return msg

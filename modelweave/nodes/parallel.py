@@ -1,0 +1,160 @@
+"""``parallel``: branches run concurrently on copies of the message, then one ``aggregate`` combines them."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field, model_validator
+
+from modelweave.errors import GraphSpecError, ModelError, ModelweaveError
+from modelweave.fields import fmt_types
+from modelweave.messages import clone, full_name, part_name
+from modelweave.nodes.base import DictSlot, NodeKind, TypeRule
+from modelweave.spec_base import NodeBase, _Strict
+from modelweave.v1 import messages_pb2 as pb
+
+if TYPE_CHECKING:
+    from modelweave.checker import NodeInfo, Walker
+    from modelweave.executor import Executor
+    from modelweave.spec import Node
+    from modelweave.trace import RequestContext
+
+#: Aggregation strategies that read one part type from every branch.
+_AGGREGATE_PARTS = {"vote": "Classification", "mean": "Classification", "concat": "Generation"}
+
+
+class AggregateSpec(_Strict):
+    """How a parallel node combines its branches."""
+
+    strategy: Literal["vote", "mean", "first_valid", "concat", "custom"]
+    function: str | None = Field(None, description="import path, for strategy=custom")
+    produces: str | None = Field(None, description="part type written by a custom function")
+    weights: list[float] | None = None
+    min_successful: int | None = Field(None, ge=1, description="branches that must succeed; default all")
+    separator: str = "\n"
+
+    @model_validator(mode="after")
+    def _custom_needs_function(self) -> AggregateSpec:
+        if self.strategy == "custom" and not (self.function and self.produces):
+            raise ValueError("strategy 'custom' needs 'function' and 'produces'")
+        if self.strategy != "custom" and self.function:
+            raise ValueError("'function' is only used with strategy 'custom'")
+        return self
+
+
+class ParallelNode(NodeBase):
+    """Runs branches concurrently on copies of the message, then aggregates."""
+
+    kind: Literal["parallel"] = "parallel"
+    branches: list[Node] = Field(..., min_length=2)
+    aggregate: AggregateSpec
+
+    @model_validator(mode="after")
+    def _weights_match(self) -> ParallelNode:
+        w = self.aggregate.weights
+        if w is not None and len(w) != len(self.branches):
+            raise ValueError(f"aggregate.weights has {len(w)} entries for {len(self.branches)} branches")
+        if self.aggregate.min_successful and self.aggregate.min_successful > len(self.branches):
+            raise ValueError("aggregate.min_successful exceeds the number of branches")
+        return self
+
+
+class ParallelKind(NodeKind):
+    """Type rule: vote/mean/concat need their part from every branch; first_valid keeps what all share."""
+
+    kind = "parallel"
+    spec = ParallelNode
+    shape = ('[["', '"]]')
+    colour = "#ffe4e6"
+
+    def children(self, node: ParallelNode) -> Iterator[tuple[str, Node]]:
+        return ((f"branch {i}", b) for i, b in enumerate(node.branches))
+
+    def dict_children(self, data: dict[str, Any]) -> Iterator[DictSlot]:
+        return (("branches", data["branches"], i) for i in range(len(data["branches"])))
+
+    def ablation(self, data: dict[str, Any]) -> tuple[dict[str, Any] | None, str] | None:
+        return data["branches"][0], f"only branch {data['branches'][0]['name']!r}"
+
+    def check(self, walker: Walker, node: ParallelNode, path: str, available: frozenset[str],
+              info: NodeInfo) -> TypeRule:
+        outs = []
+        writes: set[str] = set()
+        reads: set[str] = set()
+        for label, branch in self.children(node):
+            outs.append(walker.walk(branch, path, available, path, label))
+            b = walker.checked.info(branch)
+            writes |= b.writes
+            reads |= b.reads
+        agg = node.aggregate
+        if agg.strategy in _AGGREGATE_PARTS:
+            needed = _AGGREGATE_PARTS[agg.strategy]
+            for branch, out in zip(node.branches, outs, strict=True):
+                if needed not in out:
+                    raise GraphSpecError(
+                        f"{path}/{branch.name}: aggregate '{agg.strategy}' needs {full_name(needed)} from "
+                        f"every branch, but this branch produces {fmt_types(out)}"
+                    )
+            return available | {needed}, {needed}, reads
+        common = frozenset.intersection(*outs)
+        if agg.strategy == "custom":
+            try:
+                produced = part_name(agg.produces or "")
+            except GraphSpecError as exc:
+                raise GraphSpecError(f"{path}: aggregate.produces: {exc.message}") from None
+            from modelweave.adapters.base import import_object
+
+            try:
+                import_object(agg.function or "")
+            except GraphSpecError as exc:
+                raise GraphSpecError(f"{path}: aggregate.function: {exc.message}") from None
+            # aggregate() builds the output from the node's input plus the produced part;
+            # branch outputs are not carried over.
+            return available | {produced}, {produced}, reads
+        return common, writes, reads  # first_valid: one whole branch's output
+
+    async def run(self, ex: Executor, node: ParallelNode, msg: pb.Message, ctx: RequestContext, path: str,
+                  attempt: int) -> pb.Message:
+        from modelweave.aggregate import aggregate
+
+        start = time.monotonic()
+        span = pb.Span(node=path, kind="parallel", attempt=attempt, start_ms=ctx.elapsed_ms())
+        outcomes = await asyncio.gather(
+            *(ex.run_node(b, clone(msg), ctx, path, attempt) for b in node.branches), return_exceptions=True
+        )
+        results: list[pb.Message | None] = []
+        errors: list[BaseException] = []
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                if isinstance(outcome, asyncio.CancelledError):
+                    raise outcome
+                errors.append(outcome)
+                results.append(None)
+            else:
+                results.append(outcome)
+        needed = node.aggregate.min_successful or len(node.branches)
+        succeeded = len(node.branches) - len(errors)
+        if succeeded < needed:
+            first = errors[0]
+            span.error = first.status.value if isinstance(first, ModelweaveError) else ModelError.status.value
+            span.detail = f"{succeeded}/{len(node.branches)} branches succeeded, {needed} needed"
+            span.latency_ms = (time.monotonic() - start) * 1000.0
+            ctx.record(span)
+            raise first
+        weights = node.aggregate.weights or [1.0] * len(node.branches)
+        try:
+            out, detail = aggregate(node.aggregate, msg, results, weights)
+        except ModelweaveError as exc:
+            exc.node = exc.node or path
+            span.error = exc.status.value
+            span.detail = exc.message[:300]
+            span.latency_ms = (time.monotonic() - start) * 1000.0
+            ctx.record(span)
+            raise
+        span.detail = detail + (f"; {len(errors)} branch(es) failed" if errors else "")
+        span.latency_ms = (time.monotonic() - start) * 1000.0
+        ctx.record(span)
+        return out

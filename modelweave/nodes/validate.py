@@ -1,0 +1,156 @@
+"""``validate``: a validator model judges the target's output; retry, refine or escalate on failure."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field, model_validator
+
+from modelweave.errors import FailedPrecondition, GraphSpecError
+from modelweave.messages import clone, full_name
+from modelweave.nodes.base import DictSlot, NodeKind, TypeRule
+from modelweave.nodes.model import ModelNode
+from modelweave.spec_base import NodeBase, _Strict
+from modelweave.v1 import messages_pb2 as pb
+
+if TYPE_CHECKING:
+    from modelweave.checker import NodeInfo, Walker
+    from modelweave.executor import Executor
+    from modelweave.layout import Alt, Layout
+    from modelweave.spec import Node
+    from modelweave.trace import RequestContext
+
+
+class FeedbackUpdate(_Strict):
+    """Cross-request feedback: nudge a shared state variable after a verdict."""
+
+    state: str
+    on_pass: float = 0.0
+    on_fail: float = 0.0
+
+
+class ValidateNode(NodeBase):
+    """Runs ``target``, asks ``validator`` for a Verdict, and loops on failure."""
+
+    kind: Literal["validate"] = "validate"
+    target: Node
+    validator: ModelNode
+    on_failure: Literal["retry", "refine", "escalate"] = "retry"
+    max_attempts: int = Field(2, ge=1, le=10)
+    escalate: Node | None = Field(None, description="stronger flow used when attempts run out")
+    on_exhausted: Literal["accept", "error"] = "accept"
+    feedback: list[FeedbackUpdate] = []
+
+    @model_validator(mode="after")
+    def _escalation(self) -> ValidateNode:
+        if self.on_failure == "escalate" and self.escalate is None:
+            raise ValueError("on_failure 'escalate' needs an 'escalate' flow")
+        return self
+
+
+class ValidateKind(NodeKind):
+    """Type rule: the validator reads the target's output and must produce a Verdict; escalation may read it."""
+
+    kind = "validate"
+    spec = ValidateNode
+    node_fields = ("target", "escalate")
+    shape = ('{{"', '"}}')
+    colour = "#dcfce7"
+
+    def children(self, node: ValidateNode) -> Iterator[tuple[str, Node]]:
+        yield "target", node.target
+        yield "validator", node.validator
+        if node.escalate is not None:
+            yield "escalate", node.escalate
+
+    def dict_children(self, data: dict[str, Any]) -> Iterator[DictSlot]:
+        for slot in ("target", "validator", "escalate"):
+            if data.get(slot):
+                yield slot, data, slot
+
+    def ablation(self, data: dict[str, Any]) -> tuple[dict[str, Any] | None, str] | None:
+        return data["target"], "target only, no validation loop"
+
+    def feedback_updates(self, node: ValidateNode) -> list[tuple[str, str | None]]:
+        return [(fb.state, None) for fb in node.feedback]
+
+    def check(self, walker: Walker, node: ValidateNode, path: str, available: frozenset[str],
+              info: NodeInfo) -> TypeRule:
+        # On 'refine' the target may read the previous Verdict, but only optionally:
+        # the first attempt has none, so Verdict is not added to its input types.
+        target_out = walker.walk(node.target, path, available, path, "target")
+        t = walker.checked.info(node.target)
+        validator_out = walker.walk(node.validator, path, target_out, t.path, "validator")
+        v = walker.checked.info(node.validator)
+        if v.produces != "Verdict":
+            raise GraphSpecError(
+                f"{v.path}: a validator must produce {full_name('Verdict')}, not {full_name(v.produces)}"
+            )
+        out = validator_out
+        writes = set(t.writes) | {"Verdict"}
+        reads = set(t.reads) | (set(v.reads) - set(t.writes))
+        if node.escalate is not None:
+            esc_out = walker.walk(node.escalate, path, available | {"Verdict"}, v.path, "escalate")
+            e = walker.checked.info(node.escalate)
+            out = (out & esc_out) | {"Verdict"}
+            writes |= e.writes
+            reads |= e.reads
+        reads.discard("Verdict")
+        return out, writes, reads
+
+    async def run(self, ex: Executor, node: ValidateNode, msg: pb.Message, ctx: RequestContext, path: str,
+                  attempt: int) -> pb.Message:
+        start = time.monotonic()
+        base = clone(msg)
+        last: pb.Message | None = None
+        attempts = 1 if node.on_failure == "escalate" else node.max_attempts
+        for n in range(1, attempts + 1):
+            work = clone(base)
+            work.metadata["attempt"] = str(n)
+            if node.on_failure == "refine" and last is not None:
+                work.verdict.CopyFrom(last.verdict)
+            out = await ex.run_node(node.target, work, ctx, path, n)
+            out.ClearField("verdict")
+            out = await ex.run_node(node.validator, out, ctx, path, n)
+            if out.verdict.passed:
+                await _feedback(ex, node, passed=True)
+                ctx.record(pb.Span(node=path, kind="validate", attempt=n, start_ms=ctx.elapsed_ms(),
+                                   verdict="passed", latency_ms=(time.monotonic() - start) * 1000.0))
+                return out
+            await _feedback(ex, node, passed=False)
+            last = out
+        assert last is not None
+        reason = last.verdict.reason or "validator said no"
+        if node.escalate is not None:
+            ctx.record(pb.Span(node=path, kind="validate", attempt=attempts, start_ms=ctx.elapsed_ms(),
+                               verdict="failed", route="escalate", detail=f"escalating: {reason}"[:300],
+                               latency_ms=(time.monotonic() - start) * 1000.0))
+            work = clone(base)
+            work.verdict.CopyFrom(last.verdict)
+            work.metadata["escalated"] = path
+            return await ex.run_node(node.escalate, work, ctx, path, attempts + 1)
+        ctx.record(pb.Span(node=path, kind="validate", attempt=attempts, start_ms=ctx.elapsed_ms(),
+                           verdict="failed", detail=f"exhausted: {reason}"[:300],
+                           latency_ms=(time.monotonic() - start) * 1000.0))
+        if node.on_exhausted == "error":
+            raise FailedPrecondition(f"validation failed after {attempts} attempt(s): {reason}", node=path)
+        ctx.degraded += 1
+        return last
+
+    def hop_alternatives(self, node: ValidateNode, layout: Layout, limit: int, alts: Callable[[Node], list[Alt]],
+                         product: Callable[[list[list[Alt]], int], list[Alt]]) -> list[Alt]:
+        passed = product([alts(node.target), alts(node.validator)], limit)
+        if node.escalate is None:
+            return passed
+        escalated = [((f"{node.name}=escalate", *c), h) for c, h in product([passed, alts(node.escalate)], limit)]
+        return [((f"{node.name}=passed", *c), h) for c, h in passed] + escalated
+
+
+async def _feedback(ex: Executor, node: ValidateNode, *, passed: bool) -> None:
+    for update in node.feedback:
+        delta = update.on_pass if passed else update.on_fail
+        if not delta:
+            continue
+        await ex.adjust(update.state, delta)
