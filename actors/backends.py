@@ -28,8 +28,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from actors.resilience import NEAR_MAX_ENTRIES, Breaker, NearCache, RateLimitedLog, near_ttl
 from modelweave.observe import MetricsSink
+from modelweave.semantic_cache import SemanticHit, SemanticLookup
 from modelweave.spec import AdaptiveValue, CacheNode
 
 logger = logging.getLogger("modelweave.state")
@@ -164,6 +167,53 @@ class ActorCache:
         """Stores locally at once and in the actor in the background."""
         self.near.put(key, value)
         self._link.fire("cache_put", "cache_put", self._path, key, value, self._spec)
+
+
+class ActorSemanticCache:
+    """``SemanticCacheBackend`` of one ``key: semantic`` cache node over the shared state actor.
+
+    Same rules as :class:`ActorCache`: the lookup has the link's timeout, an open breaker or a
+    failed call is a miss (counted in ``state_errors_total{op="semantic_lookup"}`` and logged),
+    stores are fire-and-forget. The per-replica near cache is keyed by the exact *text* (same
+    text, same vector), never by similarity: a near cache that matched by similarity would chain
+    approximations (A hits B locally, C hits A, ...) beyond what the shared index allows.
+
+    Args:
+        link: The replica's link to the state actor.
+        path: Graph path of the cache node.
+        ttl_s: Entry lifetime. max_entries: Size bound of the shared index.
+        threshold: Minimum cosine similarity. guard: Apply :mod:`modelweave.semantic_guard`.
+        clock: Monotonic clock of the near cache (tests pass a fake).
+    """
+
+    def __init__(self, link: StateLink, path: str, *, ttl_s: float, max_entries: int, threshold: float,
+                 guard: bool = True, clock: Callable[[], float] = time.monotonic) -> None:
+        self._link = link
+        self._path = path
+        self._spec = (ttl_s, max_entries, threshold, guard)
+        self.near = NearCache(near_ttl(ttl_s), min(max_entries, NEAR_MAX_ENTRIES), clock)
+        self.guard_rejections = 0
+
+    async def lookup(self, vector: Any, text: str) -> SemanticLookup:
+        """Near cache (exact text), then the shared index; a miss when the actor cannot answer."""
+        value = self.near.get(text)
+        if value is not None:
+            return SemanticLookup(SemanticHit(value, text, 1.0, 0.0), best_score=1.0)
+        ok, found = await self._link.call("semantic_lookup", "semantic_lookup", self._path,
+                                          np.asarray(vector, dtype=np.float32), text, self._spec)
+        if not ok or not isinstance(found, SemanticLookup):
+            return SemanticLookup()
+        if found.hit is not None:
+            self.near.put(text, found.hit.value)
+        elif found.rejected is not None:
+            self.guard_rejections += 1
+        return found
+
+    async def store(self, vector: Any, text: str, value: bytes) -> None:
+        """Stores locally at once (exact text) and in the shared index in the background."""
+        self.near.put(text, value)
+        self._link.fire("semantic_store", "semantic_store", self._path, np.asarray(vector, dtype=np.float32),
+                        text, value, self._spec)
 
 
 class ActorState:

@@ -22,6 +22,7 @@ from typing import Any
 
 from actors.backends import ActorCache, ActorState, StateLink
 from actors.checkpoint import DEFAULT_INTERVAL_S, CoalescingCheckpoint, GcsKV, KVStore
+from modelweave.semantic_cache import SemanticIndex, SemanticLookup
 from modelweave.spec import AdaptiveValue, GraphSpec, dump_graph
 from modelweave.state import MemoryCache, MemoryState
 
@@ -32,6 +33,11 @@ NAMESPACE = "modelweave"
 
 #: A cache node's (ttl_s, max_entries), sent with cache calls so a fresh actor can create it.
 CacheSpec = tuple[float, int] | list[float] | None
+#: A semantic cache node's (ttl_s, max_entries, threshold, guard), sent likewise.
+SemanticSpec = tuple[float, int, float, bool] | list[Any]
+#: Semantic lookups over indexes larger than this run in a worker thread (numpy releases the
+#: GIL in the matrix product), so a 50k-entry scan does not stall the other state calls.
+SEMANTIC_THREAD_MIN_ENTRIES = 4096
 
 
 class GraphStateStore:
@@ -43,6 +49,7 @@ class GraphStateStore:
 
     def __init__(self) -> None:
         self._caches: dict[str, MemoryCache] = {}
+        self._semantic: dict[str, SemanticIndex] = {}
         self._state = MemoryState()
 
     def configure_cache(self, path: str, ttl_s: float, max_entries: int) -> None:
@@ -68,6 +75,22 @@ class GraphStateStore:
         """Stores a cached value; ``spec`` = (ttl_s, max_entries) creates a missing cache."""
         self._cache(path, spec).put_now(key, value)
 
+    def _semantic_index(self, path: str, spec: SemanticSpec) -> SemanticIndex:
+        index = self._semantic.get(path)
+        if index is None:  # created on first use, like the exact caches
+            ttl_s, max_entries, threshold, guard = spec
+            index = self._semantic[path] = SemanticIndex(float(threshold), float(ttl_s), int(max_entries),
+                                                         guard=bool(guard))
+        return index
+
+    def semantic_lookup(self, path: str, vector: Any, text: str, spec: SemanticSpec) -> SemanticLookup:
+        """Guarded nearest earlier input of a semantic cache node (see :class:`SemanticIndex`)."""
+        return self._semantic_index(path, spec).search(vector, text)
+
+    def semantic_store(self, path: str, vector: Any, text: str, value: bytes, spec: SemanticSpec) -> None:
+        """Stores an answer in a semantic cache node's index."""
+        self._semantic_index(path, spec).store(vector, text, value)
+
     def get_state(self, var: dict[str, Any]) -> float:
         """Current value of a feedback variable."""
         v = AdaptiveValue.model_validate(var)
@@ -81,6 +104,7 @@ class GraphStateStore:
         """Cache sizes, hit/miss counts and feedback values (for tests and the CLI)."""
         return {
             "caches": {p: {"size": len(c), "hits": c.hits, "misses": c.misses} for p, c in self._caches.items()},
+            "semantic": {p: index.stats() for p, index in self._semantic.items()},
             "state": dict(self._state.values),
         }
 
@@ -121,6 +145,24 @@ class GraphState(GraphStateStore):
                         spec: CacheSpec = None) -> None:
         """Stores a cached value (creates the cache from ``spec`` when missing)."""
         super().cache_put(path, key, value, spec)
+
+    async def semantic_lookup(self, path: str, vector: Any, text: str,  # type: ignore[override]
+                              spec: SemanticSpec) -> SemanticLookup:
+        """Guarded nearest earlier input; large indexes are scanned in a worker thread."""
+        index = self._semantic_index(path, spec)
+        if len(index) >= SEMANTIC_THREAD_MIN_ENTRIES:
+            return await asyncio.to_thread(index.search, vector, text)
+        return index.search(vector, text)
+
+    async def semantic_store(self, path: str, vector: Any, text: str, value: bytes,  # type: ignore[override]
+                             spec: SemanticSpec) -> None:
+        """Stores an answer in a semantic cache node's index (in a thread past the size above,
+        where a concurrent scan may hold the index's lock)."""
+        index = self._semantic_index(path, spec)
+        if len(index) >= SEMANTIC_THREAD_MIN_ENTRIES:
+            await asyncio.to_thread(index.store, vector, text, value)
+        else:
+            index.store(vector, text, value)
 
     async def get_state(self, var: dict[str, Any]) -> float:  # type: ignore[override]
         """Current value of a feedback variable."""

@@ -25,12 +25,15 @@ from modelweave.messages import PART_FIELDS, clone, part_name
 from modelweave.nodes import kind_of
 from modelweave.nodes.model import ModelReply
 from modelweave.retry import RetryBudget
+from modelweave.semantic_cache import MemorySemanticCache, SemanticCacheBackend, SemanticIndex
 from modelweave.spec import AdaptiveValue, CacheNode, ModelNode, Node
 from modelweave.state import CacheBackend, MemoryCache, MemoryState, StateStore
 from modelweave.trace import RequestContext, new_request_id, request_deadline
 from modelweave.v1 import messages_pb2 as pb
 
-__all__ = ["CacheFactory", "Caller", "Executor", "ModelReply", "Result"]
+__all__ = [
+    "CacheFactory", "Caller", "Executor", "ModelReply", "Result", "SemanticCacheFactory", "memory_semantic_cache",
+]
 
 logger = logging.getLogger("modelweave.executor")
 
@@ -47,6 +50,12 @@ class Caller(Protocol):
 
 
 CacheFactory = Callable[[str, CacheNode], CacheBackend]
+SemanticCacheFactory = Callable[[str, CacheNode], SemanticCacheBackend]
+
+
+def memory_semantic_cache(_path: str, node: CacheNode) -> SemanticCacheBackend:
+    """An in-process semantic index for one ``key: semantic`` cache node."""
+    return MemorySemanticCache(SemanticIndex(node.threshold, node.ttl_s, node.max_entries, guard=node.guard))
 
 
 @dataclass
@@ -63,7 +72,8 @@ class Executor:
     Args:
         graph: A graph that passed :func:`modelweave.checker.check_graph`.
         caller: How model nodes are invoked.
-        cache_factory: Builds the shared backend of each cache node (default: in-process).
+        cache_factory: Builds the shared backend of each exact-key cache node (default: in-process).
+        semantic_cache_factory: Builds the index of each ``key: semantic`` cache node (default: in-process).
         state: Feedback variables shared across requests (default: in-process).
         state_refresh_s: How long a read feedback value is reused before re-reading, so
             a remote store costs one call per interval, not one per request.
@@ -77,6 +87,7 @@ class Executor:
         caller: Caller,
         *,
         cache_factory: CacheFactory | None = None,
+        semantic_cache_factory: SemanticCacheFactory | None = None,
         state: StateStore | None = None,
         state_refresh_s: float = 1.0,
         retry_budget: RetryBudget | None = None,
@@ -91,11 +102,11 @@ class Executor:
         self._state_cache: dict[str, tuple[float, float]] = {}
         self._output_parts = frozenset(part_name(t) for t in graph.spec.output)
         factory = cache_factory or (lambda _path, node: MemoryCache(node.ttl_s, node.max_entries))
-        self.caches: dict[str, CacheBackend] = {
-            info.path: factory(info.path, info.node)
-            for info in graph.nodes.values()
-            if isinstance(info.node, CacheNode)
-        }
+        cache_nodes = [(info.path, info.node) for info in graph.nodes.values() if isinstance(info.node, CacheNode)]
+        self.caches: dict[str, CacheBackend] = {p: factory(p, n) for p, n in cache_nodes if n.key == "exact"}
+        semantic = semantic_cache_factory or memory_semantic_cache
+        self.semantic_caches: dict[str, SemanticCacheBackend] = {
+            p: semantic(p, n) for p, n in cache_nodes if n.key == "semantic"}
         # Co-located runs go out as one call only to callers that can take them (call_many).
         layout = graph.placement
         self.runs = layout.runs if layout is not None and callable(getattr(caller, "call_many", None)) else {}

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from modelweave.checker import CheckedGraph
+from modelweave.nodes.cache import GUARD_REJECTED
 from modelweave.spec import ModelNode
 from modelweave.v1 import messages_pb2 as pb
 
@@ -69,7 +70,7 @@ class TraceMetrics:
             self.sink.observe("node_latency_ms", {**node, "kind": span.kind}, span.latency_ms)
             if span.error:
                 self.sink.inc("node_errors_total", {**node, "code": span.error})
-            if span.kind == "route" and span.route:
+            if span.kind in ("route", "split") and span.route:
                 self.sink.inc("route_decisions_total", {**node, "branch": span.route})
             if span.kind == "validate":
                 self.sink.inc("validation_verdicts_total", {**node, "verdict": span.verdict or "none"})
@@ -77,7 +78,9 @@ class TraceMetrics:
                 if span.route == "escalate":
                     self.sink.inc("escalations_total", node)
             if span.kind == "cache":
-                self.sink.inc("cache_lookups_total", {**node, "result": "hit" if span.cache_hit else "miss"})
+                result = "hit" if span.cache_hit else (
+                    "guard_rejected" if span.detail.startswith(GUARD_REJECTED) else "miss")
+                self.sink.inc("cache_lookups_total", {**node, "result": result})
             if span.kind == "model" and span.retry and not span.error:
                 self.sink.inc("model_retries_total", node, float(span.retry))
             if span.kind == "model" and not span.error:

@@ -23,6 +23,7 @@ from modelweave.nodes.chain import ChainNode
 from modelweave.nodes.model import ModelNode
 from modelweave.nodes.parallel import AggregateSpec, ParallelNode
 from modelweave.nodes.route import ChangeFeedback, RouteNode, RouteRule
+from modelweave.nodes.split import SplitNode
 from modelweave.nodes.validate import FeedbackUpdate, ValidateNode
 from modelweave.spec_base import (
     _NAME_RE,
@@ -51,7 +52,7 @@ __all__ = [
     "NAME_PATTERN", "ActorOptions", "AdaptiveValue", "AdmissionSettings", "AggregateSpec", "AutoscalingSettings",
     "BatchOverrides", "BatchingSettings", "CacheNode", "ChainNode", "ChangeFeedback", "Condition",
     "DeploymentSettings", "FeedbackUpdate", "GraphSpec", "IngressSettings", "Limits", "ModelNode", "Node",
-    "NodeBase", "Operator", "ParallelNode", "RouteNode", "RouteRule", "ValidateNode", "dump_graph", "load_graph",
+    "NodeBase", "Operator", "ParallelNode", "RouteNode", "RouteRule", "SplitNode", "ValidateNode", "dump_graph", "load_graph",
     "parse_graph", "queue_bound",
 ]
 

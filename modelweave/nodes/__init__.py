@@ -15,9 +15,13 @@ from modelweave.nodes.chain import ChainKind
 from modelweave.nodes.model import ModelKind
 from modelweave.nodes.parallel import ParallelKind
 from modelweave.nodes.route import RouteKind
+from modelweave.nodes.split import SplitKind
 from modelweave.nodes.validate import ValidateKind
 
-_ALL: tuple[NodeKind, ...] = (ModelKind(), ChainKind(), ParallelKind(), RouteKind(), ValidateKind(), CacheKind())
+_ALL: tuple[NodeKind, ...] = (
+    ModelKind(), ChainKind(), ParallelKind(), RouteKind(), ValidateKind(), CacheKind(),
+    SplitKind(),
+)
 
 #: Every node kind by its ``kind:`` tag, in schema order.
 KINDS: dict[str, NodeKind] = {k.kind: k for k in _ALL}

@@ -1,4 +1,12 @@
-"""``cache``: reuse ``body``'s output for an input seen before (exact key over the parts it reads)."""
+"""``cache``: reuse ``body``'s output for an input seen before.
+
+``key: exact`` (default) hashes exactly the parts the body reads (or ``key_fields``).
+``key: semantic`` compares an embedding of the input with earlier ones (cosine >=
+``threshold``) and, unlike GPTCache-style caches, asks a guard whether the two texts
+agree on negation, numbers, named entities and opposite intents before serving a
+near-hit (:mod:`modelweave.semantic_guard`): "cancel my order" and "don't cancel my
+order" embed at 0.95, above true paraphrases, so no threshold alone separates them.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +16,14 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Literal
 
 from google.protobuf.message import Message as ProtoMessage
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from modelweave.conditions import read_field
 from modelweave.errors import GraphSpecError
 from modelweave.fields import field_part
-from modelweave.messages import copy_parts
+from modelweave.messages import copy_parts, full_name
 from modelweave.nodes.base import DictSlot, NodeKind, TypeRule
+from modelweave.nodes.model import ModelNode
 from modelweave.spec_base import NodeBase
 from modelweave.state import cache_key
 from modelweave.v1 import messages_pb2 as pb
@@ -28,14 +37,39 @@ if TYPE_CHECKING:
 logger = logging.getLogger("modelweave.executor")
 
 
+#: Fields that only mean something with ``key: semantic``.
+_SEMANTIC_FIELDS = ("embed", "threshold", "guard", "scope")
+
+
 class CacheNode(NodeBase):
-    """Caches ``body``'s output keyed by the exact parts it reads."""
+    """Caches ``body``'s output keyed by the exact parts it reads, or by embedding similarity."""
 
     kind: Literal["cache"] = "cache"
     body: Node
     ttl_s: float = Field(300.0, gt=0)
     max_entries: int = Field(10_000, ge=1, le=10_000_000)
     key_fields: list[str] | None = Field(None, description="envelope fields in the key; default: parts read")
+    key: Literal["exact", "semantic"] = Field("exact", description="exact hash, or embedding similarity")
+    embed: ModelNode | None = Field(
+        None, description="semantic: model run first to produce the envelope's Embedding; without it the "
+                          "Embedding must already be there (produced by an earlier node)")
+    text: str = Field("text.content", description="semantic: text the guard compares")
+    threshold: float = Field(0.85, gt=0, le=1, description="semantic: minimum cosine similarity of a hit")
+    guard: bool = Field(True, description="semantic: refuse near-hits whose texts disagree on negation, "
+                                          "numbers, entities or intent")
+    scope: Literal["shared", "replica"] = Field(
+        "shared", description="semantic: one index shared by all ingress replicas (state actor; one scan per "
+                              "lookup) or one per replica (scales with replicas, lower hit rate)")
+
+    @model_validator(mode="after")
+    def _key_fields_match_key(self) -> CacheNode:
+        if self.key == "semantic" and self.key_fields:
+            raise ValueError("key_fields is for key: exact; a semantic key is the embedding")
+        if self.key == "exact":
+            given = sorted(f for f in (*_SEMANTIC_FIELDS, "text") if f in self.model_fields_set)
+            if given:
+                raise ValueError(f"{', '.join(given)} only apply with key: semantic")
+        return self
 
 
 class CacheKind(NodeKind):
@@ -48,9 +82,13 @@ class CacheKind(NodeKind):
     colour = "#f3e8ff"
 
     def children(self, node: CacheNode) -> Iterator[tuple[str, Node]]:
+        if node.embed is not None:
+            yield "embed", node.embed
         yield "body", node.body
 
     def dict_children(self, data: dict[str, Any]) -> Iterator[DictSlot]:
+        if data.get("embed"):
+            yield "embed", data, "embed"
         yield "body", data, "body"
 
     def ablation(self, data: dict[str, Any]) -> tuple[dict[str, Any] | None, str] | None:
@@ -58,6 +96,8 @@ class CacheKind(NodeKind):
 
     def check(self, walker: Walker, node: CacheNode, path: str, available: frozenset[str],
               info: NodeInfo) -> TypeRule:
+        if node.key == "semantic":
+            return self._check_semantic(walker, node, path, available)
         out = walker.walk(node.body, path, available, path, "body")
         b = walker.checked.info(node.body)
         if node.key_fields:
@@ -67,8 +107,28 @@ class CacheKind(NodeKind):
             raise GraphSpecError(f"{path}: the cached body reads no input parts; set key_fields")
         return out, set(b.writes), set(b.reads)
 
+    def _check_semantic(self, walker: Walker, node: CacheNode, path: str, available: frozenset[str]) -> TypeRule:
+        writes: set[str] = set()
+        reads: set[str] = set()
+        keyed = available
+        if node.embed is not None:
+            keyed = walker.walk(node.embed, path, available, path, "embed")
+            e = walker.checked.info(node.embed)
+            writes |= e.writes
+            reads |= e.reads
+        if "Embedding" not in keyed:
+            raise GraphSpecError(f"{path}: key: semantic compares the envelope's {full_name('Embedding')}, which "
+                                 "is not available here: produce it earlier or name a model in 'embed'")
+        text_part, _ = field_part(node.text, keyed, f"{path}: text")
+        reads |= ({"Embedding"} | ({text_part} if text_part else set())) - (keyed - available)
+        out = walker.walk(node.body, path, keyed, path, "body")
+        b = walker.checked.info(node.body)
+        return out, writes | set(b.writes), reads | (set(b.reads) - (keyed - available))
+
     async def run(self, ex: Executor, node: CacheNode, msg: pb.Message, ctx: RequestContext, path: str,
                   attempt: int) -> pb.Message:
+        if node.key == "semantic":
+            return await _run_semantic(ex, node, msg, ctx, path, attempt)
         start = time.monotonic()
         info = ex.graph.info(node)
         key = cache_key(ex.graph.spec.name, path, _key_payload(msg, node, info.reads))
@@ -101,6 +161,52 @@ class CacheKind(NodeKind):
         ctx.record(pb.Span(node=path, kind="cache", attempt=attempt, start_ms=ctx.elapsed_ms(), cache_hit=False,
                            detail=detail, latency_ms=(time.monotonic() - start) * 1000.0))
         return out
+
+
+async def _run_semantic(ex: Executor, node: CacheNode, msg: pb.Message, ctx: RequestContext, path: str,
+                        attempt: int) -> pb.Message:
+    if node.embed is not None:
+        msg = await ex.run_node(node.embed, msg, ctx, path, attempt)
+    start = time.monotonic()
+    vector = list(msg.embedding.values)
+    text = str(read_field(msg, node.text) or "")
+    answer_parts = ex.graph.info(node.body).writes  # not the embedding: this request's own stays
+    backend = ex.semantic_caches[path]
+    found = None
+    if vector:
+        try:
+            found = await backend.lookup(vector, text)
+        except Exception:  # a cache outage (or an odd vector) degrades to a miss
+            logger.warning("semantic cache %s unavailable", path, exc_info=True)
+    if found is not None and found.hit is not None:
+        copy_parts(pb.Message.FromString(found.hit.value), msg, answer_parts)
+        # Never the cached text in the trace: it is another client's input.
+        ctx.record(pb.Span(node=path, kind="cache", attempt=attempt, start_ms=ctx.elapsed_ms(), cache_hit=True,
+                           detail=f"semantic hit: similarity {found.hit.score:.3f}, age {found.hit.age_s:.0f} s",
+                           latency_ms=(time.monotonic() - start) * 1000.0))
+        return msg
+    detail = "" if vector else "no embedding: not looked up or stored"
+    if found is not None and found.rejected is not None:
+        rule = found.reason.split(":", 1)[0]
+        detail = f"{GUARD_REJECTED} ({rule}, similarity {found.rejected.score:.3f})"
+    degraded_before = ctx.degraded
+    out = await ex.run_node(node.body, msg, ctx, path, attempt)
+    if ctx.degraded > degraded_before:
+        detail = "not stored: degraded answer (fallback or validation exhausted)"
+    elif vector:
+        stored = pb.Message()
+        copy_parts(out, stored, answer_parts)
+        try:
+            await backend.store(vector, text, stored.SerializeToString(deterministic=True))
+        except Exception:
+            logger.warning("semantic cache %s store failed", path, exc_info=True)
+    ctx.record(pb.Span(node=path, kind="cache", attempt=attempt, start_ms=ctx.elapsed_ms(), cache_hit=False,
+                       detail=detail, latency_ms=(time.monotonic() - start) * 1000.0))
+    return out
+
+
+#: Span detail prefix of a semantic miss whose best near-hit the guard refused (counted apart in metrics).
+GUARD_REJECTED = "near-hit rejected by guard"
 
 
 def _key_payload(msg: pb.Message, node: CacheNode, reads: frozenset[str]) -> bytes:

@@ -288,6 +288,21 @@ class Judge(_Recording):
                           reason="" if ok else f"missing {self.params.require!r}")
 
 
+class BagEmbed(_Recording):
+    """Text -> Embedding: a bag of lower-cased words hashed into 64 dims (same words, same vector)."""
+
+    consumes = ("Text",)
+    produces = "Embedding"
+
+    def answer(self, message: pb.Message) -> pb.Embedding:
+        import zlib
+
+        values = [0.0] * 64
+        for word in message.text.content.lower().replace("'", " ").split():
+            values[zlib.crc32(word.strip(".,!?").encode()) % 64] += 1.0
+        return pb.Embedding(values=values, model="bag")
+
+
 class NotAnAdapter:
     """A class that is not a ModelAdapter."""
 
