@@ -1,9 +1,12 @@
 """Pictures of a graph: Mermaid text and a PNG/SVG rendered with matplotlib.
 
-Nodes are drawn by kind (model boxes show replicas and CPU/GPU), edges carry the
-message types available on them, and with ``stats`` (from ``modelweave eval`` or a
-live Prometheus scrape) edges also show the share of requests reaching the target
-node and its mean latency.
+Both come from one drawing graph (:mod:`modelweave.draw_graph`): boxes by kind
+(model boxes show the adapter, replicas, CPU/GPU, batching and co-location),
+edges labelled with the message parts on them, branches that rejoin the flow,
+fallbacks and the validate loop in their own styles. The image is laid out in
+layers top to bottom (:mod:`modelweave.draw_layout`). With ``stats`` (from
+``modelweave eval`` or a live Prometheus scrape) boxes show the share of requests
+reaching them and their mean latency, and edges the share taking them.
 """
 
 from __future__ import annotations
@@ -12,151 +15,217 @@ import math
 import pathlib
 import re
 from collections import defaultdict
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from modelweave.checker import CheckedGraph, NodeInfo
-from modelweave.spec import CacheNode, ChainNode, ModelNode, Node, ParallelNode, RouteNode, ValidateNode
+from modelweave.checker import CheckedGraph
+from modelweave.draw_graph import DrawEdge, DrawingGraph, DrawNode, NodeStats, build_drawing
+from modelweave.draw_layout import GUTTER, LABEL_GAP, Box, Placement, place
+from modelweave.nodes import KINDS
 
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
-@dataclass
-class NodeStats:
-    """Observed traffic of one node."""
+__all__ = ["NodeStats", "build_drawing", "render_image", "stats_from_prometheus", "to_mermaid"]
 
-    share: float
-    mean_ms: float
+#: Fill and outline per box kind: each node kind's own (modelweave.nodes), plus the boxes only pictures have.
+_COLOURS = {**{k: kind.colour for k, kind in KINDS.items()}, "join": ("#ffe4e6", "#be123c"),
+            "input": ("#f8fafc", "#0f172a"), "output": ("#f8fafc", "#0f172a")}
+#: Box kinds drawn as hexagons (decisions).
+_HEXAGONS = frozenset(k for k, kind in KINDS.items() if kind.hexagon)
+#: Colour and dash pattern per edge style (matplotlib, and the same colours in Mermaid).
+_EDGE_STYLES: dict[str, tuple[str, str, str]] = {
+    "flow": ("#475569", "solid", "flow, parts on the edge"),
+    "branch": ("#475569", "solid", "route branch"),
+    "fallback": ("#dc2626", "dashed", "fallback on error"),
+    "retry": ("#d97706", "dashed", "validate loop"),
+    "escalate": ("#be185d", "solid", "escalation"),
+    "hit": ("#7e22ce", "dotted", "cache hit"),
+}
+_MERMAID_SHAPES = {**{k: kind.shape for k, kind in KINDS.items()}, "join": ('(("', '"))'),
+                   "input": ('(["', '"])'), "output": ('(["', '"])')}
+_MERMAID_ARROWS = {"flow": "-->", "branch": "-->", "fallback": "-.->", "retry": "-.->", "escalate": "==>",
+                   "hit": "-.->"}
 
-
-_SHAPES = {"model": ('["', '"]'), "chain": ('(["', '"])'), "parallel": ('[["', '"]]'), "route": ('{"', '"}'),
-           "validate": ('{{"', '"}}'), "cache": ('[("', '")]'), "input": ('(("', '"))')}
-
-
-def _label(info: NodeInfo, graph: CheckedGraph) -> list[str]:
-    node = info.node
-    lines = [node.name, node.kind]
-    if isinstance(node, ModelNode):
-        home = graph.layout.home[node.name]
-        if home is None:
-            return [node.name, node.impl.rsplit(":", 1)[-1].rsplit(".", 1)[-1], "in ingress"]
-        d = graph.layout.deployments[home].settings
-        replicas = (f"{d.autoscaling_config.min_replicas}-{d.autoscaling_config.max_replicas} replicas"
-                    if d.autoscaling_config else f"{d.num_replicas or 1} replica(s)")
-        res = f"{d.ray_actor_options.num_cpus:g} CPU"
-        if d.ray_actor_options.num_gpus:
-            res += f", {d.ray_actor_options.num_gpus:g} GPU"
-        lines = [node.name, node.impl.rsplit(":", 1)[-1].rsplit(".", 1)[-1], f"{replicas}, {res}"]
-        if d.batching:
-            lines.append(f"batch {d.batching.max_batch_size}")
-        if graph.layout.deployments[home].group:
-            lines.append(f"group {home}")
-    return lines
-
-
-def _edge_label(types: frozenset[str], label: str, stats: NodeStats | None) -> str:
-    parts = [label] if label else []
-    parts.append(",".join(sorted(types)))
-    if stats is not None:
-        parts.append(f"{stats.share:.0%} · {stats.mean_ms:.1f} ms")
-    return " | ".join(parts)
+#: Font sizes in points; images are written at 100 dpi, so 9 pt is 12.5 px (readable at 1920 px wide).
+_DPI = 100
+_FONT = 9.0
+_LABEL_FONT = 8.0
+_PAD_X, _PAD_Y, _LINE = 9.0, 5.0, 1.25
+_HEADER = 58.0
 
 
 def to_mermaid(graph: CheckedGraph, stats: dict[str, NodeStats] | None = None) -> str:
-    """Mermaid ``flowchart`` text of the graph."""
-    stats = stats or {}
-    ids = {"input": "input"}
-    out = ["flowchart LR", '  input(("input"))']
-    for i, (path, info) in enumerate(graph.nodes.items()):
-        ids[path] = f"n{i}"
-        left, right = _SHAPES[info.node.kind]
-        text = "<br/>".join(s.replace('"', "'") for s in _label(info, graph))
-        out.append(f"  n{i}{left}{text}{right}")
-        out.append(f"  class n{i} {info.node.kind}")
-    for edge in graph.edges:
-        label = _edge_label(edge.types, edge.label, stats.get(edge.target)).replace('"', "'")
-        out.append(f'  {ids[edge.source]} -->|"{label}"| {ids[edge.target]}')
-    out += ["  classDef model fill:#dbeafe,stroke:#1d4ed8", "  classDef route fill:#fef3c7,stroke:#b45309",
-            "  classDef validate fill:#dcfce7,stroke:#15803d", "  classDef cache fill:#f3e8ff,stroke:#7e22ce",
-            "  classDef parallel fill:#ffe4e6,stroke:#be123c", "  classDef chain fill:#f1f5f9,stroke:#475569"]
+    """Mermaid ``flowchart`` text of the graph (the same boxes and edges as :func:`render_image`)."""
+    return drawing_to_mermaid(build_drawing(graph, stats))
+
+
+def drawing_to_mermaid(drawing: DrawingGraph) -> str:
+    """Mermaid text of a drawing graph: cache bodies become subgraphs, edge styles become link styles."""
+    ids = {node_id: f"n{i}" for i, node_id in enumerate(drawing.nodes)}
+    out = ["flowchart TB", f"  %% {drawing.title}"]
+    innermost = _innermost_group(drawing)
+
+    def declare(node: DrawNode, indent: str) -> None:
+        left, right = _MERMAID_SHAPES[node.kind]
+        text = "<br/>".join(s.replace('"', "'") for s in node.lines)
+        out.append(f"{indent}{ids[node.id]}{left}{text}{right}")
+        out.append(f"{indent}class {ids[node.id]} {node.kind}")
+
+    def emit(group: str | None, indent: str) -> None:
+        for node in drawing.nodes.values():
+            if innermost.get(node.id) == group:
+                declare(node, indent)
+        for child in drawing.groups:
+            if innermost.get(child) == group:
+                out.append(f'{indent}subgraph {ids[child]}_body["{drawing.nodes[child].lines[0]}: cached"]')
+                emit(child, indent + "  ")
+                out.append(f"{indent}end")
+
+    emit(None, "  ")
+    for i, edge in enumerate(drawing.edges):
+        label = edge.label_text().replace('"', "'")
+        arrow = _MERMAID_ARROWS[edge.style]
+        out.append(f'  {ids[edge.source]} {arrow}|"{label}"| {ids[edge.target]}')
+        if edge.style not in ("flow", "branch"):
+            colour, dash, _ = _EDGE_STYLES[edge.style]
+            extra = ",stroke-dasharray:6 4" if dash != "solid" else ",stroke-width:2px"
+            out.append(f"  linkStyle {i} stroke:{colour}{extra}")
+    for kind, (fill, stroke) in _COLOURS.items():
+        out.append(f"  classDef {kind} fill:{fill},stroke:{stroke}")
     return "\n".join(out) + "\n"
 
 
-_COLOURS = {"model": "#dbeafe", "route": "#fef3c7", "validate": "#dcfce7", "cache": "#f3e8ff",
-            "parallel": "#ffe4e6", "chain": "#f1f5f9", "input": "#ffffff"}
+def _innermost_group(drawing: DrawingGraph) -> dict[str, str]:
+    """Node id -> the smallest cache group holding it (nested caches nest)."""
+    found: dict[str, str] = {}
+    for cache_id, members in sorted(drawing.groups.items(), key=lambda kv: -len(kv[1])):
+        for member in members:
+            found[member] = cache_id  # smaller groups come later and win
+    return found
 
 
 def render_image(graph: CheckedGraph, path: str | pathlib.Path, stats: dict[str, NodeStats] | None = None) -> None:
-    """Draws the graph as a left-to-right tree into ``path`` (.png or .svg)."""
+    """Draws the graph top to bottom into ``path`` (.png or .svg)."""
+    drawing = build_drawing(graph, stats)
+    placement = layout_drawing(drawing)
+    _paint(drawing, placement, path)
+
+
+def layout_drawing(drawing: DrawingGraph) -> Placement:
+    """Places a drawing graph with the image's fonts (pixel geometry, see :func:`render_image`)."""
+    measure = _Measure()
+
+    def box_size(node_id: str) -> tuple[float, float]:
+        node = drawing.nodes[node_id]
+        w, h = measure.block(node.lines, _FONT)
+        extra = 18.0 if node.kind in _HEXAGONS else 0.0  # the hexagon's points
+        return w + 2 * _PAD_X + extra, h + 2 * _PAD_Y
+
+    def label_size(edge: DrawEdge) -> tuple[float, float]:
+        role, text = edge.label()
+        width = measure.line(role + " ", _LABEL_FONT, True) if role else 0.0
+        return width + measure.line(text, _LABEL_FONT, False), _LABEL_FONT * _DPI / 72 * _LINE
+
+    return place(drawing, box_size, label_size)
+
+
+class _Measure:
+    """Text extents in pixels at the image's dpi; the first line of a block is bold."""
+
+    def __init__(self) -> None:
+        from matplotlib.backends.backend_agg import RendererAgg
+
+        self.renderer = RendererAgg(10, 10, _DPI)
+
+    def line(self, text: str, size: float, bold: bool) -> float:
+        from matplotlib.font_manager import FontProperties
+
+        prop = FontProperties(size=size, weight="bold" if bold else "normal")
+        w, _, _ = self.renderer.get_text_width_height_descent(text, prop, ismath=False)
+        return float(w)
+
+    def block(self, lines: list[str], size: float) -> tuple[float, float]:
+        if not lines:
+            return 0.0, 0.0
+        width = max(self.line(s, size, i == 0) for i, s in enumerate(lines))
+        return width, len(lines) * size * _DPI / 72 * _LINE
+
+
+def _paint(drawing: DrawingGraph, placement: Placement, path: str | pathlib.Path) -> None:
+    measure = _Measure()
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Polygon
+    from matplotlib.path import Path
 
-    stats = stats or {}
-    pos: dict[str, tuple[float, float]] = {"input": (0.0, 0.0)}
-    spec = graph.spec
-    size = _place(graph, spec.flow, spec.name, 1, 0, pos)
-    pos = {k: (x * 2.6, -y * 1.1) for k, (x, y) in pos.items()}
-    next_row = [float(size[1])]
-    width = max(x for x, _ in pos.values()) + 3.5
-    height = max(2.0, next_row[0] * 1.1)
-    fig, ax = plt.subplots(figsize=(max(8.0, width * 0.75), max(3.0, height * 0.95 + 0.8)))
+    width = max(placement.width, 900.0)
+    height = placement.height + _HEADER
+    fig = plt.figure(figsize=(width / _DPI, height / _DPI), dpi=_DPI)
+    ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))
+    ax.set_xlim(0, width)
+    ax.set_ylim(height, 0)
     ax.axis("off")
-    for edge in graph.edges:
-        (x0, y0), (x1, y1) = pos[edge.source], pos[edge.target]
-        ax.annotate("", xy=(x1 - 0.95, y1), xytext=(x0 + 0.95, y0),
-                    arrowprops={"arrowstyle": "->", "color": "#64748b", "lw": 0.8})
-        node_stats = stats.get(edge.target)
-        if node_stats is not None:
-            ax.text((x0 + x1) / 2, (y0 + y1) / 2 + 0.12, f"{node_stats.share:.0%} · {node_stats.mean_ms:.1f} ms",
-                    fontsize=6, color="#b91c1c", ha="center")
-    for node, (x, y) in pos.items():
-        info = graph.nodes.get(node)
-        kind = info.node.kind if info else "input"
-        text = "\n".join(_label(info, graph)) if info else "input"
-        ax.text(x, y, text, ha="center", va="center", fontsize=6.5,
-                bbox={"boxstyle": "round,pad=0.3", "fc": _COLOURS[kind], "ec": "#334155", "lw": 0.6})
-    ax.set_xlim(-1.2, width - 1.5)
-    ax.set_ylim(-next_row[0] * 1.1, 1)
-    ax.set_title(f"{graph.spec.name}: {len(graph.models)} model nodes, {len(graph.layout.deployments)} model "
-                 f"deployments", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=160)
+    _header(ax, drawing.title, measure)
+
+    def shift(box: Box) -> Box:
+        return Box(box.x, box.y + _HEADER, box.w, box.h)
+
+    for group in sorted(placement.groups.values(), key=lambda g: -g.w * g.h):  # nested caches: inner on top
+        g = shift(group)
+        ax.add_patch(FancyBboxPatch((g.left, g.top), g.w, g.h, boxstyle="round,pad=0,rounding_size=10",
+                                    fc="#faf5ff", ec="#c084fc", lw=1.0, ls="--", zorder=0))
+    codes = {"M": Path.MOVETO, "L": Path.LINETO, "C": Path.CURVE4}
+    for route in placement.edges:
+        colour, dash, _ = _EDGE_STYLES[route.edge.style]
+        p = Path([(x, y + _HEADER) for _, (x, y) in route.commands], [codes[c] for c, _ in route.commands])
+        ax.add_patch(FancyArrowPatch(path=p, arrowstyle="-|>", mutation_scale=11, color=colour, lw=1.2,
+                                     linestyle=dash, zorder=2, shrinkA=0, shrinkB=1))
+        if route.label is not None:
+            lb = shift(route.label)
+            # The loop's label sits left of its line, every other label right of it.
+            x = lb.left if route.edge.back else lb.left + GUTTER + LABEL_GAP
+            role, text = route.edge.label()
+            colour = colour if route.edge.style not in ("flow", "branch") else "#334155"
+            if role:
+                ax.text(x, lb.y, role, ha="left", va="center", fontsize=_LABEL_FONT, zorder=3, color=colour,
+                        weight="bold")
+                x += measure.line(role + " ", _LABEL_FONT, True)
+            ax.text(x, lb.y, text, ha="left", va="center", fontsize=_LABEL_FONT, zorder=3, color=colour)
+    for node_id, placed in placement.boxes.items():
+        node = drawing.nodes[node_id]
+        b = shift(placed)
+        fill, stroke = _COLOURS[node.kind]
+        if node.kind in _HEXAGONS:
+            tip = 9.0
+            ax.add_patch(Polygon([(b.left, b.y), (b.left + tip, b.top), (b.left + b.w - tip, b.top),
+                                  (b.left + b.w, b.y), (b.left + b.w - tip, b.top + b.h),
+                                  (b.left + tip, b.top + b.h)], closed=True, fc=fill, ec=stroke, lw=1.1, zorder=4))
+        else:
+            rounding = b.h / 2 if node.kind in ("input", "output", "join") else 6.0
+            ax.add_patch(FancyBboxPatch((b.left, b.top), b.w, b.h, boxstyle=f"round,pad=0,rounding_size={rounding}",
+                                        fc=fill, ec=stroke, lw=1.6 if node.kind == "parallel" else 1.1, zorder=4))
+        step = _FONT * _DPI / 72 * _LINE
+        first = b.y - (len(node.lines) - 1) * step / 2
+        for i, text in enumerate(node.lines):
+            stat = node.stats is not None and i == len(node.lines) - 1
+            ax.text(b.x, first + i * step, text, ha="center", va="center", fontsize=_FONT, zorder=5,
+                    weight="bold" if i == 0 else "normal", color="#b91c1c" if stat else "#0f172a")
+    fig.savefig(path, dpi=_DPI)
     plt.close(fig)
 
 
-def _place(graph: CheckedGraph, node: Node, parent: str, x: int, y: int,
-           pos: dict[str, tuple[float, float]]) -> tuple[int, int]:
-    """Grid layout: sequences run left to right, alternatives stack downwards; returns (cols, rows)."""
-    path = f"{parent}/{node.name}"
-    pos[path] = (float(x), float(y))
-    w, h = 1, 1
-    if isinstance(node, ChainNode):
-        cx = x + 1
-        for step in node.steps:
-            sw, sh = _place(graph, step, path, cx, y, pos)
-            cx, h = cx + sw, max(h, sh)
-        w = cx - x
-    elif isinstance(node, ParallelNode | RouteNode):
-        alternatives: list[Node] = list(node.branches) if isinstance(node, ParallelNode) else [
-            *([node.router] if node.router else []), *(b for b in node.branches.values() if b is not None)]
-        cy, bw = y, 0
-        for branch in alternatives:
-            sw, sh = _place(graph, branch, path, x + 1, cy, pos)
-            cy, bw = cy + sh, max(bw, sw)
-        w, h = 1 + bw, max(1, cy - y)
-    elif isinstance(node, ValidateNode):
-        tw, th = _place(graph, node.target, path, x + 1, y, pos)
-        vw, vh = _place(graph, node.validator, path, x + 1 + tw, y, pos)
-        w, h = 1 + tw + vw, max(th, vh)
-        if node.escalate is not None:
-            ew, eh = _place(graph, node.escalate, path, x + 1, y + h, pos)
-            w, h = max(w, 1 + ew), h + eh
-    elif isinstance(node, CacheNode):
-        bw, bh = _place(graph, node.body, path, x + 1, y, pos)
-        w, h = 1 + bw, bh
-    if node.fallback is not None:
-        fw, fh = _place(graph, node.fallback, path, x + 1, y + h, pos)
-        w, h = max(w, 1 + fw), h + fh
-    return w, h
+def _header(ax: Axes, title: str, measure: _Measure) -> None:
+    """Title and the legend of edge styles along the top."""
+    ax.text(16, 18, title, ha="left", va="center", fontsize=11, weight="bold", color="#0f172a")
+    x = 16.0
+    for style, (colour, dash, meaning) in _EDGE_STYLES.items():
+        if style == "branch":
+            continue
+        ax.plot([x, x + 28], [42, 42], color=colour, linestyle=dash, lw=1.4)
+        ax.text(x + 34, 42, meaning, ha="left", va="center", fontsize=_LABEL_FONT, color="#334155")
+        x += 34 + measure.line(meaning, _LABEL_FONT, False) + 22
 
 
 _SAMPLE = re.compile(r'^(?P<name>[a-zA-Z_:]+)\{(?P<labels>[^}]*)\}\s+(?P<value>[-+0-9.eE]+|NaN|\+Inf)')

@@ -1,11 +1,12 @@
 """What a node kind is: one class that knows its spec, type rule, run step, picture and ablation.
 
 Every kind of the flow (``model``, ``chain``, ``parallel``, ``route``, ``validate``,
-``cache`` ...) is one module of this package with one :class:`NodeKind` subclass,
-registered in :mod:`modelweave.nodes`. The graph's schema (:mod:`modelweave.spec`),
-the type checker, the executor, the layout's hop count, the drawing and the
-evolutionary ablations all dispatch on ``node.kind`` through the registry, so adding
-a kind is one new module plus one registry line.
+``cache``, ``split``, ``shadow``) is one module of this package with one
+:class:`NodeKind` subclass, registered in :mod:`modelweave.nodes`. The graph's schema
+(:mod:`modelweave.spec`), the type checker, the executor, the layout's hop count, the
+pictures (:mod:`modelweave.draw_graph`) and the evolutionary ablations all dispatch on
+``node.kind`` through the registry, so adding a kind is one new module plus one
+registry line.
 
 Kind modules import only spec-level modules at import time; the checker's walker and
 the executor reach them as arguments (no import cycles).
@@ -19,7 +20,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from modelweave.spec_base import AdaptiveValue, NodeBase
 
 if TYPE_CHECKING:
-    from modelweave.checker import NodeInfo, Walker
+    from modelweave.checker import CheckedGraph, NodeInfo, Walker
+    from modelweave.draw_graph import DrawingBuilder, Pending
     from modelweave.executor import Executor
     from modelweave.layout import Alt, Layout
     from modelweave.spec import Node
@@ -42,11 +44,13 @@ class NodeKind:
     #: Spec fields typed ``Node`` (the tagged union, not a list or mapping of them): pydantic puts the
     #: kind tag after them in error locations, which :func:`modelweave.spec.parse_graph` drops.
     node_fields: ClassVar[tuple[str, ...]] = ()
-    #: Mermaid shape delimiters and fill colour of the kind's box in pictures.
+    #: Box of the kind in pictures: Mermaid shape delimiters, (fill, outline) colours, hexagon or rounded box.
     shape: ClassVar[tuple[str, str]] = ('["', '"]')
-    colour: ClassVar[str] = "#f1f5f9"
-    #: Kinds that only pass control to children (the drawing may elide them).
-    structural: ClassVar[bool] = False
+    colour: ClassVar[tuple[str, str]] = ("#f1f5f9", "#475569")
+    hexagon: ClassVar[bool] = False
+    #: Whether the node gets a box of its own in pictures; kinds that only sequence their children
+    #: (chain, validate) get one only when a fallback must hang from it.
+    boxed: ClassVar[bool] = True
 
     # -- structure --------------------------------------------------------------------
 
@@ -84,6 +88,30 @@ class NodeKind:
                   attempt: int) -> pb.Message:
         """Runs the node on ``msg`` (which it may update in place) and returns the output envelope."""
         raise NotImplementedError
+
+    # -- pictures ---------------------------------------------------------------------
+
+    def draw_lines(self, node: Any, info: NodeInfo, graph: CheckedGraph) -> list[str]:
+        """Text lines of the node's box (name first)."""
+        return [node.name, node.kind]
+
+    def draw(self, builder: DrawingBuilder, node: Any, path: str, info: NodeInfo, pending: list[Pending],
+             entry: str | None) -> tuple[str, list[Pending]]:
+        """Draws the node's inside from its box ``entry`` (reached by ``pending``).
+
+        Returns the node's entry box and the edges that leave it (to be connected to whatever
+        comes next). The default fans out to every child and rejoins after them.
+        """
+        from modelweave.draw_graph import Pending
+
+        assert entry is not None
+        exits: list[Pending] = []
+        for label, child in self.children(node):
+            c_path = f"{path}/{child.name}"
+            _, c_exits = builder.enter(child, c_path, [Pending(entry, info.available_in, "branch", label,
+                                                               builder.share(c_path))])
+            exits += c_exits
+        return entry, exits or [Pending(entry, info.available_out, share=builder.rest(path, node))]
 
     # -- layout, evolution ------------------------------------------------------------
 

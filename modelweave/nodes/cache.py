@@ -29,7 +29,8 @@ from modelweave.state import cache_key
 from modelweave.v1 import messages_pb2 as pb
 
 if TYPE_CHECKING:
-    from modelweave.checker import NodeInfo, Walker
+    from modelweave.checker import CheckedGraph, NodeInfo, Walker
+    from modelweave.draw_graph import DrawingBuilder, Pending
     from modelweave.executor import Executor
     from modelweave.spec import Node
     from modelweave.trace import RequestContext
@@ -66,7 +67,9 @@ class CacheNode(NodeBase):
         if self.key == "semantic" and self.key_fields:
             raise ValueError("key_fields is for key: exact; a semantic key is the embedding")
         if self.key == "exact":
-            given = sorted(f for f in (*_SEMANTIC_FIELDS, "text") if f in self.model_fields_set)
+            # Non-default values, not fields set: specs also travel as data with defaults filled in.
+            fields = type(self).model_fields
+            given = sorted(f for f in (*_SEMANTIC_FIELDS, "text") if getattr(self, f) != fields[f].default)
             if given:
                 raise ValueError(f"{', '.join(given)} only apply with key: semantic")
         return self
@@ -79,7 +82,7 @@ class CacheKind(NodeKind):
     spec = CacheNode
     node_fields = ("body",)
     shape = ('[("', '")]')
-    colour = "#f3e8ff"
+    colour = ("#f3e8ff", "#7e22ce")
 
     def children(self, node: CacheNode) -> Iterator[tuple[str, Node]]:
         if node.embed is not None:
@@ -124,6 +127,30 @@ class CacheKind(NodeKind):
         out = walker.walk(node.body, path, keyed, path, "body")
         b = walker.checked.info(node.body)
         return out, writes | set(b.writes), reads | (set(b.reads) - (keyed - available))
+
+    def draw_lines(self, node: CacheNode, info: NodeInfo, graph: CheckedGraph) -> list[str]:
+        how = f"semantic cache >= {node.threshold:g}" + (" + guard" if node.guard else "") if node.key == "semantic" \
+            else "cache"
+        return [node.name, f"{how}, ttl {node.ttl_s:g} s"]
+
+    def draw(self, builder: DrawingBuilder, node: CacheNode, path: str, info: NodeInfo, pending: list[Pending],
+             entry: str | None) -> tuple[str, list[Pending]]:
+        from modelweave.draw_graph import Pending
+
+        assert entry is not None
+        source, available = entry, info.available_in
+        if node.embed is not None:  # the key is computed before the lookup, hit or miss
+            _, e_exits = builder.enter(node.embed, f"{path}/{node.embed.name}", [
+                Pending(entry, available, role="key", share=builder.share(path))])
+            source, available = e_exits[0].source, e_exits[0].types
+        b_path = f"{path}/{node.body.name}"
+        before = set(builder.drawing.nodes)
+        b_share = builder.share(b_path)
+        _, exits = builder.enter(node.body, b_path, [Pending(source, available, role="miss", share=b_share)])
+        builder.drawing.groups[entry] = [n for n in builder.drawing.nodes if n not in before]
+        share = builder.share(path)
+        hit = None if share is None else max(0.0, share - (b_share or 0.0))
+        return entry, [*exits, Pending(source, info.available_out, "hit", "hit", hit)]
 
     async def run(self, ex: Executor, node: CacheNode, msg: pb.Message, ctx: RequestContext, path: str,
                   attempt: int) -> pb.Message:

@@ -12,6 +12,7 @@ from modelweave.spec_base import NodeBase
 
 if TYPE_CHECKING:
     from modelweave.checker import NodeInfo, Walker
+    from modelweave.draw_graph import DrawingBuilder, Pending
     from modelweave.executor import Executor
     from modelweave.layout import Alt, Layout
     from modelweave.spec import Node
@@ -32,8 +33,8 @@ class ChainKind(NodeKind):
     kind = "chain"
     spec = ChainNode
     shape = ('(["', '"])')
-    colour = "#f1f5f9"
-    structural = True
+    colour = ("#f1f5f9", "#475569")
+    boxed = False
 
     def children(self, node: ChainNode) -> Iterator[tuple[str, Node]]:
         return (("", step) for step in node.steps)
@@ -69,6 +70,14 @@ class ChainKind(NodeKind):
             msg = await run_group(ex, run, msg, ctx, path, attempt)
             i += len(run)
         return msg
+
+    def draw(self, builder: DrawingBuilder, node: ChainNode, path: str, info: NodeInfo, pending: list[Pending],
+             entry: str | None) -> tuple[str, list[Pending]]:
+        first = ""
+        for step in node.steps:
+            step_entry, pending = builder.enter(step, f"{path}/{step.name}", pending)
+            first = first or step_entry
+        return entry or first, pending
 
     def hop_alternatives(self, node: ChainNode, layout: Layout, limit: int, alts: Callable[[Node], list[Alt]],
                          product: Callable[[list[list[Alt]], int], list[Alt]]) -> list[Alt]:

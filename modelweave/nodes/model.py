@@ -22,7 +22,8 @@ from modelweave.spec_base import BatchOverrides, DeploymentSettings, NodeBase
 from modelweave.v1 import messages_pb2 as pb
 
 if TYPE_CHECKING:
-    from modelweave.checker import NodeInfo, Walker
+    from modelweave.checker import CheckedGraph, NodeInfo, Walker
+    from modelweave.draw_graph import DrawingBuilder, Pending
     from modelweave.executor import Executor
     from modelweave.layout import Alt, Layout
     from modelweave.spec import Node
@@ -61,7 +62,7 @@ class ModelKind(NodeKind):
     kind = "model"
     spec = ModelNode
     shape = ('["', '"]')
-    colour = "#dbeafe"
+    colour = ("#dbeafe", "#1d4ed8")
 
     def check(self, walker: Walker, node: ModelNode, path: str, available: frozenset[str],
               info: NodeInfo) -> TypeRule:
@@ -116,6 +117,18 @@ class ModelKind(NodeKind):
                 logger.info("request %s: retrying %s after %s", ctx.request_id, path, exc.message)
                 retry += 1
                 await asyncio.sleep(pause)
+
+    def draw_lines(self, node: ModelNode, info: NodeInfo, graph: CheckedGraph) -> list[str]:
+        from modelweave.draw_graph import model_label
+
+        return model_label(info, graph)
+
+    def draw(self, builder: DrawingBuilder, node: ModelNode, path: str, info: NodeInfo, pending: list[Pending],
+             entry: str | None) -> tuple[str, list[Pending]]:
+        from modelweave.draw_graph import Pending
+
+        assert entry is not None
+        return entry, [Pending(entry, info.available_in | {info.produces}, share=builder.rest(path, node))]
 
     def hop_alternatives(self, node: ModelNode, layout: Layout, limit: int, alts: Callable[[Node], list[Alt]],
                          product: Callable[[list[list[Alt]], int], list[Alt]]) -> list[Alt]:

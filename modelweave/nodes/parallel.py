@@ -17,7 +17,8 @@ from modelweave.spec_base import NodeBase, _Strict
 from modelweave.v1 import messages_pb2 as pb
 
 if TYPE_CHECKING:
-    from modelweave.checker import NodeInfo, Walker
+    from modelweave.checker import CheckedGraph, NodeInfo, Walker
+    from modelweave.draw_graph import DrawingBuilder, Pending
     from modelweave.executor import Executor
     from modelweave.spec import Node
     from modelweave.trace import RequestContext
@@ -68,7 +69,7 @@ class ParallelKind(NodeKind):
     kind = "parallel"
     spec = ParallelNode
     shape = ('[["', '"]]')
-    colour = "#ffe4e6"
+    colour = ("#ffe4e6", "#be123c")
 
     def children(self, node: ParallelNode) -> Iterator[tuple[str, Node]]:
         return ((f"branch {i}", b) for i, b in enumerate(node.branches))
@@ -115,6 +116,23 @@ class ParallelKind(NodeKind):
             # branch outputs are not carried over.
             return available | {produced}, {produced}, reads
         return common, writes, reads  # first_valid: one whole branch's output
+
+    def draw_lines(self, node: ParallelNode, info: NodeInfo, graph: CheckedGraph) -> list[str]:
+        return [node.name, f"parallel x{len(node.branches)}"]
+
+    def draw(self, builder: DrawingBuilder, node: ParallelNode, path: str, info: NodeInfo, pending: list[Pending],
+             entry: str | None) -> tuple[str, list[Pending]]:
+        from modelweave.draw_graph import Pending
+
+        assert entry is not None
+        agg = node.aggregate
+        weights = "/".join(f"{w:g}" for w in agg.weights) if agg.weights else ""
+        join = builder.box(f"{path}#join", "join", [" ".join(s for s in (agg.strategy, weights) if s)])
+        for branch in node.branches:
+            b_path = f"{path}/{branch.name}"
+            _, exits = builder.enter(branch, b_path, [Pending(entry, info.available_in, share=builder.share(b_path))])
+            builder.connect(exits, join)
+        return entry, [Pending(join, info.available_out, share=builder.rest(path, node))]
 
     async def run(self, ex: Executor, node: ParallelNode, msg: pb.Message, ctx: RequestContext, path: str,
                   attempt: int) -> pb.Message:

@@ -18,7 +18,8 @@ from modelweave.spec_base import AdaptiveValue, Condition, NodeBase, _Strict
 from modelweave.v1 import messages_pb2 as pb
 
 if TYPE_CHECKING:
-    from modelweave.checker import NodeInfo, Walker
+    from modelweave.checker import CheckedGraph, NodeInfo, Walker
+    from modelweave.draw_graph import DrawingBuilder, Pending
     from modelweave.executor import Executor
     from modelweave.layout import Alt, Layout
     from modelweave.spec import Node
@@ -82,8 +83,9 @@ class RouteKind(NodeKind):
 
     kind = "route"
     spec = RouteNode
-    shape = ('{"', '"}')
-    colour = "#fef3c7"
+    shape = ('{{"', '"}}')
+    colour = ("#fef3c7", "#b45309")
+    hexagon = True
 
     def children(self, node: RouteNode) -> Iterator[tuple[str, Node]]:
         if node.router is not None:
@@ -181,6 +183,24 @@ class RouteKind(NodeKind):
                                    f"({fb.field} {'changed' if changed else 'unchanged'})"))
         return out
 
+    def draw_lines(self, node: RouteNode, info: NodeInfo, graph: CheckedGraph) -> list[str]:
+        how = f"route by {node.router.name}" if node.router else "route"
+        return [node.name, how + (", adaptive" if node.feedback else "")]
+
+    def draw(self, builder: DrawingBuilder, node: RouteNode, path: str, info: NodeInfo, pending: list[Pending],
+             entry: str | None) -> tuple[str, list[Pending]]:
+        from modelweave.draw_graph import Pending
+
+        assert entry is not None
+        route_in = info.available_in
+        if node.router is not None:
+            r_path = f"{path}/{node.router.name}"
+            _, pending = builder.enter(node.router, r_path, [
+                Pending(entry, route_in, role="router", share=builder.share(r_path))])
+            route_in = route_in | {builder.graph.nodes[r_path].produces}
+        roles = {name: f"{name} (default)" if name == node.default else name for name in node.branches}
+        return entry, draw_branches(builder, path, pending[0].source, route_in, node.branches, roles)
+
     def hop_alternatives(self, node: RouteNode, layout: Layout, limit: int, alts: Callable[[Node], list[Alt]],
                          product: Callable[[list[list[Alt]], int], list[Alt]]) -> list[Alt]:
         head: list[Alt] = alts(node.router) if node.router is not None else [((), ())]
@@ -189,3 +209,26 @@ class RouteKind(NodeKind):
             for choices, hops in (alts(branch) if branch is not None else [((), ())]):
                 tails.append(((f"{node.name}={label}", *choices), hops))
         return product([head, tails], limit)
+
+
+def draw_branches(builder: DrawingBuilder, path: str, source: str, available: frozenset[str],
+                  branches: dict[str, Node | None], roles: dict[str, str]) -> list[Pending]:
+    """Draws alternative branches from box ``source``; a null (pass-through) branch is an edge that rejoins."""
+    from modelweave.draw_graph import Pending
+
+    exits: list[Pending] = []
+    taken = 0.0
+    for name, branch in branches.items():
+        if branch is None:
+            continue
+        b_path = f"{path}/{branch.name}"
+        b_share = builder.share(b_path)
+        taken += b_share or 0.0
+        _, b_exits = builder.enter(branch, b_path, [Pending(source, available, "branch", roles[name], b_share)])
+        exits += b_exits
+    for name, branch in branches.items():
+        if branch is None:  # pass-through: the node's own box rejoins the flow
+            share = builder.share(path)
+            exits.append(Pending(source, available, "branch", roles[name],
+                                 None if share is None else max(0.0, share - taken)))
+    return exits

@@ -25,7 +25,8 @@ from modelweave.spec_base import NodeBase
 from modelweave.v1 import messages_pb2 as pb
 
 if TYPE_CHECKING:
-    from modelweave.checker import NodeInfo, Walker
+    from modelweave.checker import CheckedGraph, NodeInfo, Walker
+    from modelweave.draw_graph import DrawingBuilder, Pending
     from modelweave.executor import Executor
     from modelweave.layout import Alt, Layout
     from modelweave.spec import Node
@@ -87,8 +88,9 @@ class SplitKind(NodeKind):
 
     kind = "split"
     spec = SplitNode
-    shape = ('{"', '"}')
-    colour = "#fde68a"
+    shape = ('{{"', '"}}')
+    colour = ("#fef9c3", "#a16207")
+    hexagon = True
 
     def children(self, node: SplitNode) -> Iterator[tuple[str, Node]]:
         for label, branch in node.branches.items():
@@ -139,6 +141,18 @@ class SplitKind(NodeKind):
                            latency_ms=(time.monotonic() - start) * 1000.0))
         branch = node.branches[chosen]
         return msg if branch is None else await ex.run_node(branch, msg, ctx, path, attempt)
+
+    def draw_lines(self, node: SplitNode, info: NodeInfo, graph: CheckedGraph) -> list[str]:
+        return [node.name, "split" + (f", sticky by {node.sticky}" if node.sticky else "")]
+
+    def draw(self, builder: DrawingBuilder, node: SplitNode, path: str, info: NodeInfo, pending: list[Pending],
+             entry: str | None) -> tuple[str, list[Pending]]:
+        from modelweave.nodes.route import draw_branches
+
+        assert entry is not None
+        total = sum(node.weights.values())
+        roles = {name: f"{name} {node.weights[name] / total:.0%}" for name in node.branches}
+        return entry, draw_branches(builder, path, entry, info.available_in, node.branches, roles)
 
     def hop_alternatives(self, node: SplitNode, layout: Layout, limit: int, alts: Callable[[Node], list[Alt]],
                          product: Callable[[list[list[Alt]], int], list[Alt]]) -> list[Alt]:

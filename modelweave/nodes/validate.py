@@ -16,7 +16,8 @@ from modelweave.spec_base import NodeBase, _Strict
 from modelweave.v1 import messages_pb2 as pb
 
 if TYPE_CHECKING:
-    from modelweave.checker import NodeInfo, Walker
+    from modelweave.checker import CheckedGraph, NodeInfo, Walker
+    from modelweave.draw_graph import DrawingBuilder, Pending
     from modelweave.executor import Executor
     from modelweave.layout import Alt, Layout
     from modelweave.spec import Node
@@ -56,8 +57,9 @@ class ValidateKind(NodeKind):
     kind = "validate"
     spec = ValidateNode
     node_fields = ("target", "escalate")
-    shape = ('{{"', '"}}')
-    colour = "#dcfce7"
+    shape = ('[/"', '"/]')
+    colour = ("#dcfce7", "#15803d")
+    boxed = False
 
     def children(self, node: ValidateNode) -> Iterator[tuple[str, Node]]:
         yield "target", node.target
@@ -138,6 +140,33 @@ class ValidateKind(NodeKind):
             raise FailedPrecondition(f"validation failed after {attempts} attempt(s): {reason}", node=path)
         ctx.degraded += 1
         return last
+
+    def draw_lines(self, node: ValidateNode, info: NodeInfo, graph: CheckedGraph) -> list[str]:
+        return [node.name, f"validate, max {node.max_attempts}"]
+
+    def draw(self, builder: DrawingBuilder, node: ValidateNode, path: str, info: NodeInfo, pending: list[Pending],
+             entry: str | None) -> tuple[str, list[Pending]]:
+        from modelweave.draw_graph import DrawEdge, Pending, ordered
+
+        t_path = f"{path}/{node.target.name}"
+        if entry is not None:
+            pending = [Pending(entry, info.available_in, share=builder.share(t_path))]
+        target, t_exits = builder.enter(node.target, t_path, pending)
+        validator, v_exits = builder.enter(node.validator, f"{path}/{node.validator.name}", t_exits)
+        if node.on_failure != "escalate" and node.max_attempts > 1:
+            # A retry reruns the target on the same input; refine also hands it the last Verdict.
+            again = info.available_in | ({"Verdict"} if node.on_failure == "refine" else set())
+            builder.drawing.edges.append(DrawEdge(validator, target, "retry", ordered(again),
+                                                  f"{node.name}: {node.on_failure} (max {node.max_attempts})"))
+        if node.escalate is None:
+            return entry or target, v_exits
+        passed = builder.rest(path, node, node.escalate)
+        exits = [Pending(e.source, e.types, e.style, "passed", passed) for e in v_exits]
+        e_path = f"{path}/{node.escalate.name}"
+        _, e_exits = builder.enter(node.escalate, e_path, [
+            Pending(validator, info.available_in | {"Verdict"}, "escalate", "escalate when failed",
+                    builder.share(e_path))])
+        return entry or target, exits + e_exits
 
     def hop_alternatives(self, node: ValidateNode, layout: Layout, limit: int, alts: Callable[[Node], list[Alt]],
                          product: Callable[[list[list[Alt]], int], list[Alt]]) -> list[Alt]:

@@ -142,9 +142,9 @@ def test_draw_writes_mermaid_and_an_image_with_stats(tmp_path: pathlib.Path):
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "g.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     mermaid = (tmp_path / "g.mmd").read_text()
-    assert mermaid.startswith("flowchart LR")
+    assert mermaid.startswith("flowchart TB")
     assert "negation-aware<br/>LexiconSentiment<br/>1-2 replicas, 0.1 CPU" in mermaid
-    assert "other | Text | 25% · 3.5 ms" in mermaid
+    assert '-->|"other: Text · 25%"|' in mermaid and "<br/>25% · 3.5 ms" in mermaid
     assert '-->|"Text"|' in mermaid
 
 
