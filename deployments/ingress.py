@@ -9,6 +9,11 @@ HTTP routes (under the graph's route prefix ``/<graph>``):
     GET  /<graph>/describe   GraphDescription JSON
     GET  /<graph>/healthz    "ok"
 gRPC: ``modelweave.v1.GraphService`` (Infer, InferStream, DescribeGraph) via Serve's proxy.
+
+Tracing: a W3C ``traceparent`` / ``tracestate`` (HTTP headers, gRPC metadata) is passed on to
+model calls; when this process's ``OTEL_*`` variables ask for export, each request gets a
+SERVER span with one child span per hop, and its ``traceparent`` is answered in a response
+header / trailing metadata (see ``modelweave.otel``).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from ray.serve.grpc_util import RayServegRPCContext
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from actors.backends import ActorSemanticCache
 from actors.shared_state import ActorCache, ActorState, StateLink, get_state_actor
 from deployments.metrics import RayMetricsSink
 from deployments.serve_caller import ServeCaller
@@ -53,11 +59,12 @@ from modelweave.errors import (
     Unauthenticated,
     Unavailable,
 )
-from modelweave.executor import Executor
+from modelweave.executor import Executor, memory_semantic_cache
 from modelweave.local import LocalCaller
 from modelweave.observe import TraceMetrics
+from modelweave.otel import TRACEPARENT, TRACESTATE, GraphTracer, RequestTrace, start_request
 from modelweave.spec import parse_graph
-from modelweave.trace import new_request_id
+from modelweave.trace import new_request_id, request_trace
 from modelweave.v1 import messages_pb2 as pb
 from modelweave.v1 import service_pb2 as svc
 
@@ -90,7 +97,15 @@ class GraphIngress:
             # Cheap nodes placed in the ingress run here, in-process (see modelweave.layout).
             ServeCaller(handles, self.graph.layout, LocalCaller(self.graph, names=self.graph.layout.inline)),
             cache_factory=lambda path, node: ActorCache(link, path, node),
+            semantic_cache_factory=lambda path, node: (
+                ActorSemanticCache(link, path, ttl_s=node.ttl_s, max_entries=node.max_entries,
+                                   threshold=node.threshold, guard=node.guard)
+                if node.scope == "shared" else memory_semantic_cache(path, node)),
             state=ActorState(link),
+            # Shadow mirrors run in the background, off the request path; their outcomes become
+            # metrics (the node writes its own sink file).
+            on_shadow=lambda outcome: self.metrics.record_shadow(outcome),
+            shadow_inline=False,
         )
         self.description = describe_graph(self.graph)
         self.metrics = TraceMetrics(self.graph, sink)
@@ -100,16 +115,29 @@ class GraphIngress:
         self.admission = AdmissionController(admission.max_concurrent, admission.max_queued,
                                              on_shed=self.metrics.record_shed)
         self._error_log_budget = 100  # bounded logging of unexpected errors
+        # OpenTelemetry export, when this process's OTEL_* variables ask for it (else None).
+        self.tracer = GraphTracer.from_env(self.spec.name)
+
+    def __del__(self) -> None:
+        # Serve calls this when it stops the replica: export the spans still queued.
+        tracer = getattr(self, "tracer", None)
+        if tracer is not None:
+            tracer.flush()
 
     # -- shared -----------------------------------------------------------------------
 
-    async def _infer(self, request: svc.InferRequest, request_id: str, on_span: Any = None) -> svc.InferResponse:
+    async def _infer(self, request: svc.InferRequest, request_id: str, on_span: Any = None,
+                     trace: RequestTrace | None = None) -> svc.InferResponse:
         start = time.monotonic()
+        # Model calls carry the trace context on (see modelweave.trace.request_trace).
+        token = request_trace.set(trace.context.headers()) if trace is not None else None
         try:
             check_request(request, self.spec.limits, self.spec.input)
             budget_s = request.timeout_ms / 1000.0 if request.timeout_ms else self.spec.timeout_s
             deadline = start + budget_s
             async with self.admission.admit(deadline):
+                if trace is not None:
+                    trace.graph_started()
                 # Time spent queued counts against the request's deadline.
                 result = await self.executor.run(request.input, request_id=request_id,
                                                  timeout_s=max(deadline - time.monotonic(), 1e-3), on_span=on_span)
@@ -118,10 +146,30 @@ class GraphIngress:
             if not isinstance(exc, Overloaded):  # shedding is counted, not logged per request
                 logger.warning("request %s (caller %s) failed: %s %s", request_id, _CALLER.get(), exc.status.value,
                                exc)
+            if trace is not None:  # spans of the hops before the failure
+                trace.finish(exc.trace, exc.status.value, str(exc))
             raise
+        except BaseException as exc:  # unexpected error or cancellation: the request span still ends
+            if trace is not None:
+                trace.finish(None, "CANCELLED" if isinstance(exc, asyncio.CancelledError) else "INTERNAL",
+                             type(exc).__name__)
+            raise
+        finally:
+            if token is not None:
+                request_trace.reset(token)
         self.metrics.record(result.trace, status="OK", latency_ms=(time.monotonic() - start) * 1e3)
         self.metrics.record_feedback(self.executor.feedback_values())
+        if trace is not None:
+            result.trace.trace_id = trace.trace_id
+            trace.finish(result.trace, "OK")
         return svc.InferResponse(result=result.message, trace=result.trace, graph=self.spec.name)
+
+    def _trace(self, traceparent: str | None, tracestate: str | None, name: str, caller: str) -> RequestTrace | None:
+        """The request's trace context (None: tracing off and the client sent none)."""
+        if self.tracer is None and not traceparent:
+            return None  # the common case when tracing is off: nothing to build
+        return start_request(self.tracer, traceparent, tracestate, name,
+                             {"modelweave.caller": caller} if caller else {})
 
     def _authenticate(self, authorization: str | None) -> str:
         """Returns the caller's token name ("" when the graph has no auth); counts the outcome.
@@ -172,12 +220,19 @@ class GraphIngress:
             infer = parse_infer_json(body, self.spec.limits)
             if infer.request_id:
                 request_id = check_request_id(infer.request_id)
+            traceparent, tracestate = request.headers.get(TRACEPARENT), request.headers.get(TRACESTATE)
             if suffix == "stream":
-                return StreamingResponse(self._http_stream(infer, request_id, caller),
+                trace = self._trace(traceparent, tracestate, f"POST /{self.spec.name}/stream", caller)
+                if trace is not None:
+                    headers.update(trace.response_headers())
+                return StreamingResponse(self._http_stream(infer, request_id, caller, trace),
                                          media_type="application/x-ndjson", headers=headers)
             if suffix != self.spec.name:
                 raise NotFound(f"unknown route {request.url.path}")
-            response = await self._infer(infer, request_id)
+            trace = self._trace(traceparent, tracestate, f"POST /{self.spec.name}", caller)
+            if trace is not None:
+                headers.update(trace.response_headers())  # error answers tell the trace too
+            response = await self._infer(infer, request_id, trace=trace)
             response.trace.caller = caller
             return Response(to_json(response), media_type=_JSON, headers=headers)
         except Exception as exc:
@@ -205,17 +260,19 @@ class GraphIngress:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    async def _http_stream(self, infer: svc.InferRequest, request_id: str, caller: str) -> AsyncIterator[bytes]:
-        async for event in self._events(infer, request_id, caller):
+    async def _http_stream(self, infer: svc.InferRequest, request_id: str, caller: str,
+                           trace: RequestTrace | None = None) -> AsyncIterator[bytes]:
+        async for event in self._events(infer, request_id, caller, trace):
             if isinstance(event, ModelweaveError):
                 yield error_body(event, request_id) + b"\n"
                 return
             yield to_json(event) + b"\n"
 
-    async def _events(self, infer: svc.InferRequest, request_id: str, caller: str = "") -> AsyncIterator[Any]:
+    async def _events(self, infer: svc.InferRequest, request_id: str, caller: str = "",
+                      trace: RequestTrace | None = None) -> AsyncIterator[Any]:
         """Yields an InferEvent per finished hop, then the result (or a typed error)."""
         queue: asyncio.Queue[pb.Span] = asyncio.Queue()
-        task = asyncio.ensure_future(self._infer(infer, request_id, on_span=queue.put_nowait))
+        task = asyncio.ensure_future(self._infer(infer, request_id, on_span=queue.put_nowait, trace=trace))
         try:
             while True:
                 getter = asyncio.ensure_future(queue.get())
@@ -243,14 +300,16 @@ class GraphIngress:
     async def Infer(self, request: svc.InferRequest, grpc_context: RayServegRPCContext) -> svc.InferResponse:  # noqa: N802
         """Unary inference."""
         request_id = new_request_id()
+        trace = None
         try:
             caller = self._grpc_caller(grpc_context)
             request_id = self._grpc_request_id(request, grpc_context)
-            response = await self._infer(request, request_id)
+            trace = self._grpc_trace(grpc_context, "Infer", caller)
+            response = await self._infer(request, request_id, trace=trace)
             response.trace.caller = caller
             return response
         except Exception as exc:
-            self._set_grpc_error(grpc_context, self._typed(exc), request_id)
+            self._set_grpc_error(grpc_context, self._typed(exc), request_id, trace)
             return svc.InferResponse()
 
     async def InferStream(  # noqa: N802
@@ -264,9 +323,10 @@ class GraphIngress:
         except ModelweaveError as exc:
             self._set_grpc_error(grpc_context, exc, request_id)
             raise
-        async for event in self._events(request, request_id, caller):
+        trace = self._grpc_trace(grpc_context, "InferStream", caller)
+        async for event in self._events(request, request_id, caller, trace):
             if isinstance(event, ModelweaveError):
-                self._set_grpc_error(grpc_context, event, request_id)
+                self._set_grpc_error(grpc_context, event, request_id, trace)
                 # A stream's status travels with its messages; with none yet sent, Serve only
                 # carries the code we set when the method raises (it then keeps our code).
                 raise event
@@ -288,6 +348,15 @@ class GraphIngress:
         metadata = dict(grpc_context.invocation_metadata())
         return self._authenticate(metadata.get("authorization"))
 
+    def _grpc_trace(self, grpc_context: RayServegRPCContext, method: str, caller: str) -> RequestTrace | None:
+        """The request's trace context from the traceparent / tracestate metadata; told back in trailers."""
+        metadata = dict(grpc_context.invocation_metadata())
+        trace = self._trace(metadata.get(TRACEPARENT), metadata.get(TRACESTATE),
+                            f"modelweave.v1.GraphService/{method}", caller)
+        if trace is not None and trace.span is not None:
+            grpc_context.set_trailing_metadata(trace.response_headers())
+        return trace
+
     @staticmethod
     def _grpc_request_id(request: svc.InferRequest, grpc_context: RayServegRPCContext) -> str:
         if request.request_id:
@@ -296,12 +365,15 @@ class GraphIngress:
         return check_request_id(transport_id, "request_id metadata") if transport_id else new_request_id()
 
     @staticmethod
-    def _set_grpc_error(grpc_context: RayServegRPCContext, err: ModelweaveError, request_id: str = "") -> None:
+    def _set_grpc_error(grpc_context: RayServegRPCContext, err: ModelweaveError, request_id: str = "",
+                        trace: RequestTrace | None = None) -> None:
         grpc_context.set_code(GRPC_STATUS.get(err.status, grpc.StatusCode.INTERNAL))
         message = public_message(err, request_id)
         grpc_context.set_details(f"{message} (node {err.node})" if err.node else message)
         if isinstance(err, Unavailable):
-            grpc_context.set_trailing_metadata([("retry-after", str(_retry_after(err)))])
+            # Replaces the trailers set so far (Serve keeps only the last call's): repeat traceparent.
+            trailers = trace.response_headers() if trace is not None else []
+            grpc_context.set_trailing_metadata([("retry-after", str(_retry_after(err))), *trailers])
 
 
 def _retry_after(err: Unavailable) -> int:

@@ -10,7 +10,7 @@ from typing import Any
 
 from ray.util import metrics as ray_metrics
 
-from modelweave.observe import ATTEMPT_BOUNDARIES, LATENCY_MS_BOUNDARIES
+from modelweave.observe import ATTEMPT_BOUNDARIES, LATENCY_MS_BOUNDARIES, SHADOW_DELTA_BOUNDARIES
 
 _COST_BOUNDARIES: list[float] = [0.5, 1, 2, 3, 5, 8, 13, 21, 34, 55, 100]
 
@@ -29,12 +29,17 @@ _SERIES: dict[str, tuple[str, str, tuple[str, ...], list[float] | None]] = {
     "validation_verdicts_total": ("counter", "Final verdicts of validate nodes", ("graph", "node", "verdict"), None),
     "validation_attempts": ("histogram", "Attempts used by validate nodes", ("graph", "node"), ATTEMPT_BOUNDARIES),
     "escalations_total": ("counter", "Validate nodes that escalated", ("graph", "node"), None),
-    "cache_lookups_total": ("counter", "Cache lookups by result (hit, miss, guard_rejected: a semantic near-hit the guard refused)", ("graph", "node", "result"), None),
+    "cache_lookups_total": ("counter", "Cache lookups by result (hit, miss, guard_rejected: a semantic near-hit "
+                            "the guard refused)", ("graph", "node", "result"), None),
     "modelled_cost_total": ("counter", "Modelled cost units spent per model node", ("graph", "node"), None),
     "feedback_value": ("gauge", "Current value of a feedback variable", ("graph", "state"), None),
     "requests_shed_total": ("counter", "Requests shed by admission control", ("graph", "reason"), None),
     "model_retries_total": ("counter", "Model calls retried after their replica was lost", ("graph", "node"),
                             None),
+    "shadow_comparisons_total": ("counter", "Shadow mirrors per compared field: equal, differ, error or shed",
+                                 ("graph", "node", "candidate", "field", "result"), None),
+    "shadow_score_delta": ("histogram", "Shadow mirrors: |candidate - primary| of a numeric compared field",
+                           ("graph", "node", "candidate", "field"), SHADOW_DELTA_BOUNDARIES),
     "state_errors_total": ("counter", "State-actor calls answered degraded (miss / last value)",
                            ("graph", "op", "reason"), None),
 }

@@ -14,7 +14,7 @@ from modelweave.layout import Layout
 from modelweave.local import LocalCaller
 from modelweave.model_calls import Outcome
 from modelweave.spec import ModelNode
-from modelweave.trace import request_deadline
+from modelweave.trace import request_deadline, request_trace
 from modelweave.v1 import messages_pb2 as pb
 
 #: Failures where the call did not complete because its replica went away: another
@@ -29,8 +29,10 @@ class ServeCaller:
 
     Each call carries the request's wall-clock deadline (see
     :data:`modelweave.trace.request_deadline`) so the replica skips work whose caller has
-    gone. Cancelling the awaiting task (deadline, client gone) cancels the Serve request:
-    Serve drops it from the caller's queue or cancels it on the replica.
+    gone, and calls to one-model deployments its W3C trace context
+    (:data:`modelweave.trace.request_trace`). Cancelling the awaiting task (deadline, client
+    gone) cancels the Serve request: Serve drops it from the caller's queue or cancels it on
+    the replica.
 
     Args:
         handles: Deployment handle per deployment name (per model node name without ``layout``).
@@ -52,7 +54,8 @@ class ServeCaller:
         home = self._home(model.name)
         handle = self.handles[home]
         if home == model.name and not self._grouped(home):
-            return await self._typed(model.name, handle.remote(message, request_deadline.get()))
+            # One-model deployments also get the W3C trace context, for adapters that call out.
+            return await self._typed(model.name, handle.remote(message, request_deadline.get(), request_trace.get()))
         return await self._typed(model.name, handle.remote(message, request_deadline.get(), model.name))
 
     async def call_many(self, models: Sequence[ModelNode], message: pb.Message) -> list[Outcome]:

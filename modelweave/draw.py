@@ -40,11 +40,12 @@ _EDGE_STYLES: dict[str, tuple[str, str, str]] = {
     "retry": ("#d97706", "dashed", "validate loop"),
     "escalate": ("#be185d", "solid", "escalation"),
     "hit": ("#7e22ce", "dotted", "cache hit"),
+    "mirror": ("#0369a1", "dotted", "shadow mirror (off the request path)"),
 }
 _MERMAID_SHAPES = {**{k: kind.shape for k, kind in KINDS.items()}, "join": ('(("', '"))'),
                    "input": ('(["', '"])'), "output": ('(["', '"])')}
 _MERMAID_ARROWS = {"flow": "-->", "branch": "-->", "fallback": "-.->", "retry": "-.->", "escalate": "==>",
-                   "hit": "-.->"}
+                   "hit": "-.->", "mirror": "-.->"}
 
 #: Font sizes in points; images are written at 100 dpi, so 9 pt is 12.5 px (readable at 1920 px wide).
 _DPI = 100

@@ -29,8 +29,9 @@ class NodeStats:
 
 
 #: How an edge is drawn: the plain flow, a route branch, the error fallback, the
-#: validate loop, the escalation after failed validation, and the cache-hit bypass.
-EdgeStyle = Literal["flow", "branch", "fallback", "retry", "escalate", "hit"]
+#: validate loop, the escalation after failed validation, the cache-hit bypass, and a
+#: shadow's mirror (off the request path).
+EdgeStyle = Literal["flow", "branch", "fallback", "retry", "escalate", "hit", "mirror"]
 
 #: Kinds of boxes: node kinds (``node.kind``), plus "join" (a parallel's aggregate), "input" and "output".
 BoxKind = str

@@ -24,8 +24,10 @@ from modelweave.errors import DeadlineExceeded, InvalidArgument, ModelweaveError
 from modelweave.messages import PART_FIELDS, clone, part_name
 from modelweave.nodes import kind_of
 from modelweave.nodes.model import ModelReply
+from modelweave.nodes.shadow import Mirrors
 from modelweave.retry import RetryBudget
 from modelweave.semantic_cache import MemorySemanticCache, SemanticCacheBackend, SemanticIndex
+from modelweave.shadow_outcome import ShadowOutcome
 from modelweave.spec import AdaptiveValue, CacheNode, ModelNode, Node
 from modelweave.state import CacheBackend, MemoryCache, MemoryState, StateStore
 from modelweave.trace import RequestContext, new_request_id, request_deadline
@@ -79,6 +81,10 @@ class Executor:
             a remote store costs one call per interval, not one per request.
         retry_budget: Bounds retries of calls whose replica was lost (default: 20 % of
             requests plus 10 per second).
+        on_shadow: Receives the outcome of every mirrored run of a ``shadow`` node.
+        shadow_inline: Shadow nodes wait for their candidates before answering, so no
+            mirrored work is lost when the process ends (batch, eval); False (the ingress)
+            leaves them running in the background, off the request path.
     """
 
     def __init__(
@@ -91,12 +97,16 @@ class Executor:
         state: StateStore | None = None,
         state_refresh_s: float = 1.0,
         retry_budget: RetryBudget | None = None,
+        on_shadow: Callable[[ShadowOutcome], None] | None = None,
+        shadow_inline: bool = True,
     ) -> None:
         self.graph = graph
         self.retry_budget = retry_budget or RetryBudget()
         #: Typical (smoothed) seconds of a successful call, per model node name.
         self.hop_s: dict[str, float] = {}
         self.caller = caller
+        #: Mirrored runs of shadow nodes in flight, their counters and outcome delivery.
+        self.mirrors = Mirrors(on_shadow, inline=shadow_inline)
         self.state = state or MemoryState()
         self._state_refresh_s = state_refresh_s
         self._state_cache: dict[str, tuple[float, float]] = {}

@@ -12,15 +12,20 @@ come from the graph file or a fixed set, so cardinality stays bounded.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from modelweave.checker import CheckedGraph
 from modelweave.nodes.cache import GUARD_REJECTED
 from modelweave.spec import ModelNode
 from modelweave.v1 import messages_pb2 as pb
 
+if TYPE_CHECKING:
+    from modelweave.shadow_outcome import ShadowOutcome
+
 #: Latency histogram boundaries in milliseconds.
 LATENCY_MS_BOUNDARIES: list[float] = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000]
+#: Boundaries of |candidate - primary| of a numeric field compared by a shadow node.
+SHADOW_DELTA_BOUNDARIES: list[float] = [0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0]
 #: Validation attempt histogram boundaries.
 ATTEMPT_BOUNDARIES: list[float] = [1, 2, 3, 4, 5, 6, 8, 10]
 
@@ -94,6 +99,23 @@ class TraceMetrics:
     def record_shed(self, reason: str) -> None:
         """Counts one request shed by admission control (``queue_full`` or ``deadline``)."""
         self.sink.inc("requests_shed_total", {"graph": self.graph, "reason": reason})
+
+    def record_shadow(self, outcome: ShadowOutcome) -> None:
+        """Counts one mirrored run of a shadow node: per compared field equal / differ, error or shed.
+
+        A run whose primary failed has nothing to compare and is not counted here (the
+        request's own metrics count the failure).
+        """
+        tags = {"graph": self.graph, "node": outcome.node, "candidate": outcome.candidate}
+        if outcome.result in ("error", "shed"):
+            for name in outcome.compare:
+                self.sink.inc("shadow_comparisons_total", {**tags, "field": name, "result": outcome.result})
+            return
+        for f in outcome.fields if outcome.result == "compared" else ():
+            self.sink.inc("shadow_comparisons_total",
+                          {**tags, "field": f.field, "result": "equal" if f.equal else "differ"})
+            if f.delta is not None:
+                self.sink.observe("shadow_score_delta", {**tags, "field": f.field}, abs(f.delta))
 
     def record_feedback(self, values: dict[str, float]) -> None:
         """Publishes the current feedback variables (e.g. an adaptive escalation threshold)."""

@@ -52,8 +52,8 @@ __all__ = [
     "NAME_PATTERN", "ActorOptions", "AdaptiveValue", "AdmissionSettings", "AggregateSpec", "AutoscalingSettings",
     "BatchOverrides", "BatchingSettings", "CacheNode", "ChainNode", "ChangeFeedback", "Condition",
     "DeploymentSettings", "FeedbackUpdate", "GraphSpec", "IngressSettings", "Limits", "ModelNode", "Node",
-    "NodeBase", "Operator", "ParallelNode", "RouteNode", "RouteRule", "SplitNode", "ValidateNode", "dump_graph", "load_graph",
-    "parse_graph", "queue_bound",
+    "NodeBase", "Operator", "ParallelNode", "RouteNode", "RouteRule", "SplitNode", "ValidateNode", "dump_graph",
+    "load_graph", "parse_graph", "queue_bound",
 ]
 
 

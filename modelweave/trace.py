@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
@@ -15,6 +16,49 @@ from modelweave.v1 import messages_pb2 as pb
 #: already given up (a ContextVar, so every caller protocol stays unchanged and parallel
 #: branches inherit it).
 request_deadline: ContextVar[float | None] = ContextVar("modelweave_request_deadline", default=None)
+
+#: W3C trace context ``(traceparent, tracestate)`` of the request the current task runs (see
+#: :mod:`modelweave.otel`). The ingress sets it; model callers send it along with every call,
+#: like the deadline, so adapters that call external services pass it on (:func:`trace_headers`).
+request_trace: ContextVar[tuple[str, str] | None] = ContextVar("modelweave_request_trace", default=None)
+
+#: Trace context per envelope (by identity) while a replica runs a batch: the rows of one batch
+#: belong to different requests.
+_row_traces: ContextVar[dict[int, tuple[str, str]] | None] = ContextVar("modelweave_row_traces", default=None)
+
+
+def trace_headers(message: pb.Message | None = None) -> dict[str, str]:
+    """HTTP headers (``traceparent``, ``tracestate``) that pass the request's trace on.
+
+    Args:
+        message: The envelope the outgoing call is made for (selects its row in a batch).
+
+    Returns:
+        The headers; empty when the request carries no trace context.
+    """
+    rows = _row_traces.get()
+    context = rows.get(id(message)) if rows is not None and message is not None else None
+    if context is None:
+        context = request_trace.get()
+    if context is None:
+        return {}
+    traceparent, tracestate = context
+    return {"traceparent": traceparent, "tracestate": tracestate} if tracestate else {"traceparent": traceparent}
+
+
+@contextmanager
+def row_traces(batch: Sequence[pb.Message], contexts: Sequence[tuple[str, str] | None]) -> Iterator[None]:
+    """Makes :func:`trace_headers` answer each envelope of ``batch`` with its own request's context.
+
+    Threads started inside (``asyncio.to_thread``) see it; the envelopes must be the same
+    objects the adapter gets.
+    """
+    rows = {id(m): c for m, c in zip(batch, contexts, strict=True) if c is not None}
+    token = _row_traces.set(rows or None)
+    try:
+        yield
+    finally:
+        _row_traces.reset(token)
 
 
 def new_request_id() -> str:

@@ -5,6 +5,8 @@ Works with anything that implements ``POST /v1/chat/completions`` or
 API). Requests of a batch run concurrently on a small thread pool; transient
 failures (connection errors, timeouts, HTTP 429 and 5xx) are retried with
 exponential backoff, other HTTP errors fail at once with the server's message.
+Every request carries the W3C trace context (``traceparent``) of the graph request
+it serves, when there is one.
 
 The API key is read from the environment variable named by ``api_key_env`` at
 ``load()`` time, so secrets never appear in graph files.
@@ -12,6 +14,7 @@ The API key is read from the environment variable named by ``api_key_env`` at
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import os
@@ -32,6 +35,7 @@ from modelweave.errors import (
     ModelError,
     Unavailable,
 )
+from modelweave.trace import trace_headers
 from modelweave.v1 import messages_pb2 as pb
 
 _JSON_OBJECT = re.compile(r"\{.*\}", re.DOTALL)
@@ -154,8 +158,14 @@ class _OpenAIBase(ModelAdapter):
         if response.status_code >= 300:
             raise Unavailable(f"{type(self).__name__}: health probe answered HTTP {response.status_code}")
 
-    def complete(self, prompt: str) -> tuple[str, dict[str, Any]]:
-        """Sends one prompt and returns ``(text, full response JSON)``."""
+    def complete(self, prompt: str, headers: Mapping[str, str] | None = None) -> tuple[str, dict[str, Any]]:
+        """Sends one prompt and returns ``(text, full response JSON)``.
+
+        Args:
+            prompt: The user prompt.
+            headers: Extra headers of this request (the W3C trace context of the request it
+                serves, :func:`modelweave.trace.trace_headers`).
+        """
         p = self.params
         body: dict[str, Any] = {"model": p.model, "max_tokens": p.max_tokens, "temperature": p.temperature}
         if p.stop:
@@ -169,7 +179,7 @@ class _OpenAIBase(ModelAdapter):
             body["prompt"] = f"{p.system_prompt}\n\n{prompt}" if p.system_prompt else prompt
             path = "/completions"
         body.update(p.extra_body)
-        reply = self._post(path, body)
+        reply = self._post(path, body, headers)
         try:
             choice = reply["choices"][0]
             text = choice["message"]["content"] if p.endpoint == "chat" else choice["text"]
@@ -177,7 +187,7 @@ class _OpenAIBase(ModelAdapter):
             raise Unavailable(f"{type(self).__name__}: malformed reply {json.dumps(reply)[:200]}") from None
         return str(text or ""), reply
 
-    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    def _post(self, path: str, body: dict[str, Any], headers: Mapping[str, str] | None = None) -> dict[str, Any]:
         import httpx
 
         if self._client is None:
@@ -188,7 +198,7 @@ class _OpenAIBase(ModelAdapter):
         for attempt in range(p.max_retries + 1):
             delay = p.backoff_s * (2**attempt)
             try:
-                response = self._client.post(path, json=body)
+                response = self._client.post(path, json=body, headers=headers or None)
             except httpx.TimeoutException as exc:
                 last, timed_out = f"timeout after {p.timeout_s}s ({type(exc).__name__})", True
             except httpx.TransportError as exc:
@@ -225,7 +235,10 @@ class _OpenAIBase(ModelAdapter):
             raise FailedPrecondition(f"{type(self).__name__} is not loaded")
         if len(batch) == 1:
             return [fn(batch[0])]
-        return list(self._pool.map(fn, batch))
+        # Pool threads do not inherit context variables (the rows' trace context): each
+        # task runs in a copy of the caller's context.
+        contexts = [contextvars.copy_context() for _ in batch]
+        return list(self._pool.map(lambda context, m: context.run(fn, m), contexts, batch))
 
 
 def quoted_metadata(envelope: pb.Message) -> dict[str, str]:
@@ -274,7 +287,7 @@ class OpenAIGenerator(_OpenAIBase):
         )
         if m.HasField("verdict") and not m.verdict.passed:
             prompt += self.params.feedback_template.format(reason=m.verdict.reason, previous=m.generation.text)
-        text, reply = self.complete(prompt)
+        text, reply = self.complete(prompt, trace_headers(m))
         usage = reply.get("usage") or {}
         return pb.Generation(
             text=text.strip(),
@@ -374,7 +387,7 @@ class OpenAIJudge(_OpenAIBase):
             attempt=_attempt(m),
             metadata=quoted_metadata(m),
         )
-        reply, _ = self.complete(prompt)
+        reply, _ = self.complete(prompt, trace_headers(m))
         passed, score, reason = parse_verdict(reply, self.params.pass_threshold)
         return pb.Verdict(passed=passed, score=score, reason=reason, validator=f"llm-judge:{self.params.model}")
 

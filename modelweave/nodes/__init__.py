@@ -15,12 +15,14 @@ from modelweave.nodes.chain import ChainKind
 from modelweave.nodes.model import ModelKind
 from modelweave.nodes.parallel import ParallelKind
 from modelweave.nodes.route import RouteKind
+from modelweave.nodes.shadow import ShadowKind
 from modelweave.nodes.split import SplitKind
 from modelweave.nodes.validate import ValidateKind
 
 _ALL: tuple[NodeKind, ...] = (
     ModelKind(), ChainKind(), ParallelKind(), RouteKind(), ValidateKind(), CacheKind(),
     SplitKind(),
+    ShadowKind(),
 )
 
 #: Every node kind by its ``kind:`` tag, in schema order.

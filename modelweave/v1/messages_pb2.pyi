@@ -179,13 +179,15 @@ class Span(_message.Message):
     def __init__(self, node: _Optional[str] = ..., kind: _Optional[str] = ..., model: _Optional[str] = ..., attempt: _Optional[int] = ..., start_ms: _Optional[float] = ..., latency_ms: _Optional[float] = ..., route: _Optional[str] = ..., verdict: _Optional[str] = ..., cache_hit: _Optional[bool] = ..., error: _Optional[str] = ..., detail: _Optional[str] = ..., cpu_ms: _Optional[float] = ..., retry: _Optional[int] = ...) -> None: ...
 
 class Trace(_message.Message):
-    __slots__ = ("request_id", "spans", "total_ms", "caller")
+    __slots__ = ("request_id", "spans", "total_ms", "caller", "trace_id")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     SPANS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
     CALLER_FIELD_NUMBER: _ClassVar[int]
+    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     spans: _containers.RepeatedCompositeFieldContainer[Span]
     total_ms: float
     caller: str
-    def __init__(self, request_id: _Optional[str] = ..., spans: _Optional[_Iterable[_Union[Span, _Mapping]]] = ..., total_ms: _Optional[float] = ..., caller: _Optional[str] = ...) -> None: ...
+    trace_id: str
+    def __init__(self, request_id: _Optional[str] = ..., spans: _Optional[_Iterable[_Union[Span, _Mapping]]] = ..., total_ms: _Optional[float] = ..., caller: _Optional[str] = ..., trace_id: _Optional[str] = ...) -> None: ...
