@@ -24,6 +24,7 @@ from modelweave.group_calls import run_members
 from modelweave.messages import part_name
 from modelweave.model_calls import Outcome, predict_rows
 from modelweave.spec import ModelNode
+from modelweave.trace import row_traces
 from modelweave.v1 import messages_pb2 as pb
 
 
@@ -52,23 +53,32 @@ class GroupDeployment:
                 loaded[key].load()
             self.adapters[node.name] = loaded[key]
 
-    async def __call__(self, message: pb.Message, deadline: float | None = None, model: str = "") -> ModelReply:
+    async def __call__(self, message: pb.Message, deadline: float | None = None, model: str = "",
+                       trace: tuple[str, str] | None = None) -> ModelReply:
         """Answers one envelope for group member ``model``.
+
+        Args:
+            message: The envelope.
+            deadline: The request's wall-clock (Unix) deadline, if any.
+            model: The group member to run.
+            trace: The request's W3C ``(traceparent, tracestate)``, if any.
 
         Raises:
             ModelweaveError: this call's own failure (DEADLINE_EXCEEDED when skipped).
         """
         adapter = self._adapter(model)
-        if adapter.blocking:
-            # CPU-bound models run in a thread so the replica keeps serving health checks.
-            outcome = (await asyncio.to_thread(predict_rows, adapter, [message], [deadline]))[0]
-        else:
-            outcome = predict_rows(adapter, [message], [deadline])[0]
+        with row_traces([message], [trace]):  # the thread below inherits it
+            if adapter.blocking:
+                # CPU-bound models run in a thread so the replica keeps serving health checks.
+                outcome = (await asyncio.to_thread(predict_rows, adapter, [message], [deadline]))[0]
+            else:
+                outcome = predict_rows(adapter, [message], [deadline])[0]
         if isinstance(outcome, ModelweaveError):
             raise outcome
         return outcome
 
-    async def call_many(self, message: pb.Message, deadline: float | None, models: Sequence[str]) -> list[Outcome]:
+    async def call_many(self, message: pb.Message, deadline: float | None, models: Sequence[str],
+                        trace: tuple[str, str] | None = None) -> list[Outcome]:
         """Runs group members ``models`` in order on one envelope.
 
         Returns:
@@ -76,9 +86,10 @@ class GroupDeployment:
             executor still gets the spans of the members before the failure.
         """
         members = [(name, self.produces[name], self._adapter(name)) for name in models]
-        if any(adapter.blocking for _, _, adapter in members):
-            return await asyncio.to_thread(run_members, members, message, deadline)
-        return run_members(members, message, deadline)
+        with row_traces([message], [trace]):
+            if any(adapter.blocking for _, _, adapter in members):
+                return await asyncio.to_thread(run_members, members, message, deadline)
+            return run_members(members, message, deadline)
 
     def _adapter(self, model: str) -> ModelAdapter:
         adapter = self.adapters.get(model)

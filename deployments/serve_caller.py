@@ -29,7 +29,7 @@ class ServeCaller:
 
     Each call carries the request's wall-clock deadline (see
     :data:`modelweave.trace.request_deadline`) so the replica skips work whose caller has
-    gone, and calls to one-model deployments its W3C trace context
+    gone, and its W3C trace context
     (:data:`modelweave.trace.request_trace`). Cancelling the awaiting task (deadline, client
     gone) cancels the Serve request: Serve drops it from the caller's queue or cancels it on
     the replica.
@@ -54,9 +54,10 @@ class ServeCaller:
         home = self._home(model.name)
         handle = self.handles[home]
         if home == model.name and not self._grouped(home):
-            # One-model deployments also get the W3C trace context, for adapters that call out.
+            # The W3C trace context goes along for adapters that call out (modelweave.trace.trace_headers).
             return await self._typed(model.name, handle.remote(message, request_deadline.get(), request_trace.get()))
-        return await self._typed(model.name, handle.remote(message, request_deadline.get(), model.name))
+        return await self._typed(model.name, handle.remote(message, request_deadline.get(), model.name,
+                                                           request_trace.get()))
 
     async def call_many(self, models: Sequence[ModelNode], message: pb.Message) -> list[Outcome]:
         """Sends a run of consecutive members of one group as one call (see :mod:`modelweave.group_calls`)."""
@@ -65,7 +66,7 @@ class ServeCaller:
         handle = self._many.get(home)
         if handle is None:
             handle = self._many[home] = self.handles[home].options(method_name="call_many")
-        return await self._typed(names[0], handle.remote(message, request_deadline.get(), names))
+        return await self._typed(names[0], handle.remote(message, request_deadline.get(), names, request_trace.get()))
 
     def _home(self, name: str) -> str:
         home = self.layout.home.get(name, name) if self.layout is not None else name
