@@ -11,9 +11,13 @@ Cost: lookup latency of :class:`SemanticIndex` at 10k and 50k entries (384 dims)
 ``--actor``, the round trip of a semantic lookup through a Ray actor versus an exact-key get.
 BLAS runs single-threaded (as in Ray workers, which get ``OMP_NUM_THREADS=1``): on a busy
 2-core host a multi-threaded OpenBLAS matrix-vector product waits ~20 ms for its threads.
-Run from the repository root::
+``semantic_cache_pairs_heldout.jsonl`` is a second, held-out set (other support domains, typos,
+long messages, some fr/de/es) written without looking at the guard's rules, so its numbers are
+the honest ones; the shipped set was used to tune the guard. Run from the repository root::
 
     python benchmarks/semantic_cache.py            # quality table + in-process lookup cost
+    python benchmarks/semantic_cache.py --heldout  # the same on the held-out set
+    python benchmarks/semantic_cache.py --pairs A.jsonl B.jsonl --no-cost  # tables for both files
     python benchmarks/semantic_cache.py --actor    # plus the Ray actor round trip (starts local Ray)
 """
 
@@ -34,14 +38,17 @@ import numpy as np  # noqa: E402
 
 from modelweave.semantic_cache import SemanticIndex  # noqa: E402
 
-PAIRS = pathlib.Path(__file__).resolve().parents[1] / "modelweave/apps/triage/assets/semantic_cache_pairs.jsonl"
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+ASSETS = ROOT / "modelweave/apps/triage/assets"
+PAIRS = ASSETS / "semantic_cache_pairs.jsonl"
+HELDOUT = ASSETS / "semantic_cache_pairs_heldout.jsonl"
 THRESHOLDS = (0.70, 0.75, 0.80, 0.85, 0.88, 0.90, 0.92, 0.95)
 MISS_KINDS = ("negation", "number", "entity", "opposite", "intent")
 
 
-def load_pairs() -> list[dict[str, Any]]:
-    """The shipped pair set."""
-    return [json.loads(line) for line in PAIRS.read_text().splitlines() if line.strip()]
+def load_pairs(path: pathlib.Path = PAIRS) -> list[dict[str, Any]]:
+    """The pairs of one JSONL file (default: the shipped set)."""
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def embed(texts: list[str]) -> np.ndarray:
@@ -90,6 +97,34 @@ def rejected_paraphrases(pairs: list[dict[str, Any]], vec: dict[str, np.ndarray]
         if res.rejected is not None:
             out.append(f"  {res.rejected.score:.3f} {p['query']!r} vs {p['cached']!r}: {res.reason}")
     return out
+
+
+def leaked_false_hits(pairs: list[dict[str, Any]], vec: dict[str, np.ndarray], thr: float) -> list[str]:
+    """Must-not-hit pairs served with the guard on at ``thr`` (what the guard let through)."""
+    out = []
+    for p in pairs:
+        if p["should_hit"]:
+            continue
+        index = SemanticIndex(thr)
+        index.store(vec[p["cached"]], p["cached"], b"x")
+        res = index.search(vec[p["query"]], p["query"])
+        if res.hit is not None:
+            out.append(f"  {res.hit.score:.3f} [{p['kind']}] {p['query']!r} vs {p['cached']!r}")
+    return out
+
+
+def report(path: pathlib.Path, vec: dict[str, np.ndarray], pairs: list[dict[str, Any]]) -> list[str]:
+    """Quality table plus the guard's errors at 0.75 for one pair file."""
+    kinds = Counter(p["kind"] for p in pairs)
+    path = path.resolve()
+    name = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+    return [f"== {name}: {len(pairs)} pairs: " + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())),
+            "hit% = should-hit pairs served; false% = must-not-hit pairs served (per kind: served/total);",
+            "", *quality(pairs, vec),
+            "", "paraphrases refused by the guard at 0.75:",
+            *(rejected_paraphrases(pairs, vec, 0.75) or ["  none"]),
+            "", "must-not-hit pairs served with the guard on at 0.75:",
+            *(leaked_false_hits(pairs, vec, 0.75) or ["  none"]), ""]
 
 
 def lookup_cost(sizes: tuple[int, ...] = (10_000, 50_000), dim: int = 384, n: int = 300) -> list[str]:
@@ -161,20 +196,23 @@ def main() -> None:
     """Prints the quality table and the cost lines."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--actor", action="store_true", help="also measure the Ray actor round trip")
+    parser.add_argument("--pairs", nargs="+", type=pathlib.Path, metavar="FILE",
+                        help=f"pair files to measure, one table each (default {PAIRS.name})")
+    parser.add_argument("--heldout", action="store_true", help=f"measure {HELDOUT.name} instead")
+    parser.add_argument("--no-cost", action="store_true", help="skip the in-process lookup cost")
     args = parser.parse_args()
-    pairs = load_pairs()
-    texts = sorted({p["query"] for p in pairs} | {p["cached"] for p in pairs})
-    vectors = embed(texts)
+    if args.pairs and args.heldout:
+        parser.error("--pairs and --heldout are exclusive")
+    paths: list[pathlib.Path] = args.pairs or [HELDOUT if args.heldout else PAIRS]
+    sets = [(path, load_pairs(path)) for path in paths]
+    texts = sorted({p[key] for _, pairs in sets for p in pairs for key in ("query", "cached")})
+    vectors = embed(texts)  # one model load and one batch for all files
     vec = dict(zip(texts, vectors, strict=True))
-    kinds = Counter(p["kind"] for p in pairs)
-    print(f"{len(pairs)} pairs: " + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())))
-    print("hit% = should-hit pairs served; false% = must-not-hit pairs served (per kind: served/total);")
-    print()
-    print("\n".join(quality(pairs, vec)))
-    print("\nparaphrases refused by the guard at 0.75:")
-    print("\n".join(rejected_paraphrases(pairs, vec, 0.75)) or "  none")
-    print("\nin-process SemanticIndex cost:")
-    print("\n".join(lookup_cost()))
+    for path, pairs in sets:
+        print("\n".join(report(path, vec, pairs)))
+    if not args.no_cost:
+        print("in-process SemanticIndex cost:")
+        print("\n".join(lookup_cost()))
     if args.actor:
         print("\nstate actor round trip:")
         print("\n".join(actor_cost()))
