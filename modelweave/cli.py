@@ -14,6 +14,7 @@ import yaml
 
 from modelweave.checker import CheckedGraph, check_graph
 from modelweave.cli_cluster import fit_options
+from modelweave.cli_eval import eval_command
 from modelweave.cli_security import edge_options, secure
 from modelweave.errors import ModelweaveError
 from modelweave.layout import verbose_lines
@@ -21,7 +22,7 @@ from modelweave.messages import full_name
 from modelweave.spec import GraphSpec, load_graph
 
 
-def _load_checked(paths: tuple[str, ...]) -> list[CheckedGraph]:
+def load_checked(paths: tuple[str, ...]) -> list[CheckedGraph]:
     """Loads and type-checks every graph before any side effect; exits 2 on a bad graph."""
     checked = []
     names: set[str] = set()
@@ -50,7 +51,7 @@ def main() -> None:
 @click.option("-v", "--verbose", is_flag=True, help="print every node with its message types")
 def check(graphs: tuple[str, ...], verbose: bool) -> None:
     """Validate and type-check GRAPHS (YAML files) without starting anything."""
-    for graph in _load_checked(graphs):
+    for graph in load_checked(graphs):
         spec = graph.spec
         ins = ", ".join(sorted(full_name(t) for t in graph.nodes[f"{spec.name}/{spec.flow.name}"].available_in))
         outs = ", ".join(sorted(full_name(t) for t in graph.output_types))
@@ -107,7 +108,7 @@ def prepare(graphs: tuple[str, ...], data_dir: str | None, quiet: bool, publish_
 
     directory = resolve_data_dir(data_dir)
     sets = []
-    for graph in _load_checked(graphs):
+    for graph in load_checked(graphs):
         sets += run_prepare_hooks(graph.spec, directory, progress=not quiet, log=lambda m: click.echo(m, err=True))
     click.echo(f"prepared: {directory}")
     if publish_to:
@@ -131,7 +132,7 @@ def build(graphs: tuple[str, ...], output: str, host: str, http_port: int, grpc_
     """Write a Ray Serve config that plain `serve run FILE` / `serve deploy FILE` accept."""
     from modelweave.cli_cluster import apply_profile, check_build_fit
 
-    checked = _load_checked(graphs)
+    checked = load_checked(graphs)
     specs, tls = secure([g.spec for g in checked], host, auth_tokens, insecure, tls_cert, tls_key)
     specs, profile_note = apply_profile(specs, profile, num_cpus)
     check_build_fit(specs, num_cpus=num_cpus, address=address, profile=profile, force=force)
@@ -168,7 +169,7 @@ def run(graphs: tuple[str, ...], host: str, http_port: int, grpc_port: int, dash
     from modelweave.prepare import DATA_DIR_ENV, run_prepare_hooks
     from modelweave.prepare import data_dir as resolve_data_dir
 
-    checked = _load_checked(graphs)
+    checked = load_checked(graphs)
     specs, tls = secure([g.spec for g in checked], host, auth_tokens, insecure, tls_cert, tls_key)
     specs, _ = apply_profile(specs, profile, num_cpus, echo=True)
     if not auth_tokens:
@@ -224,7 +225,7 @@ def draw(graph: str, output: str | None, mermaid_path: str | None, stats_source:
 
     from modelweave.draw import NodeStats, render_image, stats_from_prometheus, to_mermaid
 
-    checked = _load_checked((graph,))[0]
+    checked = load_checked((graph,))[0]
     stats = None
     if stats_source:
         if stats_source.startswith(("http://", "https://")):
@@ -250,76 +251,6 @@ def draw(graph: str, output: str | None, mermaid_path: str | None, stats_source:
     if output:
         render_image(checked, output, stats)
         click.echo(f"wrote {output}", err=True)
-
-
-@main.command(name="eval")
-@click.argument("graphs", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--data", "data_path", required=True, help="labelled dataset (.parquet, .csv, .jsonl)")
-@click.option("--text-column", default=None, help="input column holding the text (default: derived, `text`)")
-@click.option("--column", "columns", multiple=True, metavar="PART=COLUMN",
-              help="map an input part to a column: Text=body, Embedding=features, Tensor[.NAME]=pixels (repeatable)")
-@click.option("--message-column", default=None, help="column holding the whole input message as protobuf JSON")
-@click.option("--label-column", default="label", show_default=True)
-@click.option("--predicted", default="classification.label", show_default=True,
-              help="envelope field compared with the label column (e.g. classification.label, metadata.KEY)")
-@click.option("--limit", default=None, type=int, help="first N rows only")
-@click.option("--runner", type=click.Choice(["batch", "local"]), default="batch", show_default=True,
-              help="batch: Ray Data job (same executor as online); local: in this process")
-@click.option("--ablate", is_flag=True, help="also evaluate the last graph with each removable node taken out")
-@click.option("--markdown", "markdown_path", default=None, help="write the Markdown report here")
-@click.option("--plot", "plot_path", default=None, help="write a quality-vs-compute PNG here")
-@click.option("--json", "json_path", default=None, help="write the figures as JSON here")
-@click.option("--num-cpus", default=None, type=int, help="logical CPUs of the embedded Ray (batch runner)")
-def eval_command(graphs: tuple[str, ...], data_path: str, text_column: str | None, columns: tuple[str, ...],
-                 message_column: str | None, label_column: str, predicted: str, limit: int | None, runner: str,
-                 ablate: bool, markdown_path: str | None, plot_path: str | None, json_path: str | None,
-                 num_cpus: int | None) -> None:
-    """Compare graph versions (GRAPHS, in evolution order) on one labelled dataset.
-
-    Input columns map to each graph's input parts as in `modelweave batch`.
-    """
-    import json
-
-    from modelweave import evaluate as ev
-    from modelweave.batch.inputs import ColumnChoice, parse_column_flags
-    from modelweave.prepare import data_dir as resolve_data_dir
-    from modelweave.prepare import run_prepare_hooks
-    from modelweave.v1 import messages_pb2 as pb
-
-    checked = _load_checked(graphs)
-    head = predicted.split(".", 1)[0]
-    if head not in pb.Message.DESCRIPTOR.fields_by_name:
-        click.echo(f"error: --predicted {predicted}: {head!r} is not a field of the envelope (fields: "
-                   f"{', '.join(pb.Message.DESCRIPTOR.fields_by_name)})", err=True)
-        sys.exit(2)
-    try:
-        table, truths = ev.load_table(data_path, label_column, limit)
-        inputs = ev.TableInputs(table, ColumnChoice(parse_column_flags(columns), text_column, message_column))
-        for graph in checked:  # every version's input columns exist before anything loads
-            inputs.choice.derive(table.schema, graph)
-    except (OSError, ValueError, ModelweaveError) as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
-    directory = resolve_data_dir(None)
-    for graph in checked:
-        run_prepare_hooks(graph.spec, directory, log=lambda m: click.echo(m, err=True))
-    if runner == "batch":
-        import ray
-
-        if not ray.is_initialized():  # in-process callers (tests) may bring their own Ray
-            ray.init(address="local", num_cpus=num_cpus or max(4, os.cpu_count() or 1), include_dashboard=False,
-                     log_to_driver=False, namespace="modelweave")
-    click.echo(f"evaluating {len(checked)} version(s) on {table.num_rows} rows ({runner} runner)", err=True)
-    reports = ev.evaluate([(g.spec.name, g.spec) for g in checked], inputs, truths, runner=runner, ablate=ablate,
-                          label_field=predicted)
-    text = ev.markdown(reports, reach_of=ev.reach_nodes(reports)) + "\n" + ev.contributions(reports)
-    click.echo(text)
-    if markdown_path:
-        pathlib.Path(markdown_path).write_text(text, encoding="utf-8")
-    if plot_path:
-        ev.plot(reports, plot_path)
-    if json_path:
-        pathlib.Path(json_path).write_text(json.dumps([ev.as_dict(r) for r in reports], indent=2))
 
 
 @main.command()
@@ -392,6 +323,10 @@ def batch(graph: str, input_path: str, output_path: str, fmt: str | None, output
     click.echo(f"modelweave: wrote {output_path}")
     click.echo(summary.format())
     sys.exit(1 if summary.rows and summary.failures == summary.rows else 0)
+
+
+# Commands with modules of their own (kept out of this file to keep it small).
+main.add_command(eval_command)
 
 
 if __name__ == "__main__":  # pragma: no cover

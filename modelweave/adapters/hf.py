@@ -6,8 +6,8 @@ a minute before failing. These adapters therefore accept only an existing local
 directory, set ``HF_HUB_OFFLINE=1`` before importing the libraries and pass
 ``local_files_only=True``.
 
-Requires the optional ``torch`` stack (``scripts/install_models.sh --hf``); the
-imports happen in ``load()`` only.
+Requires the optional ``torch`` stack (the ``train`` extra, installed by
+``scripts/install_models.sh``); the imports happen in ``load()`` only.
 """
 
 from __future__ import annotations

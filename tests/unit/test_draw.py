@@ -80,7 +80,7 @@ def test_triage_branches_merge_back_into_the_next_step(triage: CheckedGraph) -> 
     # Parallel branches meet at the join (the aggregate), not at the next step.
     assert sources_into(drawing, f"{ensemble}#join") == {
         f"{ensemble}/minilm": "flow", f"{ensemble}/tfidf-second-opinion": "flow"}
-    assert drawing.nodes[f"{ensemble}#join"].lines == ["mean 0.3/0.7"]
+    assert drawing.nodes[f"{ensemble}#join"].lines == ["mean 0.45/0.55"]
     assert sources_into(drawing, f"{base}/answer-path") == {
         f"{base}/redaction/redact": "flow", f"{base}/redaction/redact-patterns": "flow"}
     answer = f"{base}/answer-path/answer/grounded"

@@ -33,6 +33,7 @@ TOKENIZER = str(Path(__file__).parent / "assets" / "tokenizer.json")
 MANIFEST = "manifest.json"
 TFIDF_MODEL = "sentiment_tfidf.joblib"
 HEAD_MODEL = "sentiment_minilm_head.joblib"
+FINETUNED_MODEL = "sentiment_finetuned.onnx"
 QA_INDEX = "qa_index.json"
 QA_ANSWER_VECTORS = "qa_answer_vectors.npy"
 QA_QUESTION_VECTORS = "qa_question_vectors.npy"

@@ -52,7 +52,7 @@ def evaluate_sentiment(data_dir: Path | None, limit: int | None = None, batch_si
     """Evaluates every sentiment tier and the cascade on the test split."""
     import numpy as np
 
-    from modelweave.apps.triage.sentiment import MiniLMSentiment, TfidfSentiment, VaderSentiment
+    from modelweave.apps.triage.sentiment import FineTunedSentiment, MiniLMSentiment, TfidfSentiment, VaderSentiment
 
     arts = art.Artifacts(data_dir)
     threshold = arts.calibration("cascade_threshold")
@@ -66,6 +66,8 @@ def evaluate_sentiment(data_dir: Path | None, limit: int | None = None, batch_si
         "tfidf-lr": TfidfSentiment(data_dir=ddir),
         "minilm-lr": MiniLMSentiment(data_dir=ddir, ensemble=False),
         "minilm-lr+tfidf": MiniLMSentiment(data_dir=ddir, ensemble=True),
+        "minilm-ft": FineTunedSentiment(data_dir=ddir),
+        "minilm-ft+tfidf": FineTunedSentiment(data_dir=ddir, ensemble=True),
     }
     rows, preds, conf = [], {}, {}
     for name, adapter in tiers.items():
@@ -79,24 +81,27 @@ def evaluate_sentiment(data_dir: Path | None, limit: int | None = None, batch_si
 
     # The cascade as a graph would run it: the cheap tier on everything, the
     # expensive tier only on what the cheap tier is unsure about.
-    cheap, expensive = tiers["tfidf-lr"], tiers["minilm-lr+tfidf"]
-    cheap_out, cpu1, wall1 = _run(cheap, envelopes, batch_size)
-    escalate = np.array([o.confidence < threshold for o in cheap_out])
-    picked = [e for e, up in zip(envelopes, escalate, strict=True) if up]
-    exp_out, cpu2, wall2 = _run(expensive, picked, batch_size)
-    pred = np.array([data.LABELS.index(o.label) for o in cheap_out])
-    pred[escalate] = [data.LABELS.index(o.label) for o in exp_out]
-    rows.append(
-        _row(
-            f"cascade tfidf->minilm+tfidf @{threshold:.2f}",
-            y,
-            pred,
-            cpu1 + cpu2,
-            wall1 + wall2,
-            n,
-            escalated=round(float(escalate.mean()), 4),
+    cascades = (("minilm-lr+tfidf", threshold, "minilm+tfidf"),
+                ("minilm-ft+tfidf", arts.calibration("finetuned_cascade_threshold"), "minilm-ft+tfidf"))
+    for tier, limit_t, label in cascades:
+        cheap, expensive = tiers["tfidf-lr"], tiers[tier]
+        cheap_out, cpu1, wall1 = _run(cheap, envelopes, batch_size)
+        escalate = np.array([o.confidence < limit_t for o in cheap_out])
+        picked = [e for e, up in zip(envelopes, escalate, strict=True) if up]
+        exp_out, cpu2, wall2 = _run(expensive, picked, batch_size)
+        pred = np.array([data.LABELS.index(o.label) for o in cheap_out])
+        pred[escalate] = [data.LABELS.index(o.label) for o in exp_out]
+        rows.append(
+            _row(
+                f"cascade tfidf->{label} @{limit_t:.2f}",
+                y,
+                pred,
+                cpu1 + cpu2,
+                wall1 + wall2,
+                n,
+                escalated=round(float(escalate.mean()), 4),
+            )
         )
-    )
     # Other thresholds, from the per-item predictions above (no extra model runs).
     curve = []
     for t in (0.5, 0.6, 0.7, 0.8, 0.9):

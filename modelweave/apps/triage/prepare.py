@@ -4,6 +4,9 @@ Artifacts (under ``<data_dir>/triage``):
 
 - ``sentiment_tfidf.joblib``: word 1-2 + char 2-5 TF-IDF -> logistic regression.
 - ``sentiment_minilm_head.joblib``: logistic regression on int8 MiniLM embeddings.
+- ``sentiment_router.joblib``: the learned router (:mod:`.router`), trained on validation.
+- ``sentiment_finetuned.onnx``: MiniLM-L6 fine-tuned on the training tweets (:mod:`.finetune`;
+  int8 unless that lost validation accuracy). Building it needs torch (the ``train`` extra).
 - ``qa_index.json`` + ``qa_*_vectors.npy``: chatterbot answers and questions, embedded.
 - ``manifest.json``: version, input hashes, artifact hashes, calibrated constants
   (temperatures, ensemble weight, cascade and grounding thresholds) and
@@ -33,7 +36,7 @@ from typing import Any
 from modelweave.adapters.onnx import resolve_path
 from modelweave.apps.triage import artifacts as art
 from modelweave.apps.triage import calibration as cal
-from modelweave.apps.triage import data
+from modelweave.apps.triage import data, finetune, router
 from modelweave.artifacts import swap_in
 
 #: Training recipe; part of the cache key, so editing it retrains.
@@ -43,7 +46,18 @@ RECIPE: dict[str, Any] = {
     # Embedding is the slow step (~110 tweets/s on 2 cores): calibrate the
     # expensive tier on a fixed validation subset instead of all 5.5k tweets.
     "validation_embed_size": 3000,
+    # The fine-tuned tier (finetune.py): the same 8k training tweets as the head, one epoch
+    # (2 cores: ~6-9 min). Learning rate chosen on validation (3,000 tweets, fp32): 5e-5 .766,
+    # 1e-4 .780 (`python -m modelweave.apps.triage.finetune_sweep 1e-4`). int8 replaces fp32
+    # unless it loses more than int8_tolerance validation accuracy.
+    "finetune": {
+        "lr": 1e-4, "epochs": 1, "batch_size": 32, "max_length": 128, "warmup": 0.1,
+        "weight_decay": 0.01, "dropout": 0.1, "seed": 20240611, "int8_tolerance": 0.005,
+    },
     "grounding_negative_seed": 20240611,
+    # The learned router (router.py): logistic regression predicting a TF-IDF error on the
+    # validation split; out-of-fold predictions (folds) choose its threshold.
+    "router": {"C": 1.0, "folds": 5, "seed": 20240611},
 }
 
 
@@ -53,6 +67,7 @@ def _inputs(limit: int | None) -> dict[str, Any]:
         "sources": data.source_fingerprint(),
         "onnx_model_sha256": art.file_sha256(resolve_path(art.ONNX_MODEL)),
         "tokenizer_sha256": art.file_sha256(Path(art.TOKENIZER)),
+        "finetune_base": finetune.base_model_fingerprint(),
         "scikit_learn": importlib.metadata.version("scikit-learn"),
         "recipe": RECIPE,
     }
@@ -109,7 +124,7 @@ def prepare(data_dir: Path, progress: bool = True, limit: int | None = None) -> 
         tmp.chmod(0o755)  # mkdtemp makes it private; replicas may run as other users
         try:
             started = time.perf_counter()
-            manifest = _build(tmp, limit, progress)
+            manifest = _build(tmp, limit, progress, previous=out)
             manifest["timings"]["total_s"] = round(time.perf_counter() - started, 2)
             manifest["version"] = art.ARTIFACT_VERSION
             manifest["inputs"] = inputs
@@ -156,7 +171,7 @@ def _embed(embedder: Any, texts: list[str], bar: Any, what: str) -> Any:
     return np.concatenate(parts) if parts else np.zeros((0, 384), dtype=np.float32)
 
 
-def _build(out: Path, limit: int | None, progress: bool) -> dict[str, Any]:
+def _build(out: Path, limit: int | None, progress: bool, previous: Path | None = None) -> dict[str, Any]:
     import joblib
     import numpy as np
     from sklearn.linear_model import LogisticRegression
@@ -212,6 +227,11 @@ def _build(out: Path, limit: int | None, progress: bool) -> dict[str, Any]:
     curve = {t: (a, e) for t, a, e in cal.cascade_curve(tfidf_sub, ensemble_sub, y_sub)}
     lap("calibration")
 
+    routing = router.build(out, tfidf, validation, apply_temperature(tfidf_val_raw, tfidf_temperature),
+                           [position[x.row_id] for x in val_embed], ensemble_sub, RECIPE["router"],
+                           cal.CASCADE_TOLERANCE)
+    lap("router")
+
     answer_vecs = _embed(embedder, answers, bar, "answers")
     question_vecs = _embed(embedder, questions, bar, "questions")
     answer_pos = {a: i for i, a in enumerate(answers)}
@@ -237,6 +257,17 @@ def _build(out: Path, limit: int | None, progress: bool) -> dict[str, Any]:
     bar.close()
     lap("qa_index")
 
+    tuned = _finetuned(out, head_train, val_embed, classes, y_sub, progress, previous, limit)
+    ft_sub = apply_temperature(tuned.pop("proba"), tuned["temperature"])
+    ft_weight = cal.fit_ensemble_weight(tfidf_sub, ft_sub, y_sub)
+    ft_ensemble = ft_weight * tfidf_sub + (1 - ft_weight) * ft_sub
+    ft_threshold = cal.choose_cascade_threshold(tfidf_sub, ft_ensemble, y_sub)
+    ft_curve = {t: (a, e) for t, a, e in cal.cascade_curve(tfidf_sub, ft_ensemble, y_sub)}
+    ft_alone_threshold = cal.choose_cascade_threshold(tfidf_sub, ft_sub, y_sub)
+    ft_alone_curve = {t: (a, e) for t, a, e in cal.cascade_curve(tfidf_sub, ft_sub, y_sub)}
+    timings.update({f"finetune_{k}": v for k, v in tuned.pop("timings").items()})
+    lap("finetune")
+
     return {
         "limit": limit,
         "classes": classes,
@@ -254,18 +285,76 @@ def _build(out: Path, limit: int | None, progress: bool) -> dict[str, Any]:
             "head_temperature": head_temperature,
             "ensemble_weight": weight,
             "cascade_threshold": threshold,
+            "router_threshold": routing["threshold"],
             "grounding_threshold": grounding["threshold"],
+            "finetuned_temperature": tuned["temperature"],
+            "finetuned_ensemble_weight": ft_weight,
+            "finetuned_cascade_threshold": ft_threshold,
+            "finetuned_alone_cascade_threshold": ft_alone_threshold,
         },
+        "finetune": {k: v for k, v in tuned.items() if k != "temperature"},
         "validation": {
             "tfidf_accuracy": cal.accuracy(tfidf_val_raw, y_val),
             "head_accuracy": cal.accuracy(head_sub, y_sub),
             "ensemble_accuracy": cal.accuracy(ensemble_sub, y_sub),
             "cascade_accuracy": curve[threshold][0],
             "cascade_escalated": curve[threshold][1],
+            "router": routing["metrics"],
             "grounding": grounding,
+            "finetuned_accuracy": cal.accuracy(ft_sub, y_sub),
+            "finetuned_ensemble_accuracy": cal.accuracy(ft_ensemble, y_sub),
+            "finetuned_cascade_accuracy": ft_curve[ft_threshold][0],
+            "finetuned_cascade_escalated": ft_curve[ft_threshold][1],
+            "finetuned_alone_cascade_accuracy": ft_alone_curve[ft_alone_threshold][0],
+            "finetuned_alone_cascade_escalated": ft_alone_curve[ft_alone_threshold][1],
         },
         "timings": timings,
     }
+
+
+def _finetuned(
+    out: Path,
+    train: list[data.Tweet],
+    validation: list[data.Tweet],
+    classes: list[str],
+    y_val: Any,
+    progress: bool,
+    previous: Path | None,
+    limit: int | None,
+) -> dict[str, Any]:
+    """Fine-tunes MiniLM on ``train`` (:mod:`.finetune`), keeps int8 or fp32 ONNX, fits its temperature.
+
+    Validation probabilities come from the ONNX file through the serving class, so what is
+    calibrated is exactly what is served. Fine-tuning is most of prepare's time, so a rebuild
+    for another reason (say, a new router recipe) copies the model from ``previous`` when
+    its own inputs (``finetune.inputs`` in the manifest) and its file hash are unchanged.
+    """
+    from modelweave.apps.triage.sentiment import OnnxLogits
+
+    recipe = RECIPE["finetune"]
+    if classes != list(data.LABELS):
+        raise RuntimeError(f"TF-IDF classes {classes} != {list(data.LABELS)}")
+
+    def proba_of(path: Path) -> Any:
+        model = OnnxLogits(path, recipe["max_length"], threads=finetune.train_threads(), batch_size=32)
+        model.load()
+        return model.proba([x.text for x in validation])
+
+    inputs = finetune.cache_inputs(recipe, limit, RECIPE["head"]["train_size"])
+    reused = finetune.reuse_previous(previous, inputs, out)
+    if reused is not None:
+        started = time.perf_counter()
+        reused["proba"] = proba_of(out / art.FINETUNED_MODEL)
+        reused["timings"] = {"reused_validate_s": round(time.perf_counter() - started, 2)}
+        tuned = reused
+    else:
+        labels = cal.label_indices([x.label for x in train], classes).tolist()
+        tuned = finetune.build(out, ([x.text for x in train], labels), proba_of, y_val, recipe, progress)
+    tuned["temperature"] = cal.fit_temperature(tuned["proba"], y_val)
+    tuned["max_length"] = recipe["max_length"]
+    tuned["train_size"] = len(train)
+    tuned["inputs"] = inputs
+    return tuned
 
 
 def _grounding(index: dict[str, Any], answer_vecs: Any, question_vecs: Any) -> dict[str, float]:

@@ -4,6 +4,8 @@
 - :class:`TfidfSentiment`: TF-IDF + logistic regression, temperature-calibrated, ~0.5 ms.
 - :class:`MiniLMSentiment`: int8 MiniLM embedding + logistic-regression head, by
   default averaged with the TF-IDF model (the best single tier), ~10 ms.
+- :class:`FineTunedSentiment`: MiniLM-L6 fine-tuned on the training tweets (int8 ONNX,
+  built by ``prepare()`` with :mod:`.finetune`; serving needs no torch).
 
 The calibrated confidence of :class:`TfidfSentiment` is the routing signal of the
 cascade; its threshold is in the manifest (``cascade_threshold``).
@@ -12,6 +14,7 @@ cascade; its threshold is in the manifest (``cascade_threshold``).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -212,8 +215,147 @@ class MiniLMSentiment(ModelAdapter):
             raise FailedPrecondition("MiniLMSentiment is not loaded")
 
 
+class FineTunedParams(art.TriageParams):
+    """Parameters of :class:`FineTunedSentiment`.
+
+    Attributes:
+        ensemble: Average with the TF-IDF model (weight ``finetuned_ensemble_weight``,
+            calibrated on validation).
+        weight: Override of the TF-IDF weight in the average.
+        temperature: Override of the calibrated temperature.
+        threads: ONNX Runtime threads.
+        batch_size: Texts per ONNX run (sorted by length, so each run pads little).
+    """
+
+    ensemble: bool = False
+    weight: float | None = Field(default=None, ge=0.0, le=1.0)
+    temperature: float | None = Field(default=None, gt=0.0)
+    threads: int | None = Field(default=None, ge=1)
+    batch_size: int = Field(default=16, ge=1, le=1024)
+
+
+class OnnxLogits:
+    """Runs a fine-tuned classifier exported by :mod:`.finetune` (``input_ids``,
+    ``attention_mask`` -> ``logits``) with ONNX Runtime and the vendored tokenizer. No torch.
+
+    Args:
+        model_path: The ``.onnx`` file.
+        max_length: Truncation length used in training.
+        threads: ONNX Runtime intra-op threads (runtime default when None).
+        batch_size: Texts per run.
+    """
+
+    def __init__(self, model_path: Path, max_length: int, threads: int | None = None, batch_size: int = 16) -> None:
+        self.model_path, self.max_length, self.threads, self.batch_size = model_path, max_length, threads, batch_size
+        self._session: Any = None
+        self._tokenizer: Any = None
+
+    def load(self) -> None:
+        """Opens the session and the tokenizer (dynamic padding to each chunk's longest text)."""
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        if not self.model_path.is_file():
+            raise FailedPrecondition(f"fine-tuned model {str(self.model_path)!r} does not exist; run prepare")
+        options = ort.SessionOptions()
+        if self.threads:
+            options.intra_op_num_threads = self.threads
+        self._session = ort.InferenceSession(str(self.model_path), options, providers=["CPUExecutionProvider"])
+        tokenizer = Tokenizer.from_file(art.TOKENIZER)
+        tokenizer.enable_padding(pad_id=tokenizer.token_to_id("[PAD]") or 0)
+        tokenizer.enable_truncation(max_length=self.max_length)
+        self._tokenizer = tokenizer
+
+    def logits(self, texts: Sequence[str]) -> np.ndarray:
+        """Logits ``[len(texts), 3]`` in input order."""
+        import numpy as np
+
+        if self._session is None:
+            raise FailedPrecondition("OnnxLogits used before load()")
+        out = np.zeros((len(texts), len(LABELS)), dtype=np.float32)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            enc = self._tokenizer.encode_batch([texts[i] or " " for i in idx])
+            feeds = {
+                "input_ids": np.array([e.ids for e in enc], dtype=np.int64),
+                "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64),
+            }
+            out[idx] = self._session.run(["logits"], feeds)[0]
+        return out
+
+    def proba(self, texts: Sequence[str], temperature: float = 1.0) -> np.ndarray:
+        """``softmax(logits / temperature)``."""
+        import numpy as np
+
+        z = self.logits(texts) / temperature
+        z -= z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(axis=1, keepdims=True)
+
+
+class FineTunedSentiment(ModelAdapter):
+    """Text -> Classification: MiniLM-L6 fine-tuned on the training tweets, as ONNX (int8 where it
+    kept validation accuracy), with a validation-calibrated temperature (+ optional TF-IDF average)."""
+
+    consumes = ("Text",)
+    produces = "Classification"
+    idempotent = True
+    Params = FineTunedParams
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self._model: OnnxLogits | None = None
+        self._tfidf: TfidfSentiment | None = None
+        self.temperature = 1.0
+        self.weight = 0.0
+
+    def load(self) -> None:
+        """Loads the ONNX model built by ``prepare()`` and (for the ensemble) the TF-IDF model."""
+        arts = art.Artifacts(self.params.data_dir)
+        if art.FINETUNED_MODEL not in arts.manifest.get("artifacts", {}):
+            raise FailedPrecondition(f"FineTunedSentiment: {arts.directory} has no fine-tuned model; run prepare")
+        p = self.params
+        self.temperature = p.temperature or arts.calibration("finetuned_temperature")
+        self._model = OnnxLogits(arts.path(art.FINETUNED_MODEL), int(arts.manifest["finetune"]["max_length"]),
+                                 p.threads, p.batch_size)
+        self._model.load()
+        if p.ensemble:
+            self._tfidf = TfidfSentiment(data_dir=p.data_dir)
+            self._tfidf.load()
+            self.weight = p.weight if p.weight is not None else arts.calibration("finetuned_ensemble_weight")
+
+    @property
+    def model_name(self) -> str:
+        """``minilm-ft`` or ``minilm-ft+tfidf``."""
+        return "minilm-ft+tfidf" if self.params.ensemble else "minilm-ft"
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        """Calibrated probabilities ``[len(texts), 3]`` in :data:`LABELS` order."""
+        if self._model is None:
+            raise FailedPrecondition("FineTunedSentiment used before load()")
+        proba = self._model.proba(list(texts), self.temperature)
+        if self._tfidf is not None:
+            proba = self.weight * self._tfidf.predict_proba(texts) + (1.0 - self.weight) * proba
+        return proba
+
+    def predict(self, batch: Sequence[pb.Message]) -> list[pb.Classification]:
+        """Classifies each ``Text.content``."""
+        if not batch:
+            return []
+        proba = self.predict_proba([m.text.content for m in batch])
+        return [classification_from_proba(LABELS, row, self.model_name) for row in proba]
+
+    def health(self) -> None:
+        """Raises when not loaded."""
+        if self._model is None:
+            raise FailedPrecondition("FineTunedSentiment is not loaded")
+
+
 __all__ = [
+    "FineTunedSentiment",
     "MiniLMSentiment",
+    "OnnxLogits",
     "TfidfSentiment",
     "VaderSentiment",
     "vader_distribution",

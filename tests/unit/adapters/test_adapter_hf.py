@@ -1,6 +1,7 @@
 """HF adapters: local directories only; real sentence-transformers / transformers on CPU.
 
-Skipped unless the optional torch stack is installed (``scripts/install_models.sh --hf``).
+The torch stack is the ``train`` extra, which ``make install`` (scripts/install_models.sh) installs,
+so these run in the suite; they skip only in an environment installed with ``--no-train``.
 """
 
 from __future__ import annotations

