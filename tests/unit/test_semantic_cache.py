@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import pathlib
-from typing import Any
 
 import numpy as np
 import pytest
+from fake_actor import Handle
 
 from actors.backends import ActorSemanticCache, StateLink
 from actors.shared_state import GraphState
@@ -216,31 +215,6 @@ def test_guard_blocks_every_shipped_negation_opposite_and_entity_pair():
 
 
 # -- actor client (fake handle, no Ray) --------------------------------------------------------------
-
-
-class Handle:
-    """``handle.m.remote(*a)`` runs ``target.m(*a)``; ``mode`` "hung" never answers."""
-
-    def __init__(self, target: Any) -> None:
-        self.target = target
-        self.mode = "ok"
-        self.calls: list[str] = []
-
-    def __getattr__(self, method: str) -> Any:
-        handle = self
-
-        class _Method:
-            @staticmethod
-            def remote(*args: Any) -> Any:
-                handle.calls.append(method)
-                return handle._run(method, args)
-
-        return _Method
-
-    async def _run(self, method: str, args: tuple[Any, ...]) -> Any:
-        if self.mode == "hung":
-            await asyncio.Event().wait()
-        return await getattr(self.target, method)(*args)
 
 
 async def test_actor_semantic_cache_shares_hits_and_degrades_to_a_miss():

@@ -140,6 +140,56 @@ class TfidfSentiment(ModelAdapter):
             raise FailedPrecondition("TfidfSentiment is not loaded")
 
 
+class _EncoderSentiment(ModelAdapter):
+    """Text -> Classification from an encoder's probabilities, optionally averaged with TF-IDF's.
+
+    Subclasses load ``self._tfidf`` and ``self.weight`` for the ensemble and implement
+    :meth:`_encoder_proba` and :attr:`model_name`.
+    """
+
+    consumes = ("Text",)
+    produces = "Classification"
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self._tfidf: TfidfSentiment | None = None
+        self.weight = 0.0
+
+    @property
+    def model_name(self) -> str:
+        """Reported in ``Classification.model``."""
+        raise NotImplementedError
+
+    def _ready(self) -> bool:
+        """True once ``load()`` has run."""
+        raise NotImplementedError
+
+    def _encoder_proba(self, texts: list[str]) -> np.ndarray:
+        """The encoder's probabilities ``[len(texts), 3]`` (only called when ready)."""
+        raise NotImplementedError
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        """Probabilities ``[len(texts), 3]`` in :data:`LABELS` order."""
+        if not self._ready():
+            raise FailedPrecondition(f"{type(self).__name__} used before load()")
+        proba = self._encoder_proba(list(texts))
+        if self._tfidf is not None:
+            proba = self.weight * self._tfidf.predict_proba(texts) + (1.0 - self.weight) * proba
+        return proba
+
+    def predict(self, batch: Sequence[pb.Message]) -> list[pb.Classification]:
+        """Classifies each ``Text.content``."""
+        if not batch:
+            return []
+        proba = self.predict_proba([m.text.content for m in batch])
+        return [classification_from_proba(LABELS, row, self.model_name) for row in proba]
+
+    def health(self) -> None:
+        """Raises when not loaded."""
+        if not self._ready():
+            raise FailedPrecondition(f"{type(self).__name__} is not loaded")
+
+
 class MiniLMParams(art.TriageParams):
     """Parameters of :class:`MiniLMSentiment`.
 
@@ -154,19 +204,15 @@ class MiniLMParams(art.TriageParams):
     threads: int | None = Field(default=None, ge=1)
 
 
-class MiniLMSentiment(ModelAdapter):
+class MiniLMSentiment(_EncoderSentiment):
     """Text -> Classification: MiniLM int8 embedding + LR head (+ TF-IDF average)."""
 
-    consumes = ("Text",)
-    produces = "Classification"
     Params = MiniLMParams
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
         self._embedder: Any = None
         self._head: SklearnClassifier | None = None
-        self._tfidf: TfidfSentiment | None = None
-        self.weight = 0.0
 
     def load(self) -> None:
         """Loads the ONNX encoder, the head and (for the ensemble) the TF-IDF model."""
@@ -193,26 +239,12 @@ class MiniLMSentiment(ModelAdapter):
         """``minilm-lr`` or ``minilm-lr+tfidf``."""
         return "minilm-lr+tfidf" if self.params.ensemble else "minilm-lr"
 
-    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
-        """Probabilities ``[len(texts), 3]`` in :data:`LABELS` order."""
-        if self._head is None:
-            raise FailedPrecondition("MiniLMSentiment used before load()")
-        proba = self._head.predict_proba(self._embedder.embed(list(texts)))
-        if self._tfidf is not None:
-            proba = self.weight * self._tfidf.predict_proba(texts) + (1.0 - self.weight) * proba
-        return proba
+    def _ready(self) -> bool:
+        return self._head is not None
 
-    def predict(self, batch: Sequence[pb.Message]) -> list[pb.Classification]:
-        """Classifies each ``Text.content``."""
-        if not batch:
-            return []
-        proba = self.predict_proba([m.text.content for m in batch])
-        return [classification_from_proba(LABELS, row, self.model_name) for row in proba]
-
-    def health(self) -> None:
-        """Raises when not loaded."""
-        if self._head is None:
-            raise FailedPrecondition("MiniLMSentiment is not loaded")
+    def _encoder_proba(self, texts: list[str]) -> np.ndarray:
+        assert self._head is not None
+        return self._head.predict_proba(self._embedder.embed(texts))
 
 
 class FineTunedParams(art.TriageParams):
@@ -294,21 +326,17 @@ class OnnxLogits:
         return e / e.sum(axis=1, keepdims=True)
 
 
-class FineTunedSentiment(ModelAdapter):
+class FineTunedSentiment(_EncoderSentiment):
     """Text -> Classification: MiniLM-L6 fine-tuned on the training tweets, as ONNX (int8 where it
     kept validation accuracy), with a validation-calibrated temperature (+ optional TF-IDF average)."""
 
-    consumes = ("Text",)
-    produces = "Classification"
     idempotent = True
     Params = FineTunedParams
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
         self._model: OnnxLogits | None = None
-        self._tfidf: TfidfSentiment | None = None
         self.temperature = 1.0
-        self.weight = 0.0
 
     def load(self) -> None:
         """Loads the ONNX model built by ``prepare()`` and (for the ensemble) the TF-IDF model."""
@@ -330,26 +358,12 @@ class FineTunedSentiment(ModelAdapter):
         """``minilm-ft`` or ``minilm-ft+tfidf``."""
         return "minilm-ft+tfidf" if self.params.ensemble else "minilm-ft"
 
-    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
-        """Calibrated probabilities ``[len(texts), 3]`` in :data:`LABELS` order."""
-        if self._model is None:
-            raise FailedPrecondition("FineTunedSentiment used before load()")
-        proba = self._model.proba(list(texts), self.temperature)
-        if self._tfidf is not None:
-            proba = self.weight * self._tfidf.predict_proba(texts) + (1.0 - self.weight) * proba
-        return proba
+    def _ready(self) -> bool:
+        return self._model is not None
 
-    def predict(self, batch: Sequence[pb.Message]) -> list[pb.Classification]:
-        """Classifies each ``Text.content``."""
-        if not batch:
-            return []
-        proba = self.predict_proba([m.text.content for m in batch])
-        return [classification_from_proba(LABELS, row, self.model_name) for row in proba]
-
-    def health(self) -> None:
-        """Raises when not loaded."""
-        if self._model is None:
-            raise FailedPrecondition("FineTunedSentiment is not loaded")
+    def _encoder_proba(self, texts: list[str]) -> np.ndarray:
+        assert self._model is not None
+        return self._model.proba(texts, self.temperature)
 
 
 __all__ = [
