@@ -1,4 +1,4 @@
-"""Test-only adapter for tests/integration/test_otel.py (imported by Serve replicas from PYTHONPATH)."""
+"""Test-only adapter for tests/integration/test_otel_serve.py (imported by Serve replicas from PYTHONPATH)."""
 
 from __future__ import annotations
 
