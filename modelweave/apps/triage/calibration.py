@@ -60,29 +60,39 @@ def fit_ensemble_weight(cheap: np.ndarray, expensive: np.ndarray, y: np.ndarray)
     return max(scores)[2]
 
 
-def cascade_curve(cheap: np.ndarray, final: np.ndarray, y: np.ndarray) -> list[tuple[float, float, float]]:
+def escalation_curve(keep_score: np.ndarray, cheap: np.ndarray, final: np.ndarray, y: np.ndarray
+                     ) -> list[tuple[float, float, float]]:
     """``(threshold, accuracy, escalated fraction)`` for thresholds 0.30 .. 1.00.
 
-    An item is escalated (answered by ``final``) when the cheap model's top
-    probability is below the threshold; otherwise the cheap answer stands.
+    An item is escalated (answered by ``final``) when ``keep_score`` (what the route reads:
+    the cheap model's confidence, or a learned router's probability that the cheap label is
+    right) is below the threshold; otherwise the cheap answer stands.
     """
     import numpy as np
 
-    confidence = cheap.max(axis=1)
     cheap_pred, final_pred = cheap.argmax(axis=1), final.argmax(axis=1)
     curve = []
     for t in np.round(np.arange(0.30, 1.0001, 0.01), 2):
-        escalate = confidence < t
+        escalate = keep_score < t
         pred = np.where(escalate, final_pred, cheap_pred)
         curve.append((float(t), float((pred == y).mean()), float(escalate.mean())))
     return curve
 
 
+def cascade_curve(cheap: np.ndarray, final: np.ndarray, y: np.ndarray) -> list[tuple[float, float, float]]:
+    """:func:`escalation_curve` of the plain cascade: escalate when the cheap model's top probability is low."""
+    return escalation_curve(cheap.max(axis=1), cheap, final, y)
+
+
+def threshold_within(points: list[tuple[float, float, float]], tolerance: float) -> float:
+    """Smallest threshold of a curve whose accuracy is within ``tolerance`` of the best (the cascade's rule)."""
+    best = max(acc for _, acc, _ in points)
+    return min(t for t, acc, _ in points if acc >= best - tolerance)
+
+
 def choose_cascade_threshold(cheap: np.ndarray, final: np.ndarray, y: np.ndarray) -> float:
     """Smallest threshold whose validation accuracy is within :data:`CASCADE_TOLERANCE` of the best."""
-    curve = cascade_curve(cheap, final, y)
-    best = max(acc for _, acc, _ in curve)
-    return min(t for t, acc, _ in curve if acc >= best - CASCADE_TOLERANCE)
+    return threshold_within(cascade_curve(cheap, final, y), CASCADE_TOLERANCE)
 
 
 def youden_threshold(positives: np.ndarray, negatives: np.ndarray) -> tuple[float, float, float]:

@@ -38,6 +38,8 @@ from typing import TYPE_CHECKING, Any
 
 from modelweave.adapters.base import ModelAdapter
 from modelweave.apps.triage import artifacts as art
+from modelweave.apps.triage.calibration import escalation_curve as curve  # the plain cascade's rule too
+from modelweave.apps.triage.calibration import threshold_within as choose_threshold
 from modelweave.apps.triage.data import LABELS, Tweet
 from modelweave.errors import FailedPrecondition
 from modelweave.v1 import messages_pb2 as pb
@@ -151,30 +153,6 @@ def roc_auc(score: np.ndarray, positive: np.ndarray) -> float:
         return float("nan")
     ranks = rankdata(score)
     return float((ranks[positive.astype(bool)].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def curve(keep_score: np.ndarray, cheap: np.ndarray, final: np.ndarray, y: np.ndarray
-          ) -> list[tuple[float, float, float]]:
-    """``(threshold, accuracy, escalated share)``: escalate when ``keep_score < threshold``.
-
-    ``keep_score`` is what the route reads (the TF-IDF confidence, or the router's
-    probability that the cheap label is right); thresholds 0.30 .. 1.00 as in the cascade.
-    """
-    import numpy as np
-
-    cheap_pred, final_pred = cheap.argmax(axis=1), final.argmax(axis=1)
-    out = []
-    for t in np.round(np.arange(0.30, 1.0001, 0.01), 2):
-        escalate = keep_score < t
-        pred = np.where(escalate, final_pred, cheap_pred)
-        out.append((float(t), float((pred == y).mean()), float(escalate.mean())))
-    return out
-
-
-def choose_threshold(points: list[tuple[float, float, float]], tolerance: float) -> float:
-    """Smallest threshold within ``tolerance`` of the best accuracy (the plain cascade's rule)."""
-    best = max(acc for _, acc, _ in points)
-    return min(t for t, acc, _ in points if acc >= best - tolerance)
 
 
 def detect_languages(texts: Sequence[str]) -> list[tuple[str, float]]:
