@@ -64,6 +64,7 @@ def layout_graph(base: dict[str, Any], layout: str, groups: dict[str, str]) -> d
             deployment.pop("group", None)
         elif layout == "colocated" and node["name"] in groups:
             deployment["group"] = groups[node["name"]]
+            deployment.pop("inline", None)
             deployment.pop("batching", None)  # dynamic batching is per deployment
     return data
 
@@ -94,6 +95,10 @@ class Result:
     latency_ratio: float = 0.0
     pss_mb: float = 0.0
     loadgen_cpu: float = 0.0
+    #: Answers of the concurrent phase by HTTP status ("error" for a broken connection).
+    statuses: dict[str, int] = field(default_factory=dict)
+    #: Model CPU per answered request by node (concurrent phase).
+    node_cpu_ms: dict[str, float] = field(default_factory=dict)
     #: Result JSON of every sequential request (warm-up included), for the parity check.
     answers: list[str] = field(default_factory=list)
     same_answers: str = ""
@@ -103,6 +108,16 @@ def model_ms(answer: dict[str, Any]) -> float:
     """Sum of the model spans' CPU milliseconds in one answer's trace."""
     return sum(float(s.get("cpuMs", 0.0)) for s in answer.get("trace", {}).get("spans", [])
                if s.get("kind") == "model")
+
+
+def node_ms(answer: dict[str, Any]) -> dict[str, float]:
+    """CPU milliseconds of each model node in one answer's trace."""
+    out: dict[str, float] = {}
+    for s in answer.get("trace", {}).get("spans", []):
+        if s.get("kind") == "model":
+            name = str(s.get("node", "")).rsplit("/", 1)[-1]
+            out[name] = out.get(name, 0.0) + float(s.get("cpuMs", 0.0))
+    return out
 
 
 async def sequential(client: LeanClient, texts: Iterator[str], n: int) -> tuple[list[float], list[float], list[str]]:
@@ -118,8 +133,12 @@ async def sequential(client: LeanClient, texts: Iterator[str], n: int) -> tuple[
     return latencies, models, answers
 
 
-async def concurrent(url: str, texts: Iterator[str], clients: int, duration_s: float) -> tuple[int, int, list[float]]:
-    """Closed-loop load; returns (answered, errors, model ms per answer)."""
+async def concurrent(url: str, texts: Iterator[str], clients: int, duration_s: float,
+                     statuses: dict[str, int], nodes: dict[str, float]) -> tuple[int, int, list[float]]:
+    """Closed-loop load; returns (answered, errors, model ms per answer).
+
+    Counts answers by status in ``statuses`` and sums model CPU by node in ``nodes``.
+    """
     pool = LeanClient(url)
     until = time.monotonic() + duration_s
     ok, errors, models = 0, 0, []
@@ -131,10 +150,15 @@ async def concurrent(url: str, texts: Iterator[str], clients: int, duration_s: f
                 r = await pool.post_json({"input": {"text": {"content": next(texts)}}}, 60)
             except (OSError, TimeoutError, ValueError):
                 errors += 1
+                statuses["error"] = statuses.get("error", 0) + 1
                 continue
+            statuses[str(r.status)] = statuses.get(str(r.status), 0) + 1
             if r.status == 200:
                 ok += 1
-                models.append(model_ms(r.json()))
+                answer = r.json()
+                models.append(model_ms(answer))
+                for name, ms in node_ms(answer).items():
+                    nodes[name] = nodes.get(name, 0.0) + ms
             else:
                 errors += 1
                 await asyncio.sleep(0.05)
@@ -172,7 +196,8 @@ def texts_from(pool: Sequence[str]) -> Iterator[str]:
         lap += 1
 
 
-async def measure(name: str, url: str, texts: list[str], opts: argparse.Namespace) -> tuple[Any, ...]:
+async def measure(name: str, url: str, texts: list[str], opts: argparse.Namespace,
+                  result: Result) -> tuple[Any, ...]:
     """Warm-up, sequential and concurrent phases against one deployed graph."""
     client = LeanClient(url)
     stream = texts_from(texts)
@@ -180,7 +205,8 @@ async def measure(name: str, url: str, texts: list[str], opts: argparse.Namespac
     latencies, seq_models, answers = await sequential(client, stream, opts.sequential)
     await client.aclose()
     cpu0, t0 = time.process_time(), time.monotonic()
-    ok, errors, models = await concurrent(url, stream, opts.clients, opts.duration)
+    ok, errors, models = await concurrent(url, stream, opts.clients, opts.duration, result.statuses,
+                                          result.node_cpu_ms)
     loadgen = (time.process_time() - cpu0) / (time.monotonic() - t0)
     return latencies, seq_models, warm + answers, ok, errors, models, loadgen
 
@@ -202,7 +228,7 @@ def run_layout(layout: str, data: dict[str, Any], http: str, texts: list[str], o
     serve.run(graph_app(spec), name=spec.name, route_prefix=f"/{spec.name}")
     try:
         latencies, seq_models, result.answers, ok, errors, models, loadgen = asyncio.run(
-            measure(spec.name, f"{http}/{spec.name}", texts, opts))
+            measure(spec.name, f"{http}/{spec.name}", texts, opts, result))
         result.pss_mb = ray_pss_mb()
     finally:
         serve.delete(spec.name)
@@ -210,6 +236,7 @@ def run_layout(layout: str, data: dict[str, Any], http: str, texts: list[str], o
     result.requests, result.errors, result.loadgen_cpu = ok, errors, loadgen
     result.req_s = ok / opts.duration
     result.model_cpu_ms = statistics.fmean(models) if models else float("nan")
+    result.node_cpu_ms = {k: round(v / max(ok, 1), 3) for k, v in sorted(result.node_cpu_ms.items())}
     result.floor_req_s = cores * 1000 / result.model_cpu_ms if models else float("nan")
     result.efficiency = result.req_s / result.floor_req_s if models else float("nan")
     if latencies:
@@ -281,6 +308,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{pathlib.Path(opts.graph).name}, {opts.clients} clients x {opts.duration:.0f} s, {cores} cores, "
           f"load average before the run {os.getloadavg()[0]:.1f}")
     print(table(results, cores))
+    for r in results:
+        nodes = ", ".join(f"{k} {v:.2f}" for k, v in sorted(r.node_cpu_ms.items(), key=lambda kv: -kv[1]))
+        print(f"{r.layout}: answers by status {r.statuses}; model CPU ms per request by node: {nodes}")
     pathlib.Path(opts.out).write_text(json.dumps(
         {"graph": opts.graph, "cores": cores, "clients": opts.clients, "duration_s": opts.duration,
          "results": [{k: v for k, v in asdict(r).items() if k != "answers"} for r in results]}, indent=2))

@@ -12,12 +12,11 @@ caller has gone is skipped.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Sequence
 from typing import Any
 
 from deployments.model import _lower_cpu_priority
-from modelweave.adapters.base import ModelAdapter, build_adapter, resolve_adapter
+from modelweave.adapters.base import ModelAdapter, load_shared, resolve_adapter
 from modelweave.errors import ModelError, ModelweaveError
 from modelweave.executor import ModelReply
 from modelweave.group_calls import run_members
@@ -38,20 +37,12 @@ class GroupDeployment:
 
     def __init__(self, nodes: list[dict[str, Any]], nice: int = 5) -> None:
         _lower_cpu_priority(nice)
-        self.adapters: dict[str, ModelAdapter] = {}
+        members = [ModelNode.model_validate(data) for data in nodes]
         self.produces: dict[str, str] = {}
-        loaded: dict[str, ModelAdapter] = {}
-        for data in nodes:
-            node = ModelNode.model_validate(data)
+        for node in members:
             cls, params = resolve_adapter(node.impl, node.params)
             self.produces[node.name] = part_name(cls.signature(params)[1])
-            # Nodes with the same model and params share one loaded copy (one set of weights):
-            # adapters already serve concurrent calls, so sharing adds no new concurrency.
-            key = json.dumps([node.impl, node.params], sort_keys=True, default=str)
-            if key not in loaded:
-                loaded[key] = build_adapter(node.impl, node.params)
-                loaded[key].load()
-            self.adapters[node.name] = loaded[key]
+        self.adapters: dict[str, ModelAdapter] = load_shared((n.name, n.impl, n.params) for n in members)
 
     async def __call__(self, message: pb.Message, deadline: float | None = None, model: str = "",
                        trace: tuple[str, str] | None = None) -> ModelReply:

@@ -2,7 +2,9 @@
 
 It adapts any :class:`modelweave.adapters.base.ModelAdapter` to Serve: loads it once
 per replica, answers one envelope per call, optionally groups concurrent calls into
-batches (``serve.batch``, sized per node), and reports the adapter's health.
+batches (:class:`modelweave.inprocess_batching.InProcessBatcher`, sized per node: it starts
+a batch at once when the model is idle, where ``serve.batch`` would wait for its timeout),
+and reports the adapter's health.
 
 Every call carries its request's wall-clock deadline: work whose caller has already
 given up is skipped, not run. It also carries the request's W3C trace context, which
@@ -18,11 +20,10 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from ray import serve
-
 from modelweave.adapters.base import build_adapter
 from modelweave.errors import ModelweaveError
 from modelweave.executor import ModelReply
+from modelweave.inprocess_batching import InProcessBatcher
 from modelweave.model_calls import Outcome, predict_rows
 from modelweave.spec import ModelNode
 from modelweave.trace import row_traces
@@ -42,12 +43,8 @@ class ModelDeployment:
         self.adapter = build_adapter(self.node.impl, self.node.params)
         self.adapter.load()
         batching = self.node.deployment.batching
-        self._batching = batching is not None
-        if batching is not None:
-            # serve.batch wrappers expose setters, so batch size is per node, not per class.
-            batched: Any = self._batched
-            batched.set_max_batch_size(batching.max_batch_size)
-            batched.set_batch_wait_timeout_s(batching.batch_wait_timeout_s)
+        self._batcher = (InProcessBatcher(self.adapter, batching.max_batch_size, batching.batch_wait_timeout_s)
+                         if batching is not None else None)
 
     async def __call__(self, message: pb.Message, deadline: float | None = None,
                        trace: tuple[str, str] | None = None) -> ModelReply:
@@ -62,19 +59,14 @@ class ModelDeployment:
         Raises:
             ModelweaveError: this row's own failure (DEADLINE_EXCEEDED when skipped).
         """
-        if self._batching:
-            outcome: Outcome = await self._batched((message, deadline, trace))
+        if self._batcher is not None:
+            # Errors come back per row, never for the batch: other clients' good rows keep their answers.
+            outcome: Outcome = await self._batcher.call(message, deadline, trace)
         else:
             outcome = (await self._predict([message], [deadline], [trace]))[0]
         if isinstance(outcome, ModelweaveError):
             raise outcome
         return outcome
-
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
-    async def _batched(self, calls: list[tuple[pb.Message, float | None, tuple[str, str] | None]]) -> list[Outcome]:
-        # Errors are returned per row, never raised: a raise here would fail every request
-        # of the batch, including other clients' good ones.
-        return await self._predict([c[0] for c in calls], [c[1] for c in calls], [c[2] for c in calls])
 
     async def _predict(self, batch: Sequence[pb.Message], deadlines: Sequence[float | None],
                        traces: Sequence[tuple[str, str] | None]) -> list[Outcome]:

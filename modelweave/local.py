@@ -1,19 +1,22 @@
 """In-process caller: runs model adapters inside the current process.
 
-Used by unit tests, ``modelweave check --smoke`` style checks and the naive batch
-baseline. Each model node gets one loaded adapter; blocking adapters run in a
-thread so parallel branches still overlap.
-"""
+Used by the ingress for the models that run inside it (``deployment.inline``), the batch
+job's graph stage, ``modelweave eval`` and unit tests. Blocking adapters run in a thread so
+parallel branches still overlap. With ``serving=True`` (the ingress, the batch stage) nodes
+with the same model and params share one loaded adapter, and a node that has
+``deployment.batching`` gets dynamic batching as its replica would
+(:mod:`modelweave.inprocess_batching`)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Sequence
 
-from modelweave.adapters.base import ModelAdapter, build_adapter, predict_measured
+from modelweave.adapters.base import ModelAdapter, load_shared, predict_measured
 from modelweave.checker import CheckedGraph
-from modelweave.errors import ModelError
+from modelweave.errors import ModelError, ModelweaveError
 from modelweave.executor import ModelReply
+from modelweave.inprocess_batching import InProcessBatcher
 from modelweave.model_calls import Outcome
 from modelweave.spec import ModelNode
 from modelweave.trace import request_deadline
@@ -27,20 +30,44 @@ class LocalCaller:
         graph: The checked graph whose model nodes to load.
         adapters: Pre-built adapters by node name (tests inject instances here).
         names: Load only these model nodes (default: all).
+        serving: Share one loaded copy between nodes with the same model and params, and
+            batch concurrent calls of blocking nodes that set ``deployment.batching`` (the
+            ingress and the batch stage; off for evaluation, which measures models alone, and
+            for tests, which count calls per node).
     """
 
     def __init__(self, graph: CheckedGraph, adapters: dict[str, ModelAdapter] | None = None,
-                 names: Iterable[str] | None = None) -> None:
+                 names: Iterable[str] | None = None, *, serving: bool = False) -> None:
         self.adapters: dict[str, ModelAdapter] = dict(adapters or {})
         self._produces = {name: graph.nodes[path].produces for name, path in graph.model_paths.items()}
         wanted = set(graph.models) if names is None else set(names)
-        for name, node in graph.models.items():
-            if name in wanted and name not in self.adapters:
-                adapter = build_adapter(node.impl, node.params)
-                adapter.load()
-                self.adapters[name] = adapter
+        missing = [(name, node.impl, node.params) for name, node in graph.models.items()
+                   if name in wanted and name not in self.adapters]
+        # Not serving: one load per node, so every node has its own copy.
+        for share in [missing] if serving else [[m] for m in missing]:
+            self.adapters.update(load_shared(share))
+        #: In-process batchers by node name; nodes sharing an adapter share its batcher.
+        self.batchers: dict[str, InProcessBatcher] = {}
+        if serving:
+            by_adapter: dict[int, InProcessBatcher] = {}
+            for name, node in graph.models.items():
+                adapter = self.adapters.get(name)
+                if adapter is None or not adapter.blocking or node.deployment.batching is None:
+                    continue
+                settings = node.deployment.batching
+                batcher = by_adapter.setdefault(
+                    id(adapter), InProcessBatcher(adapter, settings.max_batch_size, settings.batch_wait_timeout_s))
+                batcher.max_batch_size = max(batcher.max_batch_size, settings.max_batch_size)
+                batcher.wait_s = min(batcher.wait_s, settings.batch_wait_timeout_s)
+                self.batchers[name] = batcher
 
     async def call(self, model: ModelNode, message: pb.Message) -> ModelReply:
+        batcher = self.batchers.get(model.name)
+        if batcher is not None:
+            outcome = await batcher.call(message, request_deadline.get())
+            if isinstance(outcome, ModelweaveError):
+                raise outcome
+            return outcome
         adapter = self.adapters[model.name]
         if adapter.blocking:
             outputs, cpu_ms = await asyncio.to_thread(predict_measured, adapter, [message])

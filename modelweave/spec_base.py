@@ -54,10 +54,15 @@ class ActorOptions(_Strict):
 
 
 class BatchingSettings(_Strict):
-    """Dynamic request batching inside a model replica (``serve.batch``)."""
+    """Dynamic request batching of a model's calls (in its replica, or in the ingress when inline).
+
+    Batches form opportunistically (see :mod:`modelweave.inprocess_batching`): an idle model
+    starts a call at once; calls arriving while a batch runs go together in the next one.
+    """
 
     max_batch_size: int = Field(16, ge=1, le=4096)
-    batch_wait_timeout_s: float = Field(0.005, ge=0, le=10)
+    batch_wait_timeout_s: float = Field(
+        0.0, ge=0, le=10, description="how long a batch that is not full waits for more calls before it starts")
 
 
 class DeploymentSettings(_Strict):

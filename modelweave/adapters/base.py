@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from google.protobuf.message import Message as ProtoMessage
@@ -193,3 +194,23 @@ def build_adapter(impl: str, params: Mapping[str, Any]) -> ModelAdapter:
     """Instantiates (but does not load) the adapter for a model node."""
     cls, merged = resolve_adapter(impl, params)
     return cls(**merged)
+
+
+def load_shared(nodes: Iterable[tuple[str, str, Mapping[str, Any]]]) -> dict[str, ModelAdapter]:
+    """Builds and loads one adapter per distinct ``(impl, params)``; returns it per node name.
+
+    Nodes with the same model and params share one loaded copy (one set of weights in the
+    process): adapters already serve concurrent calls, so sharing adds no new concurrency.
+
+    Args:
+        nodes: ``(name, impl, params)`` of each model node to load.
+    """
+    loaded: dict[str, ModelAdapter] = {}
+    by_name: dict[str, ModelAdapter] = {}
+    for name, impl, params in nodes:
+        key = json.dumps([impl, dict(params)], sort_keys=True, default=str)
+        if key not in loaded:
+            loaded[key] = build_adapter(impl, params)
+            loaded[key].load()
+        by_name[name] = loaded[key]
+    return by_name

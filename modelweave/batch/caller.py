@@ -72,7 +72,7 @@ class InlineCaller(LocalCaller):
     """
 
     def __init__(self, graph: CheckedGraph, names: Iterable[str]) -> None:
-        super().__init__(graph, names=names)
+        super().__init__(graph, names=names, serving=True)
 
 
 class StageCaller:
