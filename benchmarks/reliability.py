@@ -8,7 +8,7 @@ Phases, all over HTTP (``POST /<graph>``) against the same deployment, with uniq
   ``"timeout_ms": 2000``: goodput (also as % of capacity), p99 of successes and of
   rejections, counts by status, share of rejections answered within deadline + 100 ms,
   and whether the next request after the flood succeeds;
-* **faults** under 16-client load: SIGKILL of a model replica (``redact``, ``tfidf``), of
+* **faults** under 16-client load: SIGKILL of a model replica (``redact``, ``minilm``), of
   the graph's state actor and of the ingress replica: requests lost, p99, time until the
   first success after the kill; for the state actor also whether cache hits come back and
   whether the feedback value survives.
@@ -587,7 +587,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true",
                    help="smoke run: short phases, levels 2x + flood, only the redact replica killed")
     p.add_argument("--kill-models", default=None,
-                   help="model deployments whose replica is SIGKILLed, comma-separated (default redact,tfidf)")
+                   help="model deployments whose replica is SIGKILLed, comma-separated (default redact,minilm)")
     p.add_argument("--address", default=None,
                    help="use this running Ray cluster (graph already served, e.g. by `modelweave run`); "
                         "processes are killed by pid, so it must run on this machine")
@@ -614,7 +614,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"reliability: {message}", file=sys.stderr, flush=True)
 
     duration = args.duration or (8.0 if args.quick else 30.0)
-    kill_models = args.kill_models or ("redact" if args.quick else "redact,tfidf")
+    kill_models = args.kill_models or ("redact" if args.quick else "redact,minilm")
     opts = Options(duration_s=duration, warmup_s=min(5.0, max(2.0, duration / 4)),
                    levels=QUICK_LEVELS if args.quick else LEVELS,
                    kill_models=[m for m in kill_models.split(",") if m], recover_s=120.0)
