@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -39,8 +40,13 @@ __all__ = [
 
 logger = logging.getLogger("modelweave.executor")
 
-#: Smoothing of each model's typical call latency (weight of the newest call).
-_HOP_EWMA_ALPHA = 0.2
+#: Recent successful calls per model from which its typical latency is estimated.
+_HOP_WINDOW = 32
+#: Quantile of that window taken as "typical". A low one, because the estimate decides whether
+#: a call is started at all: calls that waited out a replica's restart (seconds) must not make
+#: the next requests give up on a model that answers in milliseconds again (an average did:
+#: after an 11 s restart it refused healthy calls with 504 for seconds).
+_HOP_QUANTILE = 0.25
 
 
 class Caller(Protocol):
@@ -102,8 +108,9 @@ class Executor:
     ) -> None:
         self.graph = graph
         self.retry_budget = retry_budget or RetryBudget()
-        #: Typical (smoothed) seconds of a successful call, per model node name.
+        #: Typical seconds of a successful call (low quantile of recent ones), per model node name.
         self.hop_s: dict[str, float] = {}
+        self._hop_window: dict[str, deque[float]] = {}
         self.caller = caller
         #: Mirrored runs of shadow nodes in flight, their counters and outcome delivery.
         self.mirrors = Mirrors(on_shadow, inline=shadow_inline)
@@ -229,9 +236,11 @@ class Executor:
 
     def observe_hop(self, name: str, seconds: float) -> None:
         """Folds one successful call of model ``name`` into its typical latency."""
-        previous = self.hop_s.get(name)
-        self.hop_s[name] = seconds if previous is None else (
-            (1 - _HOP_EWMA_ALPHA) * previous + _HOP_EWMA_ALPHA * seconds)
+        window = self._hop_window.get(name)
+        if window is None:
+            window = self._hop_window[name] = deque(maxlen=_HOP_WINDOW)
+        window.append(seconds)
+        self.hop_s[name] = sorted(window)[int(_HOP_QUANTILE * (len(window) - 1))]
 
     # -- feedback state (read by route conditions, moved by route and validate feedback) --
 

@@ -117,6 +117,18 @@ async def test_typical_hop_latency_is_learned_from_successful_calls():
     assert 0 <= ex.hop_s["a"] < 1.0
 
 
+def test_calls_that_waited_out_a_restart_do_not_make_a_fast_model_look_slow():
+    ex, _ = build(graph(chain(model("a", "Label"))))
+    for _ in range(20):
+        ex.observe_hop("a", 0.010)
+    for _ in range(12):  # the calls queued while the only replica restarted, answered ~11 s later
+        ex.observe_hop("a", 11.0)
+    assert ex.hop_s["a"] == pytest.approx(0.010)  # a request with 5 s left still calls it
+    for _ in range(32):  # a model that really became slow is learned as slow
+        ex.observe_hop("a", 3.0)
+    assert ex.hop_s["a"] == pytest.approx(3.0)
+
+
 def cached(body: dict[str, Any]) -> dict[str, Any]:
     return graph({"kind": "cache", "name": "c", "body": body})
 
