@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import json
 import os
@@ -401,8 +402,15 @@ class Bench:
                     else f"cache NEVER hits again (waited {limit - at:.0f} s)",
                     f"pre-kill entry {'hit' if old else 'lost'}"]
 
-        row, outcomes, at = await self.fault_row(
-            "kill state actor", lambda: kill_one(name_prefix=prefix), probe_after)
+        def read_then_kill() -> tuple[str, int]:
+            # The value the moment before the kill: load keeps moving it between the nudge and
+            # the kill (~10 adjustments a second), so the nudged value is stale by then.
+            nonlocal v0
+            with contextlib.suppress(Exception):
+                v0 = nudged_feedback(prefix, var, nudge=False)
+            return kill_one(name_prefix=prefix)
+
+        row, outcomes, at = await self.fault_row("kill state actor", read_then_kill, probe_after)
         row.extra.update(probes, cache_hit_before=before_hit, feedback_before=v0)
         restored = True
         if var is not None:
@@ -424,11 +432,11 @@ class Bench:
         return (await self.target.post(text, None)).cache_hit()
 
 
-def nudged_feedback(prefix: str, var: dict[str, Any] | None) -> float | None:
+def nudged_feedback(prefix: str, var: dict[str, Any] | None, *, nudge: bool = True) -> float | None:
     """The state actor's feedback value, first moved away from its initial value so a reset shows.
 
-    Uses the actor's own ``stats``/``adjust_state`` methods; the nudge is a third of the
-    way toward the farther bound, within the variable's limits.
+    Uses the actor's own ``stats``/``adjust_state`` methods; the nudge (unless ``nudge`` is
+    False) is a third of the way toward the farther bound, within the variable's limits.
     """
     import ray
 
@@ -439,7 +447,7 @@ def nudged_feedback(prefix: str, var: dict[str, Any] | None) -> float | None:
     initial = float(var["initial"])
     stats: Any = ray.get(actor.stats.remote(), timeout=30)
     value = float(stats["state"].get(var["state"], initial))
-    if abs(value - initial) < 0.03:
+    if nudge and abs(value - initial) < 0.03:
         far = float(var["max"]) if var["max"] - initial > initial - var["min"] else float(var["min"])
         value = float(ray.get(actor.adjust_state.remote(var, (far - initial) / 3.0), timeout=30))
     return value

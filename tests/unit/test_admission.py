@@ -126,3 +126,19 @@ async def test_retry_after_grows_with_the_backlog():
 def test_bad_limits_are_refused():
     with pytest.raises(ValueError):
         AdmissionController(0, 1)
+
+
+async def test_runs_that_waited_out_a_replica_restart_do_not_inflate_the_service_time():
+    ctl = AdmissionController(8, 8)
+    for _ in range(48):
+        await ctl.acquire(far())
+        ctl.release(0.4)
+    assert ctl.service_s == pytest.approx(0.4)
+    for _ in range(16):  # the runs stuck behind a restarting replica: 11 s each
+        await ctl.acquire(far())
+        ctl.release(11.0)
+    assert ctl.service_s == pytest.approx(0.4)  # not 11 s: a 20 s request is not refused
+    for _ in range(64):  # a graph that really became slower is seen as slower
+        await ctl.acquire(far())
+        ctl.release(1.5)
+    assert ctl.service_s == pytest.approx(1.5)
