@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import functools
 import json
 import os
@@ -380,11 +379,7 @@ class Bench:
         var = feedback_var(spec)
         probe = f"reliability cache probe {time.time_ns()}: my order arrived late and broken"
         before_hit = await self.cache_pair(probe)
-        try:
-            v0 = await asyncio.to_thread(nudged_feedback, prefix, var)
-        except Exception as exc:  # the actor's interface changed: the cache checks still run
-            v0 = None
-            print(f"reliability: could not read/nudge the feedback value: {exc!r}", file=sys.stderr)
+        v0: float | None = None
         probes: dict[str, Any] = {}
 
         async def probe_after(at: float) -> list[str]:
@@ -403,11 +398,18 @@ class Bench:
                     f"pre-kill entry {'hit' if old else 'lost'}"]
 
         def read_then_kill() -> tuple[str, int]:
-            # The value the moment before the kill: load keeps moving it between the nudge and
-            # the kill (~10 adjustments a second), so the nudged value is stale by then.
+            # Nudged and read the moment before the kill: load moves the value ~10 times a second,
+            # so a value read (or nudged) before the phase is stale, and may have drifted back to
+            # within a few thousandths of its initial value, where a reset would not show.
+            # The checkpoint is written at most every 0.5 s, so the kill waits 0.6 s after the nudge
+            # (what the last half second changed may legitimately be lost) and reads it again.
             nonlocal v0
-            with contextlib.suppress(Exception):
+            try:
+                nudged_feedback(prefix, var)
+                time.sleep(0.6)
                 v0 = nudged_feedback(prefix, var, nudge=False)
+            except Exception as exc:  # the actor's interface changed: the cache checks still run
+                print(f"reliability: could not read/nudge the feedback value: {exc!r}", file=sys.stderr)
             return kill_one(name_prefix=prefix)
 
         row, outcomes, at = await self.fault_row("kill state actor", read_then_kill, probe_after)
