@@ -45,18 +45,24 @@ def msg(text: str) -> pb.Message:
     return pb.Message(text=pb.Text(content=text))
 
 
-async def test_idle_call_runs_at_once_and_calls_arriving_meanwhile_share_the_next_batch() -> None:
+async def busy(max_batch_size: int = 8) -> tuple[Upper, InProcessBatcher, asyncio.Future[object]]:
+    """A batcher whose first call ("warm") is running and held until ``adapter.gate`` is set."""
     adapter = Upper()
-    batcher = InProcessBatcher(adapter, max_batch_size=8)
-    adapter.gate.clear()  # hold the first batch until the others have queued
-    first = asyncio.ensure_future(batcher.call(msg("a"), None))
-    await asyncio.sleep(0.05)
+    batcher = InProcessBatcher(adapter, max_batch_size=max_batch_size)
+    adapter.gate.clear()
+    first = asyncio.ensure_future(batcher.call(msg("warm"), None))
+    await asyncio.sleep(0.03)
+    return adapter, batcher, first
+
+
+async def test_idle_call_runs_at_once_and_calls_arriving_meanwhile_share_the_next_batch() -> None:
+    adapter, batcher, first = await busy()
     rest = [asyncio.ensure_future(batcher.call(msg(t), None)) for t in "bcdef"]
     await asyncio.sleep(0.01)
     adapter.gate.set()
     replies = await asyncio.gather(first, *rest)
-    assert adapter.batches == [["a"], ["b", "c", "d", "e", "f"]]
-    assert [r.part.content for r in replies if isinstance(r, ModelReply)] == list("ABCDEF")
+    assert adapter.batches == [["warm"], ["b", "c", "d", "e", "f"]]
+    assert [r.part.content for r in replies if isinstance(r, ModelReply)] == ["WARM", *"BCDEF"]
     assert batcher.batch_sizes == [1, 5]
 
 
@@ -72,11 +78,7 @@ async def test_batches_never_exceed_max_batch_size() -> None:
 
 
 async def test_a_failing_row_fails_alone_and_expired_rows_are_skipped() -> None:
-    adapter = Upper()
-    batcher = InProcessBatcher(adapter, max_batch_size=8)
-    adapter.gate.clear()
-    first = asyncio.ensure_future(batcher.call(msg("warm"), None))
-    await asyncio.sleep(0.02)
+    adapter, batcher, first = await busy()
     good = asyncio.ensure_future(batcher.call(msg("ok"), None))
     bad = asyncio.ensure_future(batcher.call(msg("boom"), None))
     late = asyncio.ensure_future(batcher.call(msg("late"), time.time() - 1))
@@ -90,11 +92,7 @@ async def test_a_failing_row_fails_alone_and_expired_rows_are_skipped() -> None:
 
 
 async def test_a_cancelled_caller_leaves_the_others_their_answers() -> None:
-    adapter = Upper()
-    batcher = InProcessBatcher(adapter, max_batch_size=8)
-    adapter.gate.clear()
-    first = asyncio.ensure_future(batcher.call(msg("x"), None))
-    await asyncio.sleep(0.02)
+    adapter, batcher, first = await busy()
     gone = asyncio.ensure_future(batcher.call(msg("gone"), None))
     stays = asyncio.ensure_future(batcher.call(msg("stays"), None))
     await asyncio.sleep(0)
