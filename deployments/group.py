@@ -21,7 +21,7 @@ from modelweave.errors import ModelError, ModelweaveError
 from modelweave.executor import ModelReply
 from modelweave.group_calls import run_members
 from modelweave.messages import part_name
-from modelweave.model_calls import Outcome, predict_rows
+from modelweave.model_calls import Outcome, predict_rows_async
 from modelweave.spec import ModelNode
 from modelweave.trace import row_traces
 from modelweave.v1 import messages_pb2 as pb
@@ -58,12 +58,7 @@ class GroupDeployment:
             ModelweaveError: this call's own failure (DEADLINE_EXCEEDED when skipped).
         """
         adapter = self._adapter(model)
-        with row_traces([message], [trace]):  # the thread below inherits it
-            if adapter.blocking:
-                # CPU-bound models run in a thread so the replica keeps serving health checks.
-                outcome = (await asyncio.to_thread(predict_rows, adapter, [message], [deadline]))[0]
-            else:
-                outcome = predict_rows(adapter, [message], [deadline])[0]
+        outcome = (await predict_rows_async(adapter, [message], [deadline], [trace]))[0]
         if isinstance(outcome, ModelweaveError):
             raise outcome
         return outcome

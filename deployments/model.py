@@ -15,18 +15,15 @@ exactly as in the batch job.
 
 from __future__ import annotations
 
-import asyncio
 import os
-from collections.abc import Sequence
 from typing import Any
 
 from modelweave.adapters.base import build_adapter
 from modelweave.errors import ModelweaveError
 from modelweave.executor import ModelReply
 from modelweave.inprocess_batching import InProcessBatcher
-from modelweave.model_calls import Outcome, predict_rows
+from modelweave.model_calls import Outcome, predict_rows_async
 from modelweave.spec import ModelNode
-from modelweave.trace import row_traces
 from modelweave.v1 import messages_pb2 as pb
 
 
@@ -63,18 +60,10 @@ class ModelDeployment:
             # Errors come back per row, never for the batch: other clients' good rows keep their answers.
             outcome: Outcome = await self._batcher.call(message, deadline, trace)
         else:
-            outcome = (await self._predict([message], [deadline], [trace]))[0]
+            outcome = (await predict_rows_async(self.adapter, [message], [deadline], [trace]))[0]
         if isinstance(outcome, ModelweaveError):
             raise outcome
         return outcome
-
-    async def _predict(self, batch: Sequence[pb.Message], deadlines: Sequence[float | None],
-                       traces: Sequence[tuple[str, str] | None]) -> list[Outcome]:
-        with row_traces(batch, traces):  # the thread below inherits it
-            if self.adapter.blocking:
-                # CPU-bound models run in a thread so the replica keeps serving health checks.
-                return await asyncio.to_thread(predict_rows, self.adapter, batch, deadlines)
-            return predict_rows(self.adapter, batch, deadlines)
 
     def check_health(self) -> None:
         """Serve's health probe: delegates to the adapter."""

@@ -26,8 +26,8 @@ import contextlib
 from dataclasses import dataclass, field
 
 from modelweave.adapters.base import ModelAdapter
-from modelweave.model_calls import Outcome, predict_rows
-from modelweave.trace import request_trace, row_traces
+from modelweave.model_calls import Outcome, predict_rows_async
+from modelweave.trace import request_trace
 from modelweave.v1 import messages_pb2 as pb
 
 
@@ -40,7 +40,7 @@ class _Call:
 
 
 class InProcessBatcher:
-    """Runs concurrent calls of one blocking adapter as batches, one batch at a time.
+    """Runs concurrent calls of one adapter as batches, one batch at a time.
 
     Args:
         adapter: A loaded adapter (blocking ones run in a thread).
@@ -88,14 +88,9 @@ class InProcessBatcher:
             if not batch:
                 continue
             self.batch_sizes.append(len(batch))
-            messages = [c.message for c in batch]
             try:
-                deadlines = [c.deadline for c in batch]
-                with row_traces(messages, [c.trace for c in batch]):  # the thread inherits it
-                    if self.adapter.blocking:
-                        outcomes = await asyncio.to_thread(predict_rows, self.adapter, messages, deadlines)
-                    else:
-                        outcomes = predict_rows(self.adapter, messages, deadlines)
+                outcomes = await predict_rows_async(self.adapter, [c.message for c in batch],
+                                                    [c.deadline for c in batch], [c.trace for c in batch])
             except BaseException as exc:  # only cancellation or a bug: never leave a caller hanging
                 for c in batch:
                     if not c.future.done():

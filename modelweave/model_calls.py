@@ -8,12 +8,14 @@ error; the other rows (other clients' requests, online) get their answers.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 
 from modelweave.adapters.base import ModelAdapter, predict_measured
 from modelweave.errors import DeadlineExceeded, ModelError, ModelweaveError
 from modelweave.executor import ModelReply
+from modelweave.trace import row_traces
 from modelweave.v1 import messages_pb2 as pb
 
 Outcome = ModelReply | ModelweaveError
@@ -48,6 +50,20 @@ def predict_rows(adapter: ModelAdapter, batch: Sequence[pb.Message],
         for i, answer in zip(live, answers, strict=True):
             outcomes[i] = answer
     return [o for o in outcomes if o is not None]
+
+
+async def predict_rows_async(adapter: ModelAdapter, batch: Sequence[pb.Message],
+                             deadlines: Sequence[float | None],
+                             traces: Sequence[tuple[str, str] | None]) -> list[Outcome]:
+    """:func:`predict_rows` from an event loop, each row under its request's trace context.
+
+    Blocking (CPU-bound) adapters run in a thread, so a replica keeps serving health checks
+    and the ingress keeps serving other requests; the thread inherits the trace contexts.
+    """
+    with row_traces(batch, traces):
+        if adapter.blocking:
+            return await asyncio.to_thread(predict_rows, adapter, batch, deadlines)
+        return predict_rows(adapter, batch, deadlines)
 
 
 def _predict(adapter: ModelAdapter, batch: Sequence[pb.Message]) -> list[Outcome]:
