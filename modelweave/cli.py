@@ -283,7 +283,8 @@ def call(graph_name: str, text: str, http_url: str, grpc_addr: str | None, strea
 @click.option("--column", "columns", multiple=True, metavar="PART=COLUMN",
               help="map an input part to a column: Text=body, Embedding=features, Tensor[.NAME]=pixels (repeatable)")
 @click.option("--message-column", default=None, help="column holding the whole input message as protobuf JSON")
-@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1), help="rows per batch")
+@click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=1),
+              help="rows per Ray Data batch (also a model pool's largest micro-batch, unless batch.batch_size says)")
 @click.option("--concurrency", default=None, type=click.IntRange(min=1), help="graph stage actors (default: CPUs/4)")
 @click.option("--timeout-s", default=None, type=click.FloatRange(min=0, min_open=True), help="per-row deadline")
 @click.option("--prefix", default="", help="prefix for the added result column names")

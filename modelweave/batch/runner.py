@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from modelweave.batch.io import read_input, write_output
-from modelweave.batch.job import BatchJob, BatchSummary
+from modelweave.batch.job import DEFAULT_BATCH_SIZE, BatchJob, BatchSummary
 from modelweave.batch.preflight import preflight
 from modelweave.checker import check_graph
 from modelweave.spec import load_graph
@@ -44,7 +44,7 @@ class JobOptions:
     text_column: str | None = None
     columns: dict[str, str] = field(default_factory=dict)
     message_column: str | None = None
-    batch_size: int = 64
+    batch_size: int = DEFAULT_BATCH_SIZE
     concurrency: int | None = None
     timeout_s: float | None = None
     prefix: str = ""

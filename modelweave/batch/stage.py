@@ -41,15 +41,18 @@ class SingleFlightCache:
     cache actor dedupes as it does online.
 
     Args:
-        backend: The shared cache (the job's state actor).
+        backend: The shared cache (the job's state actor, with the stage's local copy).
     """
 
-    def __init__(self, backend: CacheBackend) -> None:
+    def __init__(self, backend: BatchedCache) -> None:
         self._backend = backend
         self._owners: dict[str, tuple[asyncio.Event, asyncio.Task[Any] | None]] = {}
 
     async def get(self, key: str) -> bytes | None:
         """The cached value, or None (then this row owns the key until it stores it or ends)."""
+        value = self._backend.local.get(key)
+        if value is not None:  # the stage's own copy: nothing to wait for, nothing to own
+            return value
         task = asyncio.current_task()
         while True:
             entry = self._owners.get(key)
@@ -112,13 +115,17 @@ class GraphStage:
         self._state_actor = state_actor
 
         shared = SharedStateClient(state_actor, max_wait_s=max_wait_s)
+        self._caches: list[BatchedCache] = []
+        self._state = BatchedState(shared)
 
         def cache_factory(path: str, node: CacheNode) -> CacheBackend:
-            return SingleFlightCache(BatchedCache(shared, path, node))
+            cache = BatchedCache(shared, path, node)
+            self._caches.append(cache)
+            return SingleFlightCache(cache)
 
         caller = StageCaller(PoolCaller(pools, batch_sizes, max_wait_s=max_wait_s),
                              InlineCaller(self.graph, inline) if inline else None)
-        self.executor = Executor(self.graph, caller, cache_factory=cache_factory, state=BatchedState(shared))
+        self.executor = Executor(self.graph, caller, cache_factory=cache_factory, state=self._state)
         self._loop = asyncio.new_event_loop()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -131,7 +138,12 @@ class GraphStage:
         return append_columns(batch, rows, prefix=self.prefix, include_trace=self.include_trace)
 
     async def _run_all(self, inputs: list[pb.Message | InvalidArgument]) -> list[dict[str, Any]]:
-        return list(await asyncio.gather(*(self._run_row(m) for m in inputs)))
+        self._state.begin()
+        rows = list(await asyncio.gather(*(self._run_row(m) for m in inputs)))
+        # The batch's cache stores and feedback adjustments reach the job's actor before the
+        # batch is handed on: between batches this stage's event loop does not run.
+        await asyncio.gather(self._state.drain(), *(cache.drain() for cache in self._caches))
+        return rows
 
     async def _run_row(self, message: pb.Message | InvalidArgument) -> dict[str, Any]:
         start = time.monotonic()

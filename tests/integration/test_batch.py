@@ -231,7 +231,9 @@ def test_duplicates_in_a_job_hit_the_shared_cache(ray_cluster: None, pools_job: 
         job.shutdown()
     after = pools_job.pools.stats()
     assert all(r["error"] is None for r in rows)
-    assert stats["misses"] == 10 and stats["hits"] == 190 and stats["size"] == 10
+    # Each distinct text missed once in the job's shared cache; repeats were answered by the
+    # stage's local copy or the shared cache (the actor counts only lookups that reach it).
+    assert stats["misses"] == 10 and stats["size"] == 10 and stats["hits"] < 190
     assert sum(r["cache_hit"] for r in rows) == 190 == summary.cache_hits
     sentiment_rows = sum(after[m]["rows"] - before[m]["rows"] for m in ("cheap", "multilingual"))
     assert sentiment_rows == 10  # the routed sentiment sub-flow ran once per distinct text

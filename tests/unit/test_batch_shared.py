@@ -1,0 +1,74 @@
+"""The graph stage's state backends: stage-local cache copy and per-batch feedback mirror (no Ray)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from modelweave.batch.shared import BatchedCache, BatchedState, JobState, SharedStateClient
+from modelweave.spec import AdaptiveValue, CacheNode
+from tests.unit.fake_actor import Handle
+
+VAR = AdaptiveValue(state="threshold", initial=0.5, min=0.4, max=0.6)
+
+
+def _client() -> tuple[Handle, SharedStateClient]:
+    actor = Handle(JobState())
+    return actor, SharedStateClient(actor, max_wait_s=0.0)
+
+
+def test_feedback_is_read_once_per_batch_adjusted_locally_and_sent_in_order_at_the_end() -> None:
+    actor, client = _client()
+    state = BatchedState(client)
+
+    async def batch(deltas: list[float]) -> list[float]:
+        state.begin()
+        seen = list(await asyncio.gather(*(state.adjust(VAR, d) for d in deltas)))
+        seen.append(await state.get(VAR))
+        await state.drain()
+        return seen
+
+    seen = asyncio.run(batch([0.05, 0.05, 0.05, -0.02]))
+    # Clamped after each delta, as the actor does: 0.55, 0.6 (cap), 0.6, 0.58.
+    assert [round(v, 6) for v in seen] == [0.55, 0.6, 0.6, 0.58, 0.58]
+    assert actor.calls.count("get_state") == 1 and actor.calls.count("adjust_state_many") == 1
+    assert round(JobState.get_state(actor.target, VAR.model_dump()), 6) == 0.58  # the actor agrees
+
+    # Another stage moved the shared value between batches: the next batch reads it again.
+    actor.target.adjust_state(VAR.model_dump(), -0.1)
+    assert asyncio.run(batch([])) == [actor.target.get_state(VAR.model_dump())]
+    assert actor.calls.count("get_state") == 2
+
+
+def test_a_failed_read_is_retried_by_the_next_row() -> None:
+    actor, client = _client()
+    state = BatchedState(client)
+
+    async def run() -> float:
+        state.begin()
+        actor.mode = "dead"
+        try:
+            await state.get(VAR)
+        except RuntimeError:
+            pass
+        actor.mode = "ok"
+        return await state.get(VAR)
+
+    assert asyncio.run(run()) == 0.5
+
+
+def test_cache_hits_its_local_copy_and_stores_reach_the_actor_when_drained() -> None:
+    actor, client = _client()
+    node = CacheNode(kind="cache", name="c", ttl_s=60, max_entries=100, body={"kind": "model", "name": "m",
+                                                                             "impl": "x:Y"})
+    cache = BatchedCache(client, "g/c", node)
+
+    async def run() -> tuple[bytes | None, bytes | None]:
+        miss = await cache.get("k")
+        await cache.put("k", b"v")
+        hit = await cache.get("k")
+        await cache.drain()
+        return miss, hit
+
+    assert asyncio.run(run()) == (None, b"v")
+    assert actor.calls.count("cache_get_many") == 1  # the second lookup never left the stage
+    assert actor.target.cache_get("g/c", "k") == b"v"  # the store reached the shared cache
