@@ -47,6 +47,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from modelweave.adapters.base import ModelAdapter, build_adapter, resolve_adapter
+from modelweave.batch.job import DEFAULT_BATCH_SIZE
 from modelweave.checker import check_graph
 from modelweave.codecs import message_from_text
 from modelweave.executor import Executor
@@ -250,7 +251,7 @@ def write_inputs(texts: list[str], folder: pathlib.Path, files: int = 4) -> None
 
 
 def batch_run(spec: GraphSpec, texts: list[str], work: pathlib.Path, label: str, *, inline: str = "none",
-              batch_size: int = 64) -> tuple[Measure, MemorySampler]:
+              batch_size: int = DEFAULT_BATCH_SIZE) -> tuple[Measure, MemorySampler]:
     """Parquet in -> graph -> parquet out (fresh pools and state); returns the figure and memory peaks."""
     from modelweave.batch import BatchJob, read_input, write_output
 
@@ -353,7 +354,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scale", type=int, default=10, help="size of the large batch run, in multiples of --rows")
     parser.add_argument("--online-rows", type=int, default=600, help="requests sent to the online path (0: skip it)")
     parser.add_argument("--clients", type=int, default=32, help="concurrent HTTP clients of the online path")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="rows per Ray Data batch")
     parser.add_argument("--num-cpus", type=int, default=None, help="logical CPUs of the local Ray (default: cores)")
     parser.add_argument("--model-ms", type=float, default=0.0, help="simulated cost of each model call (ms)")
     parser.add_argument("--row-ms", type=float, default=0.0, help="simulated cost per row of a model call (ms)")

@@ -47,6 +47,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from lean_http import LeanClient  # noqa: E402  (benchmarks/ is not a package)
+from throughput_batch import batch_job, batch_table, plain_loop  # noqa: E402
 
 from modelweave.layout import model_node_dicts  # noqa: E402
 
@@ -94,6 +95,7 @@ class Result:
     p50_model_ms: float = 0.0
     latency_ratio: float = 0.0
     pss_mb: float = 0.0
+    rss_mb: float = 0.0
     loadgen_cpu: float = 0.0
     #: Answers of the concurrent phase by HTTP status ("error" for a broken connection).
     statuses: dict[str, int] = field(default_factory=dict)
@@ -168,23 +170,26 @@ async def concurrent(url: str, texts: Iterator[str], clients: int, duration_s: f
     return ok, errors, models
 
 
-def ray_pss_mb() -> float:
-    """PSS of this run's Ray processes (GCS, raylet, workers: all descendants of this driver), in MB.
+def ray_memory_mb() -> tuple[float, float]:
+    """(PSS, RSS) summed over this run's Ray processes (GCS, raylet, workers: all descendants
+    of this driver), in MB.
 
-    PSS, so pages shared between replicas (libraries, copy-on-write) are counted once; other
-    Ray clusters on the machine are not descendants, so they are not counted.
+    PSS counts pages shared between replicas (libraries, copy-on-write) once; RSS counts them
+    in every process (what ``ps`` and most dashboards add up). Other Ray clusters on the
+    machine are not descendants, so they are not counted.
     """
     import psutil
 
-    total = 0
+    totals = {"Pss:": 0, "Rss:": 0}
     for proc in psutil.Process().children(recursive=True):
         try:
             for line in pathlib.Path(f"/proc/{proc.pid}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    total += int(line.split()[1])
+                key = line.split(" ", 1)[0]
+                if key in totals:
+                    totals[key] += int(line.split()[1])
         except OSError:
             continue
-    return total / 1024
+    return totals["Pss:"] / 1024, totals["Rss:"] / 1024
 
 
 def texts_from(pool: Sequence[str]) -> Iterator[str]:
@@ -229,7 +234,7 @@ def run_layout(layout: str, data: dict[str, Any], http: str, texts: list[str], o
     try:
         latencies, seq_models, result.answers, ok, errors, models, loadgen = asyncio.run(
             measure(spec.name, f"{http}/{spec.name}", texts, opts, result))
-        result.pss_mb = ray_pss_mb()
+        result.pss_mb, result.rss_mb = ray_memory_mb()
     finally:
         serve.delete(spec.name)
     cores = os.cpu_count() or 1
@@ -253,14 +258,14 @@ def table(results: list[Result], cores: int) -> str:
     base = results[0]
     lines = [f"| layout | model deployments | in ingress | max Serve hops | req/s ({cores} cores) | "
              f"vs {base.layout} | model CPU ms/req | CPU floor req/s | efficiency | p50 ms | p50 model ms | "
-             f"p50 / model | vs {base.layout} | Ray PSS MB | errors | same answers |",
+             f"p50 / model | vs {base.layout} | Ray PSS / RSS MB | errors | same answers |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(
             f"| {r.layout} | {r.deployments} | {r.inline} | {r.serve_hops_max} | {r.req_s:.1f} | "
             f"{r.req_s / base.req_s:.2f}x | {r.model_cpu_ms:.1f} | {r.floor_req_s:.0f} | {r.efficiency:.0%} | "
             f"{r.p50_ms:.1f} | {r.p50_model_ms:.1f} | {r.latency_ratio:.2f}x | {r.p50_ms / base.p50_ms:.2f}x | "
-            f"{r.pss_mb:.0f} | {r.errors} | {r.same_answers} |")
+            f"{r.pss_mb:,.0f} / {r.rss_mb:,.0f} | {r.errors} | {r.same_answers} |")
     return "\n".join(lines)
 
 
@@ -276,6 +281,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=30)
     p.add_argument("--texts", type=int, default=4000, help="distinct held-out texts to draw from")
     p.add_argument("--num-cpus", type=int, default=8, help="logical CPUs of the local Ray (more than cores is fine)")
+    p.add_argument("--batch-rows", type=int, default=2000, help="held-out texts for the batch job (0: skip)")
+    p.add_argument("--loop-rows", type=int, default=300, help="texts for the plain loop baseline (0: skip)")
     p.add_argument("--out", default=str(HERE / "results" / "throughput.json"))
     return p.parse_args(argv)
 
@@ -298,6 +305,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         results = [run_layout(layout, layout_graph(base, layout, groups), f"http://127.0.0.1:{port}", texts, opts)
                    for layout in opts.layouts.split(",")]
+        serve.shutdown()  # frees the replicas' CPUs for the batch job's pools
+        batch = run_batch(base, texts, opts)
     finally:
         ray.shutdown()
     cores = os.cpu_count() or 1
@@ -311,10 +320,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     for r in results:
         nodes = ", ".join(f"{k} {v:.2f}" for k, v in sorted(r.node_cpu_ms.items(), key=lambda kv: -kv[1]))
         print(f"{r.layout}: answers by status {r.statuses}; model CPU ms per request by node: {nodes}")
+    online = next((r for r in results if r.layout == "default"), results[0])
+    if batch:
+        print(f"\nbatch path ({online.layout} layout's online model CPU per request for the single-request floor):")
+        print(batch_table(batch, online.model_cpu_ms))
     pathlib.Path(opts.out).write_text(json.dumps(
         {"graph": opts.graph, "cores": cores, "clients": opts.clients, "duration_s": opts.duration,
-         "results": [{k: v for k, v in asdict(r).items() if k != "answers"} for r in results]}, indent=2))
+         "results": [{k: v for k, v in asdict(r).items() if k != "answers"} for r in results],
+         "batch": [{**asdict(b), "rows_s": b.rows_s} for b in batch]}, indent=2))
     return 0
+
+
+def run_batch(base: dict[str, Any], texts: list[str], opts: argparse.Namespace) -> list[Any]:
+    """The batch job and the plain loop over held-out texts (unique: the cache cannot help)."""
+    from modelweave.spec import parse_graph
+
+    spec = parse_graph(layout_graph(base, "batch", {}), "batch")
+    out = []
+    if opts.batch_rows:
+        print(f"[batch] {opts.batch_rows} rows through a Ray Data job ...", flush=True)
+        out.append(batch_job(spec, texts[:opts.batch_rows]))
+    if opts.loop_rows:
+        print(f"[batch] {opts.loop_rows} rows through a plain loop ...", flush=True)
+        out.append(plain_loop(spec, texts[:opts.loop_rows]))
+    return out
 
 
 def _free_port() -> int:
