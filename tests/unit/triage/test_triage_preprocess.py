@@ -8,6 +8,7 @@ import pytest
 
 from modelweave.apps.triage.models import InputGuard, LanguageId, Normalizer, PiiRedactor
 from modelweave.apps.triage.preprocess import replace_spans
+from modelweave.errors import GraphSpecError
 from modelweave.v1 import messages_pb2 as pb
 
 
@@ -180,3 +181,23 @@ def test_guard_batch_matches_one_text_at_a_time() -> None:
     batched = guard.predict([_msg(t) for t in texts])
     assert batched == [guard.predict([_msg(t)])[0] for t in texts]
     assert {v.validator for v in batched if not v.passed} == {"securevector-guardian", "profanity-check"}
+
+
+PATTERN_ENTITIES = ["EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "IP_ADDRESS"]
+
+
+def test_pattern_only_redactor_without_spacy_finds_what_the_pipeline_finds(redactor: PiiRedactor) -> None:
+    # The reference app's non-English redactor: presidio's no-op NLP engine, no spaCy.
+    with_spacy = PiiRedactor(entities=PATTERN_ENTITIES)
+    with_spacy.load()
+    without = PiiRedactor(entities=PATTERN_ENTITIES, spacy_model=None)
+    without.load()
+    assert without._analyzer.nlp_engine.engine_name == "no_op"
+    messages = [_msg(t) for t in MIXED_TEXTS]
+    assert without.predict(messages) == with_spacy.predict(messages)
+    assert any("<EMAIL_ADDRESS>" in m.content for m in without.predict(messages))
+
+
+def test_ner_entities_need_a_spacy_pipeline() -> None:
+    with pytest.raises(GraphSpecError, match=r"\['PERSON'\] are found by spaCy's NER: they need spacy_model"):
+        PiiRedactor(entities=["PERSON", "EMAIL_ADDRESS"], spacy_model=None)
