@@ -119,10 +119,10 @@ class Texts:
 
 
 def held_out_texts() -> list[str]:
-    """Test and validation tweets of the triage data (never seen by the models' training)."""
+    """Test and validation tweets of the triage data (never seen by the models' training), labels mixed."""
     from modelweave.apps.triage import data
 
-    return [t.text for t in data.tweets("test") + data.tweets("validation")]
+    return data.held_out_mix(("test", "validation"))
 
 
 class Target:

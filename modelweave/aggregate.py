@@ -9,13 +9,14 @@ from google.protobuf.message import Message as ProtoMessage
 
 from modelweave.adapters.base import import_object
 from modelweave.errors import ModelError
-from modelweave.messages import clone, part_name, set_part
+from modelweave.messages import clone, copy_parts, part_name, set_part
 from modelweave.spec import AggregateSpec
 from modelweave.v1 import messages_pb2 as pb
 
 
 def aggregate(spec: AggregateSpec, base: pb.Message, results: Sequence[pb.Message | None],
-              weights: Sequence[float]) -> tuple[pb.Message, str]:
+              weights: Sequence[float], *, writes: Sequence[frozenset[str]] | None = None,
+              ) -> tuple[pb.Message, str]:
     """Combines branch results into one envelope.
 
     Args:
@@ -23,6 +24,7 @@ def aggregate(spec: AggregateSpec, base: pb.Message, results: Sequence[pb.Messag
         base: The envelope that entered the parallel node.
         results: One envelope per branch, ``None`` for a failed branch.
         weights: One weight per branch.
+        writes: For ``merge``: the part types each branch writes (from the checker; disjoint).
 
     Returns:
         The combined envelope and a short detail for the trace.
@@ -34,6 +36,13 @@ def aggregate(spec: AggregateSpec, base: pb.Message, results: Sequence[pb.Messag
                 return clone(r), f"first_valid: branch {i}"
         raise ModelError("first_valid: no branch produced a valid result")
     out = clone(base)
+    if spec.strategy == "merge":
+        if writes is None or len(writes) != len(results) or len(ok) != len(results):
+            raise ModelError("merge: needs every branch's result and the part types it writes")
+        for (r, _, _), parts in zip(ok, writes, strict=True):
+            copy_parts(r, out, sorted(parts))
+        merged = sorted(p for parts in writes for p in parts)
+        return out, f"merge: {', '.join(merged) or 'nothing'}"
     if spec.strategy == "vote":
         part = _vote([(r.classification, w) for r, w, _ in ok])
         set_part(out, part)

@@ -30,7 +30,7 @@ _AGGREGATE_PARTS = {"vote": "Classification", "mean": "Classification", "concat"
 class AggregateSpec(_Strict):
     """How a parallel node combines its branches."""
 
-    strategy: Literal["vote", "mean", "first_valid", "concat", "custom"]
+    strategy: Literal["vote", "mean", "first_valid", "concat", "merge", "custom"]
     function: str | None = Field(None, description="import path, for strategy=custom")
     produces: str | None = Field(None, description="part type written by a custom function")
     weights: list[float] | None = None
@@ -43,6 +43,10 @@ class AggregateSpec(_Strict):
             raise ValueError("strategy 'custom' needs 'function' and 'produces'")
         if self.strategy != "custom" and self.function:
             raise ValueError("'function' is only used with strategy 'custom'")
+        if self.strategy == "merge" and (self.weights is not None or self.min_successful is not None):
+            # Every branch contributes its own parts: a missing branch would leave a hole that
+            # later nodes read as "not produced", so all of them must succeed, none outweighs another.
+            raise ValueError("strategy 'merge' takes no weights and no min_successful (every branch must succeed)")
         return self
 
 
@@ -64,7 +68,8 @@ class ParallelNode(NodeBase):
 
 
 class ParallelKind(NodeKind):
-    """Type rule: vote/mean/concat need their part from every branch; first_valid keeps what all share."""
+    """Type rule: vote/mean/concat need their part from every branch; first_valid keeps what all share;
+    merge needs branches that write disjoint part types and keeps what each one writes."""
 
     kind = "parallel"
     spec = ParallelNode
@@ -100,6 +105,18 @@ class ParallelKind(NodeKind):
                         f"every branch, but this branch produces {fmt_types(out)}"
                     )
             return available | {needed}, {needed}, reads
+        if agg.strategy == "merge":
+            owner: dict[str, str] = {}
+            for branch in node.branches:
+                for part in sorted(walker.checked.info(branch).writes):
+                    if part in owner:
+                        raise GraphSpecError(
+                            f"{path}: aggregate 'merge' needs branches that write different part types, but "
+                            f"{owner[part]!r} and {branch.name!r} both write {full_name(part)}")
+                    owner[part] = branch.name
+            # Each branch ran on a copy of this node's input: a part one branch reads is the input's,
+            # never another branch's output (e.g. classify the original text while it is redacted).
+            return available | writes, writes, reads
         common = frozenset.intersection(*outs)
         if agg.strategy == "custom":
             try:
@@ -164,7 +181,8 @@ class ParallelKind(NodeKind):
             raise first
         weights = node.aggregate.weights or [1.0] * len(node.branches)
         try:
-            out, detail = aggregate(node.aggregate, msg, results, weights)
+            out, detail = aggregate(node.aggregate, msg, results, weights,
+                                    writes=[ex.graph.info(b).writes for b in node.branches])
         except ModelweaveError as exc:
             exc.node = exc.node or path
             span.error = exc.status.value

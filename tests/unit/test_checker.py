@@ -337,6 +337,26 @@ def test_vote_output_types():
     assert info.reads == {"Text"}
 
 
+def test_merge_keeps_what_each_branch_writes():
+    flow = parallel("merge", [model("cls", "Label"), model("tag", "Tag")])
+    checked = check(graph(chain(flow), output=["Text", "Classification"]))
+    info = checked.nodes["g/main/p"]
+    assert info.writes == {"Classification", "Text"}
+    assert info.available_out == {"Text", "Classification"}
+
+
+def test_merge_refuses_branches_that_write_the_same_part():
+    msg = check_error(graph(chain(parallel("merge", [model("a", "Label"), model("b", "Label")]))))
+    assert msg.startswith("g/main/p:")
+    assert "'a' and 'b' both write modelweave.v1.Classification" in msg
+
+
+def test_merge_takes_no_weights_or_min_successful():
+    for extra in ({"weights": [1.0, 2.0]}, {"min_successful": 1}):
+        msg = check_error(graph(chain(parallel("merge", [model("a", "Label"), model("b", "Tag")], **extra))))
+        assert "strategy 'merge' takes no weights and no min_successful" in msg
+
+
 def test_first_valid_output_is_common_to_all_branches():
     flow = parallel("first_valid", [chain(model("x", "Label"), typed("y", ["Text"], "Generation"), name="c1"),
                                      model("z", "Label")])

@@ -71,18 +71,22 @@ def test_triage_branches_merge_back_into_the_next_step(triage: CheckedGraph) -> 
     drawing = build_drawing(triage)
     assert_well_formed(drawing)
     base = "triage/main"
-    cache, ensemble = f"{base}/sentiment-cache", f"{base}/sentiment-cache/sentiment/escalate/ensemble"
-    # After the cached sentiment decision: the ensemble's join, its fallback, the route's
-    # pass-through branch and the cache hit all rejoin at the redaction route.
-    assert sources_into(drawing, f"{base}/redaction") == {
+    merge = f"{base}/classify-and-redact"
+    cache, ensemble = f"{merge}/sentiment-cache", f"{merge}/sentiment-cache/sentiment/escalate/ensemble"
+    # Classification and redaction start from the same box; after the cached sentiment decision,
+    # the ensemble's join, its fallback, the route's pass-through branch and the cache hit rejoin
+    # the two redactors at the merge's join.
+    assert sources_into(drawing, cache) == sources_into(drawing, f"{merge}/redaction") == {merge: "flow"}
+    assert sources_into(drawing, f"{merge}#join") == {
         f"{ensemble}#join": "flow", f"{ensemble}/tfidf-fallback": "flow",
-        f"{base}/sentiment-cache/sentiment/escalate": "branch", cache: "hit"}
+        f"{cache}/sentiment/escalate": "branch", cache: "hit",
+        f"{merge}/redaction/redact": "flow", f"{merge}/redaction/redact-patterns": "flow"}
+    assert drawing.nodes[f"{merge}#join"].lines == ["merge"]
     # Parallel branches meet at the join (the aggregate), not at the next step.
     assert sources_into(drawing, f"{ensemble}#join") == {
         f"{ensemble}/minilm": "flow", f"{ensemble}/tfidf-second-opinion": "flow"}
     assert drawing.nodes[f"{ensemble}#join"].lines == ["mean 0.45/0.55"]
-    assert sources_into(drawing, f"{base}/answer-path") == {
-        f"{base}/redaction/redact": "flow", f"{base}/redaction/redact-patterns": "flow"}
+    assert sources_into(drawing, f"{base}/answer-path") == {f"{merge}#join": "flow"}
     answer = f"{base}/answer-path/answer/grounded"
     assert set(sources_into(drawing, "output")) == {
         f"{base}/answer-path/handoff-complaint", f"{base}/answer-path/handoff-blocked",
@@ -95,7 +99,7 @@ def test_triage_fallback_loop_and_escalation_edges(triage: CheckedGraph) -> None
     by_style = defaultdict(list)
     for e in drawing.edges:
         by_style[e.style].append(e)
-    ensemble = "triage/main/sentiment-cache/sentiment/escalate/ensemble"
+    ensemble = "triage/main/classify-and-redact/sentiment-cache/sentiment/escalate/ensemble"
     (fallback,) = by_style["fallback"]
     assert (fallback.source, fallback.target, fallback.role) == (
         ensemble, f"{ensemble}/tfidf-fallback", "fallback on error")
@@ -166,8 +170,8 @@ def test_triage_picture_fits_a_screen_without_overlaps(triage: CheckedGraph, tmp
 def test_stats_annotate_boxes_and_edges(triage: CheckedGraph, tmp_path: pathlib.Path) -> None:
     base = "triage/main"
     stats = {f"{base}/normalise": NodeStats(share=1.0, mean_ms=0.4),
-             f"{base}/sentiment-cache": NodeStats(share=1.0, mean_ms=3.0),
-             f"{base}/sentiment-cache/sentiment": NodeStats(share=0.25, mean_ms=9.0)}
+             f"{base}/classify-and-redact/sentiment-cache": NodeStats(share=1.0, mean_ms=3.0),
+             f"{base}/classify-and-redact/sentiment-cache/sentiment": NodeStats(share=0.25, mean_ms=9.0)}
     drawing = build_drawing(triage, stats)
     assert drawing.nodes[f"{base}/normalise"].lines[-1] == "100% · 0.4 ms"
     hit = next(e for e in drawing.edges if e.style == "hit")

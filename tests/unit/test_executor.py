@@ -135,6 +135,21 @@ async def test_parallel_branches_get_independent_copies():
     assert result.message.classification.label == "hey"  # weight 2 beats weight 1
 
 
+async def test_merge_combines_parts_each_branch_wrote_on_the_same_input():
+    # One branch rewrites the text, the other classifies it (after a slower first step, so the
+    # rewrite finishes first): the classifier still sees the input text, and the result carries
+    # both the rewritten text and the label.
+    classify = chain(model("slow", "Sleep", seconds=0.05), model("l", "LabelFromText"), name="classify")
+    ex, caller = build(graph(parallel("merge", classify, model("tag", "Tag", suffix="!!!")),
+                             output=["Text", "Classification"]))
+    result = await run(ex, text("hey"))
+    assert caller.adapters["l"].seen[0].text.content == "hey"
+    assert result.message.text.content == "hey!!!"
+    assert result.message.classification.label == "hey"
+    (span,) = spans_of(result.trace, "parallel")
+    assert span.detail == "merge: Classification, Text"
+
+
 async def test_vote():
     ex, _ = build(graph(parallel("vote", model("a", "Label", label="pos", confidence=0.6),
                                  model("b", "Label", label="pos", confidence=0.8),

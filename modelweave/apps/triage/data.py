@@ -144,6 +144,19 @@ def tweets(split: Split, limit: int | None = None) -> list[Tweet]:
     return rows
 
 
+def held_out_mix(splits: tuple[Split, ...] = ("test",), limit: int | None = None) -> list[str]:
+    """Texts of held-out ``splits`` in a seeded, label-independent order (for load generators).
+
+    The corpus (and so :func:`tweets`) lists a split grouped by label: the first ~2,400 test
+    tweets are all negative. A benchmark that sends a prefix of that order measures one path of
+    a routing graph only (in triage: complaints, which skip the answer path's two encoder
+    runs); this order mixes the labels as the split does at every length.
+    """
+    rows = [t for split in splits for t in tweets(split)]
+    rows.sort(key=lambda t: order_key(t.text))
+    return [t.text for t in rows[:limit]]
+
+
 @functools.lru_cache(maxsize=1)
 def load_qa() -> tuple[QAPair, ...]:
     """Every consecutive (question, answer) turn pair of the English chatterbot files."""
