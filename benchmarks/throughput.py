@@ -120,23 +120,23 @@ def path_model_ms(answer: dict[str, Any]) -> float:
     This is the latency the models alone would need if every hop were free, so the latency
     ratio of a graph with concurrent branches is not flattered by summing work that overlapped.
     """
-    spans = answer.get("trace", {}).get("spans", [])
-    parallels = {str(s.get("node")) for s in spans if s.get("kind") == "parallel"}
+    spans = [(str(s.get("node", "")), s.get("kind"), float(s.get("cpuMs", 0.0)))
+             for s in answer.get("trace", {}).get("spans", [])]
+    parallels = {node for node, kind, _ in spans if kind == "parallel"}
 
-    def cost(prefix: str) -> float:
-        inside = [s for s in spans if str(s.get("node", "")).startswith(prefix)]
-        # Parallel nodes directly in this scope (not inside another parallel of the scope).
-        top = sorted(p for p in parallels if p.startswith(prefix) and p + "/" != prefix
-                     and not any(p.startswith(q + "/") for q in parallels if q.startswith(prefix) and q != p))
-        total = sum(float(s.get("cpuMs", 0.0)) for s in inside if s.get("kind") == "model"
-                    and not any(str(s.get("node")).startswith(q + "/") for q in top))
-        for q in top:
-            branches = {str(s.get("node"))[len(q) + 1:].split("/", 1)[0] for s in inside
-                        if str(s.get("node", "")).startswith(q + "/")}
-            total += max((cost(f"{q}/{b}/") + sum(float(s.get("cpuMs", 0.0)) for s in inside
-                                                 if s.get("node") == f"{q}/{b}" and s.get("kind") == "model")
-                          for b in branches), default=0.0)
-        return total
+    def within(node: str, scope: str) -> bool:
+        return not scope or node == scope or node.startswith(scope + "/")
+
+    def cost(scope: str) -> float:
+        if scope in parallels:  # its branches ran concurrently: the longest counts
+            branches = {node[len(scope) + 1:].split("/", 1)[0] for node, _, _ in spans
+                        if node.startswith(scope + "/")}
+            return max((cost(f"{scope}/{b}") for b in branches), default=0.0)
+        inner = [q for q in parallels if within(q, scope)]
+        top = [q for q in inner if not any(o != q and within(q, o) for o in inner)]
+        return (sum(ms for node, kind, ms in spans if kind == "model" and within(node, scope)
+                    and not any(within(node, q) for q in top))
+                + sum(cost(q) for q in top))
 
     return cost("")
 

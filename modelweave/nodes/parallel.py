@@ -181,8 +181,9 @@ class ParallelKind(NodeKind):
             raise first
         weights = node.aggregate.weights or [1.0] * len(node.branches)
         try:
-            out, detail = aggregate(node.aggregate, msg, results, weights,
-                                    writes=[ex.graph.info(b).writes for b in node.branches])
+            writes = ([ex.graph.info(b).writes for b in node.branches]
+                      if node.aggregate.strategy == "merge" else None)
+            out, detail = aggregate(node.aggregate, msg, results, weights, writes=writes)
         except ModelweaveError as exc:
             exc.node = exc.node or path
             span.error = exc.status.value
