@@ -45,6 +45,7 @@ def deployment_options(settings: DeploymentSettings | IngressSettings) -> dict[s
         "ray_actor_options": ray_actor_options,
         "max_ongoing_requests": settings.max_ongoing_requests,
         "max_queued_requests": settings.queue_bound(),
+        "request_router_config": {"max_backoff_s": settings.router_max_backoff_s},
         "logging_config": LOGGING_CONFIG,
     }
     if isinstance(settings, IngressSettings):

@@ -36,7 +36,7 @@ from actors.shared_state import ActorCache, ActorState, StateLink, get_state_act
 from deployments.metrics import RayMetricsSink
 from deployments.serve_caller import ServeCaller
 from deployments.transport_errors import GRPC_STATUS, HTTP_STATUS
-from modelweave.admission import AdmissionController
+from modelweave.admission import AdmissionController, answer_deadline
 from modelweave.auth import TokenVerifier
 from modelweave.checker import check_graph
 from modelweave.codecs import (
@@ -135,7 +135,7 @@ class GraphIngress:
         try:
             check_request(request, self.spec.limits, self.spec.input)
             budget_s = request.timeout_ms / 1000.0 if request.timeout_ms else self.spec.timeout_s
-            deadline = start + budget_s
+            deadline = answer_deadline(start, budget_s)
             async with self.admission.admit(deadline):
                 if trace is not None:
                     trace.graph_started()

@@ -28,6 +28,8 @@ from modelweave.nodes.validate import FeedbackUpdate, ValidateNode
 from modelweave.spec_base import (
     _NAME_RE,
     NAME_PATTERN,
+    ROUTER_BACKOFF_HELP,
+    ROUTER_MAX_BACKOFF_S,
     ActorOptions,
     AdaptiveValue,
     AutoscalingSettings,
@@ -102,6 +104,7 @@ class IngressSettings(_Strict):
         1.0, ge=0, le=3600,
         description="Retry-After of the 503 that Serve's proxy answers itself once the ingress's own queue "
                     "(max_ongoing_requests) and the proxy's (max_queued_requests) are full")
+    router_max_backoff_s: float = Field(ROUTER_MAX_BACKOFF_S, gt=0, le=5, description=ROUTER_BACKOFF_HELP)
     auth: AuthSettings | None = Field(None, description="token authentication (HTTP and gRPC)")
 
     @model_validator(mode="after")

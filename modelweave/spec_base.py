@@ -65,6 +65,16 @@ class BatchingSettings(_Strict):
         0.0, ge=0, le=10, description="how long a batch that is not full waits for more calls before it starts")
 
 
+#: Longest pause of a Serve router between attempts to place a call on a full deployment.
+#: Serve's default (0.5 s) with its two routing tasks per replica caps a caller at ~4 calls/s
+#: into a replica that was full once: after a flood filled the ingress, the proxy fed it 4
+#: requests/s for 6-11 s while it sat idle and every other request got a 503 (measured, 2 cores).
+ROUTER_MAX_BACKOFF_S = 0.05
+ROUTER_BACKOFF_HELP = ("longest backoff (s) of Serve's router between attempts to place a call on a full replica "
+                       "(request_router_config.max_backoff_s; Serve's default 0.5 s throttles a recovered replica "
+                       "to ~4 calls/s per replica)")
+
+
 class DeploymentSettings(_Strict):
     """Serve settings of one model node's deployment.
 
@@ -79,6 +89,7 @@ class DeploymentSettings(_Strict):
     max_queued_requests: int | None = Field(
         None, ge=-1, description="calls queued per caller; default max_ongoing_requests x max replicas; -1 = unbounded")
     batching: BatchingSettings | None = None
+    router_max_backoff_s: float = Field(ROUTER_MAX_BACKOFF_S, gt=0, le=5, description=ROUTER_BACKOFF_HELP)
     max_replicas_per_node: int | None = Field(
         None, ge=1, description="Serve's cap on this deployment's replicas per node (1 spreads them over nodes)")
     graceful_shutdown_timeout_s: float = Field(5.0, ge=0)

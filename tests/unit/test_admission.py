@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from modelweave.admission import AdmissionController
+from modelweave.admission import AdmissionController, answer_deadline
 from modelweave.errors import Overloaded, Status
 
 pytestmark = pytest.mark.timeout(10)
@@ -115,12 +115,24 @@ async def test_retry_after_grows_with_the_backlog():
     for _ in range(4):  # 4 completions in the 2 s window: 2 runs/s
         ctl.in_flight += 1
         ctl.release(0.5)
-    for _ in range(20):
+    waits = [ctl._shed("queue_full", "test").retry_after_s for _ in range(20)]
+    # A virtual queue: the n-th client shed is told n / (2 runs/s), rounded up to whole seconds.
+    assert waits == [float(max(1, -(-n // 2))) for n in range(1, 21)]
+    assert ctl.waiting_outside == 20 and ctl.retry_after_s() == 11.0  # 21st in line
+    now[0] += 5.0  # the first ten have come back (their waits ran out); no completions since
+    assert ctl.waiting_outside == 10
+    assert ctl.retry_after_s() == 1.0  # no measured rate: nothing to divide by
+
+
+async def test_retry_after_is_capped_and_counts_the_queue():
+    now = [0.0]
+    ctl = AdmissionController(1, 50, clock=lambda: now[0])
+    ctl.in_flight += 1
+    ctl.release(1.0)  # 1 completion in the 2 s window: 0.5 runs/s
+    assert ctl._shed("queue_full", "test").retry_after_s == 2.0  # itself: 1 / 0.5
+    for _ in range(40):
         ctl._shed("queue_full", "test")
-    # 20 rejections in 2 s = 10/s of demand against 2 runs/s: come back in ~5 s.
-    assert ctl.retry_after_s() == 5.0
-    now[0] += 10.0  # the window has passed: no rate, no backlog
-    assert ctl.retry_after_s() == 1.0
+    assert ctl.retry_after_s() == 30.0  # 41 outside at 0.5 runs/s would be 84 s: capped
 
 
 def test_bad_limits_are_refused():
@@ -142,3 +154,9 @@ async def test_runs_that_waited_out_a_replica_restart_do_not_inflate_the_service
         await ctl.acquire(far())
         ctl.release(1.5)
     assert ctl.service_s == pytest.approx(1.5)
+
+
+def test_answer_deadline_keeps_a_reply_margin():
+    assert answer_deadline(10.0, 2.0) == pytest.approx(11.9)  # 5 % of 2 s
+    assert answer_deadline(0.0, 20.0) == pytest.approx(19.9)  # at most 100 ms
+    assert answer_deadline(0.0, 0.2) == pytest.approx(0.19)

@@ -257,5 +257,13 @@ def test_check_verbose_describe_draw_build_and_fit_show_the_groups() -> None:
     assert "group prep" in to_mermaid(checked) and "in ingress" in to_mermaid(checked)
     config = serve_config([checked.spec], host="127.0.0.1", http_port=1, grpc_port=2)
     assert {d["name"] for d in config["applications"][0]["deployments"]} == set(checked.layout.deployments)
+    # Serve's router waits at most 50 ms (not 0.5 s) before placing a call on a replica that was
+    # full, on every deployment and the ingress (the proxy's router); a node may override it.
+    deployments = config["applications"][0]["deployments"]
+    backoffs = {d["name"]: d["request_router_config"]["max_backoff_s"] for d in deployments}
+    assert set(backoffs.values()) == {0.05} and set(backoffs) == set(checked.layout.deployments)
+    from deployments.app import deployment_options  # imports Ray, as serve_config() does
+
+    assert deployment_options(checked.spec.ingress)["request_router_config"] == {"max_backoff_s": 0.05}
     assert {a.name for a in graph_asks([checked.spec])} == {f"triage/{n}" for n in checked.layout.deployments} | {
         "triage/Ingress"}

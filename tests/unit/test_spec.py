@@ -266,6 +266,7 @@ def test_autoscaling_initial_within_bounds_is_fine():
         ({"num_replicas": 0}, "flow.deployment.num_replicas"),
         ({"max_ongoing_requests": 0}, "flow.deployment.max_ongoing_requests"),
         ({"max_queued_requests": -2}, "flow.deployment.max_queued_requests"),
+        ({"router_max_backoff_s": 0}, "flow.deployment.router_max_backoff_s"),
         ({"batching": {"max_batch_size": 0}}, "flow.deployment.batching.max_batch_size"),
         ({"batching": {"batch_wait_timeout_s": 11}}, "flow.deployment.batching.batch_wait_timeout_s"),
         ({"ray_actor_options": {"num_gpus": -1}}, "flow.deployment.ray_actor_options.num_gpus"),
