@@ -116,11 +116,11 @@ async def test_retry_after_grows_with_the_backlog():
         ctl.in_flight += 1
         ctl.release(0.5)
     waits = [ctl._shed("queue_full", "test").retry_after_s for _ in range(20)]
-    # A virtual queue: the n-th client shed is told n / (2 runs/s), rounded up to whole seconds.
-    assert waits == [float(max(1, -(-n // 2))) for n in range(1, 21)]
-    assert ctl.waiting_outside == 20 and ctl.retry_after_s() == 11.0  # 21st in line
-    now[0] += 5.0  # the first ten have come back (their waits ran out); no completions since
-    assert ctl.waiting_outside == 10
+    # A virtual queue: the n-th client shed is told n / (2 x 2 runs/s), in whole seconds.
+    assert waits == [float(max(1, -(-n // 4))) for n in range(1, 21)]
+    assert ctl.waiting_outside == 20 and ctl.retry_after_s() == 6.0  # 21st in line
+    now[0] += 3.0  # the first twelve have come back (their waits ran out); no completions since
+    assert ctl.waiting_outside == 8
     assert ctl.retry_after_s() == 1.0  # no measured rate: nothing to divide by
 
 
@@ -129,10 +129,10 @@ async def test_retry_after_is_capped_and_counts_the_queue():
     ctl = AdmissionController(1, 50, clock=lambda: now[0])
     ctl.in_flight += 1
     ctl.release(1.0)  # 1 completion in the 2 s window: 0.5 runs/s
-    assert ctl._shed("queue_full", "test").retry_after_s == 2.0  # itself: 1 / 0.5
+    assert ctl._shed("queue_full", "test").retry_after_s == 1.0  # itself: 1 / (2 x 0.5)
     for _ in range(40):
         ctl._shed("queue_full", "test")
-    assert ctl.retry_after_s() == 30.0  # 41 outside at 0.5 runs/s would be 84 s: capped
+    assert ctl.retry_after_s() == 30.0  # 41 outside at 2 x 0.5 runs/s would be 42 s: capped
 
 
 def test_bad_limits_are_refused():
