@@ -44,10 +44,11 @@ class LeanClient:
         self.path = parts.path or "/"
         self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
 
-    async def post_json(self, body: dict[str, Any], timeout_s: float) -> Reply:
+    async def post_json(self, body: dict[str, Any], timeout_s: float, headers: dict[str, str] | None = None) -> Reply:
         """Sends one POST; raises ``OSError`` / ``TimeoutError`` / ``ValueError`` on transport failures."""
         payload = json.dumps(body).encode()
-        head = (f"POST {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+        extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+        head = (f"POST {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n{extra}"
                 f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n").encode()
         request = head + payload
         if not self._idle:

@@ -36,7 +36,7 @@ from actors.shared_state import ActorCache, ActorState, StateLink, get_state_act
 from deployments.metrics import RayMetricsSink
 from deployments.serve_caller import ServeCaller
 from deployments.transport_errors import GRPC_STATUS, HTTP_STATUS
-from modelweave.admission import AdmissionController, answer_deadline
+from modelweave.admission import AdmissionController, answer_deadline, request_start_age
 from modelweave.auth import TokenVerifier
 from modelweave.checker import check_graph
 from modelweave.codecs import (
@@ -49,6 +49,7 @@ from modelweave.codecs import (
     to_json,
 )
 from modelweave.errors import (
+    DeadlineExceeded,
     InvalidArgument,
     ModelError,
     ModelweaveError,
@@ -75,6 +76,8 @@ _JSON = "application/json"
 #: Token name of the request being served, for log lines deep in the call (a context variable:
 #: tasks started for a request copy it, concurrent requests do not share it).
 _CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("modelweave_caller", default="")
+#: The request's X-Request-Start header / metadata (read when admission.trust_request_start).
+_REQUEST_START: contextvars.ContextVar[str | None] = contextvars.ContextVar("modelweave_request_start", default=None)
 
 
 class GraphIngress:
@@ -135,6 +138,12 @@ class GraphIngress:
         try:
             check_request(request, self.spec.limits, self.spec.input)
             budget_s = request.timeout_ms / 1000.0 if request.timeout_ms else self.spec.timeout_s
+            if self.spec.ingress.admission.trust_request_start:
+                # Time queued in front of the ingress (Serve's proxy, a load balancer) counts too.
+                start -= request_start_age(_REQUEST_START.get(), time.time(), budget_s)
+                if answer_deadline(start, budget_s) <= time.monotonic():
+                    raise DeadlineExceeded(f"the request's {budget_s * 1000:.0f} ms budget ran out before it "
+                                           "reached the graph (queued in front of the ingress, per X-Request-Start)")
             deadline = answer_deadline(start, budget_s)
             async with self.admission.admit(deadline):
                 if trace is not None:
@@ -208,6 +217,7 @@ class GraphIngress:
         try:
             if request.method == "GET" and suffix == "healthz":  # open: load balancers probe it
                 return Response(b"ok", media_type="text/plain", headers=headers)
+            _REQUEST_START.set(request.headers.get("x-request-start"))
             header_id = request.headers.get("x-request-id")
             if header_id:
                 request_id = check_request_id(header_id, "x-request-id header")
@@ -347,6 +357,7 @@ class GraphIngress:
     def _grpc_caller(self, grpc_context: RayServegRPCContext) -> str:
         # gRPC metadata keys arrive lowercase; the value is the same "Bearer <token>" as HTTP's.
         metadata = dict(grpc_context.invocation_metadata())
+        _REQUEST_START.set(metadata.get("x-request-start"))  # every RPC authenticates first
         return self._authenticate(metadata.get("authorization"))
 
     def _grpc_trace(self, grpc_context: RayServegRPCContext, method: str, caller: str) -> RequestTrace | None:

@@ -68,6 +68,39 @@ REPLY_MARGIN = 0.05
 MAX_REPLY_MARGIN_S = 0.1
 
 
+def request_start_age(header: str | None, now_wall: float, budget_s: float) -> float:
+    """Seconds a request already waited in front of the ingress, from its ``X-Request-Start`` header.
+
+    The header is what NGINX (``t=${msec}``), HAProxy and Heroku's router set when they accept a
+    request: ``t=`` and a Unix time in seconds, milliseconds or microseconds (told apart by size,
+    as APM agents do). Time queued in Serve's proxy or a load balancer then counts against the
+    request's budget, which Serve alone cannot report.
+
+    Args:
+        header: The header's value (None or unparsable: 0).
+        now_wall: ``time.time()`` now.
+        budget_s: The request's budget; the age is clamped to [0, budget_s] (a clock ahead of this
+            one gives 0; an age beyond the budget means the request already expired).
+
+    Returns:
+        The age in seconds.
+    """
+    if not header:
+        return 0.0
+    value = header.strip()
+    if value.startswith("t="):
+        value = value[2:]
+    try:
+        stamp = float(value)
+    except ValueError:
+        return 0.0
+    if stamp > 1e14:  # microseconds
+        stamp /= 1e6
+    elif stamp > 1e11:  # milliseconds
+        stamp /= 1e3
+    return min(max(0.0, now_wall - stamp), budget_s)
+
+
 def answer_deadline(start: float, budget_s: float) -> float:
     """When a request started at ``start`` with ``budget_s`` must be answered by, on the same clock.
 

@@ -88,6 +88,11 @@ class AdmissionSettings(_Strict):
 
     max_concurrent: int = Field(32, ge=1)
     max_queued: int = Field(64, ge=0)
+    trust_request_start: bool = Field(
+        False, description="count the time before the ingress against the request's deadline, from the "
+                           "X-Request-Start header (t=<Unix time in s, ms or us>) a proxy in front sets; only "
+                           "behind a proxy whose clock agrees with the ingress's (a clock behind by more than a "
+                           "request's budget makes every request look expired)")
 
 
 class IngressSettings(_Strict):

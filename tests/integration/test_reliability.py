@@ -113,18 +113,30 @@ def test_killing_a_model_replica_under_load_loses_no_request(sturdy_app):
 
 @pytest.fixture(scope="module")
 def narrow_app(serve_endpoints: ServeEndpoints) -> Iterator[ServeEndpoints]:
-    """Room for 2 running graphs and 4 queued per ingress replica; a 0.2 s model."""
+    """Room for 2 running graphs and 4 queued per ingress replica; a 0.2 s model; X-Request-Start trusted."""
     from ray import serve
 
     name = _deploy({
         "name": "narrow",
-        "ingress": {"admission": {"max_concurrent": 2, "max_queued": 4}},
+        "ingress": {"admission": {"max_concurrent": 2, "max_queued": 4, "trust_request_start": True}},
         "flow": {"kind": "chain", "name": "main", "steps": [
             {"kind": "model", "name": "narrow-model", "impl": "slow_models:SlowLabel", "params": {"seconds": 0.2},
              "deployment": {"max_ongoing_requests": 2}}]},
     })
     yield serve_endpoints
     serve.delete(name)
+
+
+def test_time_queued_in_front_of_the_ingress_counts_against_the_deadline(narrow_app):
+    body = {"input": {"text": {"content": "queued upstream"}}, "timeout_ms": 1000}
+    url = f"{narrow_app.http}/narrow"
+    # A load balancer accepted it 5 s ago (NGINX's t=<seconds>.<ms>): its 1 s budget is gone.
+    stale = httpx.post(url, json=body, headers={"x-request-start": f"t={time.time() - 5:.3f}"}, timeout=60)
+    assert stale.status_code == 504 and stale.json()["error"]["code"] == "DEADLINE_EXCEEDED", stale.text
+    # Accepted just now (in milliseconds, as Heroku writes it), or without the header: answered.
+    fresh = httpx.post(url, json=body, headers={"x-request-start": f"t={int(time.time() * 1000)}"}, timeout=60)
+    assert fresh.status_code == 200, fresh.text
+    assert _post(narrow_app.http, "narrow", "no header", timeout_ms=1000).status_code == 200
 
 
 def test_a_flood_is_shed_with_retry_after_and_the_service_recovers(narrow_app):

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from modelweave.admission import AdmissionController, answer_deadline
+from modelweave.admission import AdmissionController, answer_deadline, request_start_age
 from modelweave.errors import Overloaded, Status
 
 pytestmark = pytest.mark.timeout(10)
@@ -160,3 +160,24 @@ def test_answer_deadline_keeps_a_reply_margin():
     assert answer_deadline(10.0, 2.0) == pytest.approx(11.9)  # 5 % of 2 s
     assert answer_deadline(0.0, 20.0) == pytest.approx(19.9)  # at most 100 ms
     assert answer_deadline(0.0, 0.2) == pytest.approx(0.19)
+
+
+NOW = 1_796_000_000.0  # a Unix time in 2026: the unit of the header is told by its size
+
+
+@pytest.mark.parametrize(
+    ("header", "age"),
+    [
+        (f"t={NOW - 0.5:.3f}", 0.5),  # NGINX: seconds with a millisecond fraction
+        (f"t={int((NOW - 0.5) * 1e3)}", 0.5),  # milliseconds (Heroku)
+        (f"t={int((NOW - 0.5) * 1e6)}", 0.5),  # microseconds (Apache's %t)
+        (f"{NOW - 0.25:.3f}", 0.25),  # no "t="
+        (f"t={NOW + 0.5:.3f}", 0.0),  # a clock ahead of ours: no negative age
+        (f"t={NOW - 10:.3f}", 2.0),  # older than the budget: clamped to it (the request has expired)
+        ("t=soon", 0.0),
+        ("", 0.0),
+        (None, 0.0),
+    ],
+)
+def test_request_start_age_reads_the_proxy_header(header, age):
+    assert request_start_age(header, now_wall=NOW, budget_s=2.0) == pytest.approx(age, abs=1e-3)
