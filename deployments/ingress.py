@@ -138,13 +138,14 @@ class GraphIngress:
         try:
             check_request(request, self.spec.limits, self.spec.input)
             budget_s = request.timeout_ms / 1000.0 if request.timeout_ms else self.spec.timeout_s
-            if self.spec.ingress.admission.trust_request_start:
+            trusted = self.spec.ingress.admission.trust_request_start
+            if trusted:
                 # Time queued in front of the ingress (Serve's proxy, a load balancer) counts too.
                 start -= request_start_age(_REQUEST_START.get(), time.time(), budget_s)
-                if answer_deadline(start, budget_s) <= time.monotonic():
-                    raise DeadlineExceeded(f"the request's {budget_s * 1000:.0f} ms budget ran out before it "
-                                           "reached the graph (queued in front of the ingress, per X-Request-Start)")
             deadline = answer_deadline(start, budget_s)
+            if trusted and deadline <= time.monotonic():
+                raise DeadlineExceeded(f"the request's {budget_s * 1000:.0f} ms budget ran out before it "
+                                       "reached the graph (queued in front of the ingress, per X-Request-Start)")
             async with self.admission.admit(deadline):
                 if trace is not None:
                     trace.graph_started()
