@@ -536,7 +536,8 @@ async def profile_run(n: int, http_base: str, opts: Options, out_dir: pathlib.Pa
     """py-spy records each ingress replica and the proxy while concurrent HTTP load runs."""
     import httpx
 
-    py_spy = shutil.which("py-spy")
+    # The virtualenv's bin folder is often not on PATH (``.venv/bin/python benchmarks/...``).
+    py_spy = shutil.which("py-spy") or shutil.which("py-spy", path=os.path.dirname(sys.executable))
     if py_spy is None:
         return ["py-spy not found: pip install py-spy"]
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -8,9 +8,12 @@ turn under each layout and driven over HTTP:
 * **default**: the file as it is: non-blocking rule nodes (the handoffs) run inside the
   ingress (``inline: auto``);
 * **colocated**: the groups of ``examples/triage-colocated.yaml`` applied to the same
-  graph (cheap preprocessing in one deployment, the TF-IDF nodes sharing one process,
+  graph (cheap preprocessing in one deployment, the TF-IDF classifier in a group of its own,
   heavy models on their own; grouped nodes drop their dynamic batching, which is per
-  deployment).
+  deployment);
+* **ingress-only**: every model node inside the ingress (``inline: true``, keeping its
+  in-process dynamic batching; its Serve settings dropped): no model hop at all, one process
+  for every model, which then share its interpreter (GIL) and scale only with the ingress.
 
 For each layout: a warm-up, ``--sequential`` requests one at a time (p50 latency against
 the p50 model CPU on the request's critical path: the sum of its model spans' ``cpuMs``, the
@@ -23,7 +26,7 @@ own graph name (so its own cache and feedback state) and sees the same texts in 
 order. Run from the repository root (artifacts prepared: ``modelweave prepare
 examples/triage.yaml``)::
 
-    python benchmarks/throughput.py                       # 3 layouts, 16 clients, 40 s each
+    python benchmarks/throughput.py                       # 4 layouts, 16 clients, 40 s each
     python benchmarks/throughput.py --duration 15 --sequential 40 --layouts per-model,colocated
 """
 
@@ -52,7 +55,7 @@ from throughput_batch import batch_job, batch_table, plain_loop  # noqa: E402
 
 from modelweave.layout import model_node_dicts  # noqa: E402
 
-LAYOUTS = ("per-model", "default", "colocated")
+LAYOUTS = ("per-model", "default", "colocated", "ingress-only")
 
 
 def layout_graph(base: dict[str, Any], layout: str, groups: dict[str, str]) -> dict[str, Any]:
@@ -68,6 +71,12 @@ def layout_graph(base: dict[str, Any], layout: str, groups: dict[str, str]) -> d
             deployment["group"] = groups[node["name"]]
             deployment.pop("inline", None)
             deployment.pop("batching", None)  # dynamic batching is per deployment
+        elif layout == "ingress-only":
+            batching = deployment.get("batching")
+            deployment.clear()  # replicas, CPUs and autoscaling are a deployment's, not the ingress's
+            deployment["inline"] = True
+            if batching is not None:
+                deployment["batching"] = batching
     return data
 
 

@@ -246,7 +246,7 @@ def test_check_verbose_describe_draw_build_and_fit_show_the_groups() -> None:
     checked = check_graph(load_graph(path))
     result = CliRunner().invoke(main, ["check", "-v", str(path)])
     assert result.exit_code == 0, result.output
-    assert "16 model nodes in 8 model deployments (4 in the ingress)" in result.output
+    assert "16 model nodes in 8 model deployments (6 in the ingress)" in result.output  # + 2 KeepPart
     assert "prep[normalise+language+guard]" in result.output
     first = hop_paths(checked)[0]
     assert first.choices == ("escalate=keep", "redaction=english", "answer-path=complaint")

@@ -176,3 +176,33 @@ def test_grounding_rejects_empty_and_profane_answers(data_dir: Path) -> None:
     v_empty, v_rude = validator.predict([empty, rude])
     assert not v_empty.passed and "candidates exhausted" in v_empty.reason
     assert not v_rude.passed and "profane" in v_rude.reason
+
+
+def test_grounding_remembers_profanity_scores_exactly(data_dir: Path, index: dict) -> None:
+    # Corpus answers repeat on every request that reaches grounding: each is scored once, and the
+    # remembered score is the one a fresh scoring gives (verdicts identical with and without).
+    import profanity_check
+
+    validator = GroundingValidator(data_dir=str(data_dir), threshold=-1.0, question="Text")
+    validator.load()
+    answers = [a["text"] for a in index["answers"][:6]] + ["AI is a fucking waste of time, you idiot."]
+    batch = []
+    for answer in answers + answers[:3]:
+        m = _msg("What is AI?")
+        m.generation.text = answer
+        batch.append(m)
+    scored: list[list[str]] = []
+    real = profanity_check.predict_prob
+
+    def counting(texts: list[str]) -> np.ndarray:
+        scored.append(list(texts))
+        return real(texts)
+
+    validator._profanity = type("Spy", (), {"predict_prob": staticmethod(counting)})()
+    first = validator.predict(batch)
+    again = validator.predict(batch)
+    assert [v.SerializeToString() for v in first] == [v.SerializeToString() for v in again]
+    assert sorted(scored[0]) == sorted(set(answers)) and len(scored) == 1  # each text once, never again
+    expected = real(answers + answers[:3])
+    assert [("profane" in v.reason) for v in first] == [bool(p >= 0.5) for p in expected]
+    assert validator._profanity_scores(answers) == [float(p) for p in real(answers)]
