@@ -21,7 +21,10 @@ branches of a ``parallel`` node counting as the longest of them), then ``--clien
 for ``--duration`` seconds (req/s). Model CPU per request is the sum of the spans'
 ``cpuMs`` in the answers' traces; the CPU floor is ``cores x 1000 / model CPU ms`` (the
 req/s if every core did nothing but model work) and efficiency is req/s over that floor.
-Memory is the PSS of all Ray processes after the run (Linux ``/proc``). Each layout gets its
+Memory is the PSS of all Ray processes after the run (Linux ``/proc``); the CPU time each
+Ray process spent during the concurrent phase, per answered request and grouped by role
+(proxy, ingress, each replica, the state actor, the rest of Ray: ``process_cpu.py``), shows
+where the CPU that is not the models' goes. Each layout gets its
 own graph name (so its own cache and feedback state) and sees the same texts in the same
 order. Run from the repository root (artifacts prepared: ``modelweave prepare
 examples/triage.yaml``)::
@@ -51,6 +54,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from lean_http import LeanClient  # noqa: E402  (benchmarks/ is not a package)
+from process_cpu import cpu_by_role, per_request_ms, snapshot  # noqa: E402
 from throughput_batch import batch_job, batch_table, plain_loop  # noqa: E402
 
 from modelweave.layout import model_node_dicts  # noqa: E402
@@ -109,6 +113,8 @@ class Result:
     loadgen_cpu: float = 0.0
     #: Answers of the concurrent phase by HTTP status ("error" for a broken connection).
     statuses: dict[str, int] = field(default_factory=dict)
+    #: CPU ms per answered request of each Ray process role (concurrent phase; ``process_cpu``).
+    process_cpu_ms: dict[str, float] = field(default_factory=dict)
     #: Model CPU per answered request by node (concurrent phase).
     node_cpu_ms: dict[str, float] = field(default_factory=dict)
     #: Result JSON of every sequential request (warm-up included), for the parity check.
@@ -247,9 +253,10 @@ async def measure(name: str, url: str, texts: list[str], opts: argparse.Namespac
     _, _, warm = await sequential(client, stream, opts.warmup)
     latencies, seq_models, answers = await sequential(client, stream, opts.sequential)
     await client.aclose()
-    cpu0, t0 = time.process_time(), time.monotonic()
+    cpu0, t0, before = time.process_time(), time.monotonic(), snapshot()
     ok, errors, models = await concurrent(url, stream, opts.clients, opts.duration, result.statuses,
                                           result.node_cpu_ms)
+    result.process_cpu_ms = per_request_ms(cpu_by_role(before, snapshot()), ok)
     loadgen = (time.process_time() - cpu0) / (time.monotonic() - t0)
     return latencies, seq_models, warm + answers, ok, errors, models, loadgen
 
@@ -358,6 +365,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for r in results:
         nodes = ", ".join(f"{k} {v:.2f}" for k, v in sorted(r.node_cpu_ms.items(), key=lambda kv: -kv[1]))
         print(f"{r.layout}: answers by status {r.statuses}; model CPU ms per request by node: {nodes}")
+    print("\nCPU ms per answered request by process (concurrent phase, all Ray processes of this run; "
+          "inline models count in the ingress):")
+    for r in results:
+        roles = ", ".join(f"{k} {v:.1f}" for k, v in r.process_cpu_ms.items())
+        print(f"{r.layout}: total {sum(r.process_cpu_ms.values()):.1f} (models {r.model_cpu_ms:.1f}): {roles}")
     online = next((r for r in results if r.layout == "default"), results[0])
     if batch:
         print(f"\nbatch path ({online.layout} layout's online model CPU per request for the single-request floor):")
