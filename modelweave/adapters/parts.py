@@ -15,7 +15,7 @@ from google.protobuf.message import Message as ProtoMessage
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from modelweave.adapters.base import ModelAdapter
-from modelweave.errors import FailedPrecondition
+from modelweave.errors import FailedPrecondition, GraphSpecError
 from modelweave.messages import PART_CLASSES, PART_FIELDS, part_name
 from modelweave.v1 import messages_pb2 as pb
 
@@ -34,7 +34,10 @@ class KeepPartParams(BaseModel):
     @field_validator("part")
     @classmethod
     def _known_single_part(cls, value: str) -> str:
-        short = part_name(value)
+        try:
+            short = part_name(value)
+        except GraphSpecError as exc:  # as a ValueError, pydantic names the field: "params.part: ..."
+            raise ValueError(str(exc)) from None
         if short == "Tensor":
             raise ValueError("Tensor parts are a map of named tensors; KeepPart hands on one part")
         return short

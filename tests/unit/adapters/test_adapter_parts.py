@@ -35,8 +35,8 @@ def test_signature_follows_the_part() -> None:
 
 
 @pytest.mark.parametrize(("params", "message"), [
-    ({"part": "Image"}, "unknown message type 'Image'"),
-    ({"part": "Tensor"}, "Tensor parts are a map"),
+    ({"part": "Image"}, "KeepPart: params.part: .*unknown message type 'Image'"),
+    ({"part": "Tensor"}, "KeepPart: params.part: .*Tensor parts are a map"),
     ({"part": "Text", "extra": 1}, "params.extra"),
 ])
 def test_bad_params_are_refused(params: dict[str, Any], message: str) -> None:
