@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from google.protobuf.message import Message as ProtoMessage
+from process_cpu import process_role, ray_processes  # benchmarks/: this file's folder, first on sys.path
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -449,17 +450,8 @@ def inprocess_cost_us(n: int, sink: Any = None, iterations: int = 2000) -> dict[
 
 def replica_pids(app: str, deployment: str) -> list[int]:
     """PIDs of this driver's Ray workers serving ``app``'s ``deployment`` (by process title)."""
-    import psutil
-
     title = f"ServeReplica:{app}:{deployment}"
-    pids = []
-    for proc in psutil.Process(os.getpid()).children(recursive=True):
-        try:
-            if title in " ".join(proc.cmdline()):
-                pids.append(proc.pid)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return pids
+    return [proc.pid for proc, cmdline in ray_processes() if title in cmdline]
 
 
 def serve_processes(app: str, n: int) -> dict[str, list[Any]]:
@@ -482,16 +474,7 @@ def serve_processes(app: str, n: int) -> dict[str, list[Any]]:
 
 def proxy_pids() -> list[int]:
     """PIDs of this driver's Serve proxy actors."""
-    import psutil
-
-    pids = []
-    for proc in psutil.Process(os.getpid()).children(recursive=True):
-        try:
-            if "ProxyActor" in " ".join(proc.cmdline()):
-                pids.append(proc.pid)
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return pids
+    return [proc.pid for proc, cmdline in ray_processes() if process_role(cmdline) == "HTTP proxy"]
 
 
 _IDLE_LEAVES = ("select (selectors", "epoll", "poll (", "wait (threading", "_wait_once")

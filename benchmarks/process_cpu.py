@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 #: Role of processes that are none of the named ones (GCS, raylet, dashboard and metrics
 #: agents, Ray Data's and Serve's helper actors, idle workers).
@@ -44,18 +45,30 @@ class Snapshot:
     role: Mapping[int, str]
 
 
+def ray_processes() -> list[tuple[Any, str]]:
+    """Every descendant of this process (the local Ray cluster it started): ``(psutil.Process, command line)``."""
+    import psutil
+
+    found = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            found.append((proc, " ".join(proc.cmdline())))
+        except (psutil.Error, OSError):
+            continue  # exited between the listing and the read
+    return found
+
+
 def snapshot() -> Snapshot:
     """CPU seconds and role of every descendant of this process."""
     import psutil
 
     cpu: dict[int, float] = {}
     role: dict[int, str] = {}
-    for proc in psutil.Process().children(recursive=True):
+    for proc, cmdline in ray_processes():
         try:
             times = proc.cpu_times()
-            cmdline = " ".join(proc.cmdline())
         except (psutil.Error, OSError):
-            continue  # exited between the listing and the read
+            continue  # exited since the listing
         cpu[proc.pid] = times.user + times.system
         role[proc.pid] = process_role(cmdline)
     return Snapshot(cpu, role)

@@ -272,9 +272,10 @@ class GroundingValidator(ModelAdapter):
 
     def _profanity_scores(self, answers: Sequence[str]) -> list[float]:
         """alt-profanity-check's probability per answer; only texts not seen recently are scored."""
+        distinct = set(answers)
         with self._memo_lock:
-            known = {a: s for a in set(answers) if (s := self._profane_memo.get(a)) is not None}
-        missing = sorted(set(answers) - known.keys())
+            known = {a: s for a in distinct if (s := self._profane_memo.get(a)) is not None}
+        missing = sorted(distinct - known.keys())
         if missing:
             fresh = dict(zip(missing, (float(p) for p in self._profanity.predict_prob(missing)), strict=True))
             with self._memo_lock:
