@@ -32,6 +32,7 @@ TOKENIZER = str(Path(__file__).parent / "assets" / "tokenizer.json")
 
 MANIFEST = "manifest.json"
 TFIDF_MODEL = "sentiment_tfidf.joblib"
+TFIDF_SUPPORT_MODEL = "sentiment_tfidf_support.joblib"
 HEAD_MODEL = "sentiment_minilm_head.joblib"
 FINETUNED_MODEL = "sentiment_finetuned.onnx"
 QA_INDEX = "qa_index.json"
@@ -119,8 +120,18 @@ class Artifacts:
         return self.directory / name
 
     def calibration(self, key: str) -> float:
-        """A calibrated constant (temperature, threshold, weight) from the manifest."""
-        return float(self.manifest["calibration"][key])
+        """A calibrated constant (temperature, threshold, weight) from the manifest.
+
+        Raises:
+            FailedPrecondition: The artifact set predates ``key`` (built by an older prepare).
+        """
+        try:
+            return float(self.manifest["calibration"][key])
+        except KeyError:
+            raise FailedPrecondition(
+                f"{self.directory / MANIFEST} has no calibration {key!r}: the artifacts were built by an "
+                f"older prepare; run `python -m modelweave.apps.triage.prepare --data-dir {self.directory.parent}`"
+            ) from None
 
 
 def minilm_embedder(threads: int | None = None) -> Any:

