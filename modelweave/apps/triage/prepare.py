@@ -7,7 +7,7 @@ Artifacts (under ``<data_dir>/triage``):
   support development set (``assets/support_dev.csv``): the cheap tier adapted to support traffic.
 - ``sentiment_minilm_head.joblib``: logistic regression on int8 MiniLM embeddings.
 - ``sentiment_router.joblib``: the learned router (:mod:`.router`), trained on validation.
-- ``sentiment_finetuned.onnx``: MiniLM-L6 fine-tuned on the training tweets (:mod:`.finetune`;
+- ``sentiment_finetuned.onnx``: MiniLM-L6 fine-tuned on training tweets + the support set (:mod:`.finetune`;
   int8 unless that lost validation accuracy). Building it needs torch (the ``train`` extra).
 - ``qa_index.json`` + ``qa_*_vectors.npy``: chatterbot answers and questions, embedded.
 - ``manifest.json``: version, input hashes, artifact hashes, calibrated constants
@@ -160,7 +160,7 @@ def prepare_hook(data_dir: Path, progress: bool = True) -> Path:
 
 
 def _tfidf_pipeline() -> Any:
-    """The cheap tier's untrained pipeline under this recipe (:func:`.tfidf.pipeline`)."""
+    """The cheap tier's untrained pipeline under this recipe (:func:`.tfidf_training.pipeline`)."""
     return tfidf_training.pipeline(RECIPE["tfidf"])
 
 
@@ -199,18 +199,17 @@ def _build(out: Path, limit: int | None, progress: bool, previous: Path | None =
     bar = tqdm(total=n_embed, unit="text", disable=not progress, desc="training TF-IDF")
     lap("load_data")
 
-    tfidf = _tfidf_pipeline()
-    tfidf.fit([x.text for x in train], [x.label for x in train])
-    joblib.dump(tfidf, out / art.TFIDF_MODEL)
+    tfidf, tfidf_val_raw = tfidf_training.train_tier(out / art.TFIDF_MODEL, RECIPE["tfidf"], train, validation)
     classes = [str(c) for c in tfidf.classes_]
     y_val = cal.label_indices([x.label for x in validation], classes)
-    tfidf_val_raw = tfidf.predict_proba([x.text for x in validation])
     tfidf_temperature = cal.fit_temperature(tfidf_val_raw, y_val)
     lap("tfidf")
-    support = tfidf_training.train_support_tier(
-        out / art.TFIDF_SUPPORT_MODEL, RECIPE["tfidf"], float(RECIPE["support"]["weight"]), train,
-        data.support_dev(limit), validation, classes, y_val,
+    support = data.support_dev(limit)
+    support_tier, support_val_raw = tfidf_training.train_tier(
+        out / art.TFIDF_SUPPORT_MODEL, RECIPE["tfidf"], train, validation, support, float(RECIPE["support"]["weight"])
     )
+    if [str(c) for c in support_tier.classes_] != classes:
+        raise RuntimeError(f"support tier classes {list(support_tier.classes_)} differ from {classes}")
     lap("tfidf_support")
 
     embedder = art.minilm_embedder()
@@ -266,8 +265,7 @@ def _build(out: Path, limit: int | None, progress: bool, previous: Path | None =
     bar.close()
     lap("qa_index")
 
-    tuned = _finetuned(out, head_train, data.support_dev(limit), val_embed, classes, y_sub, progress, previous,
-                       limit)
+    tuned = _finetuned(out, head_train, support, val_embed, classes, y_sub, progress, previous, limit)
     ft_sub = apply_temperature(tuned.pop("proba"), tuned["temperature"])
     ft_weight = cal.fit_ensemble_weight(tfidf_sub, ft_sub, y_sub)
     ft_ensemble = ft_weight * tfidf_sub + (1 - ft_weight) * ft_sub
@@ -286,14 +284,14 @@ def _build(out: Path, limit: int | None, progress: bool, previous: Path | None =
             "validation": len(validation),
             "head_train": len(head_train),
             "validation_embedded": len(val_embed),
-            "support_dev": support["size"],
+            "support_dev": len(support),
             "qa_pairs": len(pairs),
             "answers": len(answers),
             "questions": len(questions),
         },
         "calibration": {
             "tfidf_temperature": tfidf_temperature,
-            "tfidf_support_temperature": support["temperature"],
+            "tfidf_support_temperature": cal.fit_temperature(support_val_raw, y_val),
             "head_temperature": head_temperature,
             "ensemble_weight": weight,
             "cascade_threshold": threshold,
@@ -307,7 +305,7 @@ def _build(out: Path, limit: int | None, progress: bool, previous: Path | None =
         "finetune": {k: v for k, v in tuned.items() if k != "temperature"},
         "validation": {
             "tfidf_accuracy": cal.accuracy(tfidf_val_raw, y_val),
-            "tfidf_support_accuracy": support["accuracy"],
+            "tfidf_support_accuracy": cal.accuracy(support_val_raw, y_val),
             "head_accuracy": cal.accuracy(head_sub, y_sub),
             "ensemble_accuracy": cal.accuracy(ensemble_sub, y_sub),
             "cascade_accuracy": curve[threshold][0],

@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from modelweave.apps.triage import calibration as cal
 from modelweave.apps.triage import data
 
 
@@ -36,44 +35,42 @@ def pipeline(recipe: dict[str, Any]) -> Any:
     return Pipeline([("features", features), ("lr", LogisticRegression(C=recipe["C"], max_iter=2000))])
 
 
-def train_support_tier(
+def train_tier(
     path: Path,
     recipe: dict[str, Any],
-    weight: float,
     train: Sequence[data.Tweet],
-    messages: Sequence[data.SupportMessage],
     validation: Sequence[data.Tweet],
-    classes: list[str],
-    y_val: Any,
-) -> dict[str, Any]:
-    """Trains the ``support`` tier on tweets + weighted support messages and saves it to ``path``.
+    messages: Sequence[data.SupportMessage] = (),
+    weight: float = 1.0,
+) -> tuple[Any, Any]:
+    """Trains one TF-IDF tier, saves it to ``path`` and scores the validation tweets.
 
-    The temperature is fitted on the validation tweets like every other model's, so the support
-    development set trains the model and nothing else: no threshold or weight is read off it here.
+    With ``messages`` this is the ``support`` tier: the support messages join the tweets, each
+    weighing ``weight`` tweets in the loss. Its temperature is then fitted on the validation
+    tweets like every other model's, so the support development set trains the model and
+    nothing else: no threshold or weight is read off it here.
 
     Args:
         path: Where the fitted pipeline is written (joblib).
         recipe: The TF-IDF recipe (:func:`pipeline`).
-        weight: How many tweets one support message weighs in the loss.
         train: Training tweets.
-        messages: Labelled support messages (:func:`.data.support_dev`).
-        validation: Validation tweets (temperature and accuracy).
-        classes: The tweet model's class order; the support tier must report the same.
-        y_val: Validation labels as indices of ``classes``.
+        validation: Validation tweets.
+        messages: Labelled support messages (:func:`.data.support_dev`); none for the tweet tier.
+        weight: How many tweets one support message weighs in the loss.
 
     Returns:
-        ``temperature``, validation ``accuracy`` (raw probabilities) and ``size`` (messages used).
+        The fitted pipeline and its raw validation probabilities (rows of ``validation``).
     """
     import joblib
     import numpy as np
 
     model = pipeline(recipe)
-    weights = np.concatenate([np.ones(len(train)), np.full(len(messages), weight)])
-    model.fit([x.text for x in train] + [m.text for m in messages],
-              [x.label for x in train] + [m.label for m in messages], lr__sample_weight=weights)
-    if [str(c) for c in model.classes_] != classes:
-        raise RuntimeError(f"support tier classes {list(model.classes_)} differ from {classes}")
+    texts = [x.text for x in train] + [m.text for m in messages]
+    labels = [x.label for x in train] + [m.label for m in messages]
+    if messages:
+        weights = np.concatenate([np.ones(len(train)), np.full(len(messages), weight)])
+        model.fit(texts, labels, lr__sample_weight=weights)
+    else:  # unweighted, as the tweet tier has always been fitted
+        model.fit(texts, labels)
     joblib.dump(model, path)
-    raw = model.predict_proba([x.text for x in validation])
-    return {"temperature": cal.fit_temperature(raw, y_val), "accuracy": cal.accuracy(raw, y_val),
-            "size": len(messages)}
+    return model, model.predict_proba([x.text for x in validation])
