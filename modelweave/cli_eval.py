@@ -30,6 +30,8 @@ from modelweave.errors import ModelweaveError
 @click.option("--markdown", "markdown_path", default=None, help="write the Markdown report here")
 @click.option("--plot", "plot_path", default=None, help="write a quality-vs-compute PNG here (+ frontier with --sweep)")
 @click.option("--json", "json_path", default=None, help="write the figures as JSON here")
+@click.option("--compare-to", "compare_to", default=None, metavar="NAME",
+              help="reference version (a graph's name) of the paired comparison; default: the first graph")
 @click.option("--num-cpus", default=None, type=int, help="logical CPUs of the embedded Ray (batch runner)")
 @click.option("--sweep", "sweep_text", default=None, metavar="ROUTE[@FIELD]=LO:HI:STEPS",
               help="also sweep the numeric threshold of route ROUTE in every graph that has it (two extra runs "
@@ -38,7 +40,8 @@ from modelweave.errors import ModelweaveError
 def eval_command(graphs: tuple[str, ...], data_path: str, text_column: str | None, columns: tuple[str, ...],
                  message_column: str | None, label_column: str, predicted: str, limit: int | None, runner: str,
                  ablate: bool, markdown_path: str | None, plot_path: str | None, json_path: str | None,
-                 num_cpus: int | None, sweep_text: str | None, shadow_log: str | None) -> None:
+                 compare_to: str | None, num_cpus: int | None, sweep_text: str | None,
+                 shadow_log: str | None) -> None:
     """Compare graph versions (GRAPHS, in evolution order) on one labelled dataset.
 
     Input columns map to each graph's input parts as in `modelweave batch`. With
@@ -63,6 +66,7 @@ def eval_command(graphs: tuple[str, ...], data_path: str, text_column: str | Non
     if data_path is None:
         raise click.UsageError("Missing option '--data'.")
 
+    from modelweave import eval_stats
     from modelweave import evaluate as ev
     from modelweave import sweep as sw
     from modelweave import sweep_report as sw_report
@@ -76,6 +80,11 @@ def eval_command(graphs: tuple[str, ...], data_path: str, text_column: str | Non
     if head not in pb.Message.DESCRIPTOR.fields_by_name:
         click.echo(f"error: --predicted {predicted}: {head!r} is not a field of the envelope (fields: "
                    f"{', '.join(pb.Message.DESCRIPTOR.fields_by_name)})", err=True)
+        sys.exit(2)
+    names = [g.spec.name for g in checked]
+    if compare_to is not None and compare_to not in names:  # ablations are not references, only the graphs
+        click.echo(f"error: --compare-to {compare_to}: no version named {compare_to} (versions: {', '.join(names)})",
+                   err=True)
         sys.exit(2)
     try:
         request = sw.request_for(sweep_text, [g.spec for g in checked]) if sweep_text else None
@@ -100,8 +109,9 @@ def eval_command(graphs: tuple[str, ...], data_path: str, text_column: str | Non
                           label_field=predicted)
     sweeps = (sw.run_sweeps([(g.spec.name, g.spec) for g in checked], request, inputs, truths, runner=runner,
                             label_field=predicted, log=lambda m: click.echo(m, err=True)) if request else [])
-    text = ev.markdown(reports, reach_of=ev.reach_nodes(reports)) + "\n" + ev.contributions(reports)
-    text += ("\n" + sw_report.markdown(sweeps)) if sweeps else ""
+    sections = [ev.markdown(reports, reach_of=ev.reach_nodes(reports)), ev.comparisons(reports, compare_to),
+                ev.contributions(reports), sw_report.markdown(sweeps) if sweeps else ""]
+    text = "\n".join(section for section in sections if section)
     click.echo(text)
     if markdown_path:
         pathlib.Path(markdown_path).write_text(text, encoding="utf-8")
@@ -110,3 +120,4 @@ def eval_command(graphs: tuple[str, ...], data_path: str, text_column: str | Non
     if json_path:
         pathlib.Path(json_path).write_text(json.dumps([ev.as_dict(r) for r in reports], indent=2))
         sw_report.write_json(sweeps, json_path)
+        eval_stats.write_json(ev.paired_comparisons(reports, compare_to)[0], json_path)

@@ -27,6 +27,7 @@ from typing import Any
 import pyarrow as pa
 from google.protobuf import json_format
 
+from modelweave import eval_stats
 from modelweave.batch.inputs import ColumnChoice, messages_from_table
 from modelweave.checker import CheckedGraph, check_graph
 from modelweave.codecs import message_from_text
@@ -69,7 +70,11 @@ class RowOutcome:
 
 @dataclass
 class VersionReport:
-    """Figures of one graph version over the evaluation rows."""
+    """Figures of one graph version over the evaluation rows.
+
+    ``correct`` (per row, whether the prediction was right) pairs versions row by row in
+    :func:`comparisons`; it stays out of the JSON (:func:`as_dict`), which must not grow with the rows.
+    """
 
     name: str
     rows: int
@@ -84,6 +89,7 @@ class VersionReport:
     node_ms: dict[str, float] = field(default_factory=dict)
     node_share: dict[str, float] = field(default_factory=dict)
     removed: str = ""
+    correct: list[bool] = field(default_factory=list, repr=False)
 
 
 def macro_f1(truth: Sequence[str], predicted: Sequence[str | None]) -> float:
@@ -113,6 +119,7 @@ def summarise(name: str, graph: CheckedGraph, outcomes: Sequence[RowOutcome], re
     costs = {path: info.node.cost for path, info in graph.nodes.items() if isinstance(info.node, ModelNode)}
     truth = [o.truth for o in outcomes]
     predicted = [o.predicted for o in outcomes]
+    correct = eval_stats.correctness(truth, predicted)
     latencies, cpu, cost = [], 0.0, 0.0
     reach: Counter[str] = Counter()
     node_total_ms: dict[str, float] = defaultdict(float)
@@ -136,13 +143,14 @@ def summarise(name: str, graph: CheckedGraph, outcomes: Sequence[RowOutcome], re
     n = max(1, len(outcomes))
     return VersionReport(
         name=name, rows=len(outcomes),
-        accuracy=sum(1 for t, p in zip(truth, predicted, strict=True) if t == p) / n,
+        accuracy=sum(correct) / n,
         macro_f1=macro_f1(truth, predicted),
         p50_ms=_percentile(latencies, 0.5), p99_ms=_percentile(latencies, 0.99),
         cpu_ms=cpu / n, cost=cost / n, errors=sum(1 for o in outcomes if o.error),
         reach={node: count / n for node, count in sorted(reach.items())},
         node_ms={node: node_total_ms[node] / node_calls[node] for node in sorted(node_calls)},
         node_share={node: count / n for node, count in sorted(node_rows.items())}, removed=removed,
+        correct=correct,
     )
 
 
@@ -246,19 +254,47 @@ def evaluate(versions: Sequence[tuple[str, GraphSpec]], texts: Inputs, truths: S
     return reports
 
 
+def accuracy_interval(report: VersionReport, level: float = 0.95) -> tuple[float, float]:
+    """Wilson interval of a version's accuracy (from its figures, so it needs no per-row data)."""
+    return eval_stats.wilson_interval(round(report.accuracy * report.rows), report.rows, level)
+
+
 def markdown(reports: Sequence[VersionReport], *, reach_of: Sequence[str] = ()) -> str:
     """A Markdown table; ``reach_of`` names model nodes whose traffic share gets a column."""
-    head = ["version", "rows", "accuracy", "macro-F1", "p50 ms", "p99 ms", "CPU ms/req", "cost/req", "errors"]
+    head = ["version", "rows", "accuracy (95 % CI)", "macro-F1", "p50 ms", "p99 ms", "CPU ms/req", "cost/req", "errors"]
     head += [f"reach {n}" for n in reach_of]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in reports:
-        cells = [r.name, str(r.rows), f"{r.accuracy:.3f}", f"{r.macro_f1:.3f}", f"{r.p50_ms:.1f}",
-                 f"{r.p99_ms:.1f}", f"{r.cpu_ms:.2f}", f"{r.cost:.2f}", str(r.errors)]
+        low, high = accuracy_interval(r)
+        cells = [r.name, str(r.rows), f"{r.accuracy:.3f} ({low:.3f}-{high:.3f})", f"{r.macro_f1:.3f}",
+                 f"{r.p50_ms:.1f}", f"{r.p99_ms:.1f}", f"{r.cpu_ms:.2f}", f"{r.cost:.2f}", str(r.errors)]
         for node in reach_of:
             share = sum(v for k, v in r.reach.items() if k.rsplit("/", 1)[-1] == node)
             cells.append(f"{share:.0%}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def paired_comparisons(reports: Sequence[VersionReport], reference: str | None = None
+                       ) -> tuple[list[eval_stats.PairedComparison], list[str]]:
+    """Each non-ablated version against ``reference`` (default: the first, the baseline) on the same rows.
+
+    Returns:
+        The comparisons, and the names of versions that could not be paired (other row counts).
+
+    Raises:
+        ValueError: no non-ablated version is named ``reference``.
+    """
+    return eval_stats.compare_versions([(r.name, r.correct) for r in reports if not r.removed], reference)
+
+
+def comparisons(reports: Sequence[VersionReport], reference: str | None = None) -> str:
+    """Markdown: :func:`paired_comparisons` with verdicts ("" with fewer than two versions)."""
+    names = [r.name for r in reports if not r.removed]
+    if len(names) < 2:
+        return ""
+    results, unpaired = paired_comparisons(reports, reference)
+    return eval_stats.markdown(results, reference or names[0], unpaired)
 
 
 def contributions(reports: Sequence[VersionReport]) -> str:
@@ -364,5 +400,15 @@ def reach_nodes(reports: Sequence[VersionReport], top: int = 3) -> list[str]:
 
 
 def as_dict(report: VersionReport) -> dict[str, Any]:
-    """JSON-friendly report (``--json``)."""
-    return dict(report.__dict__)
+    """JSON-friendly report (``--json``): the figures plus the accuracy's Wilson 95 % interval.
+
+    The per-row ``correct`` list is left out so the file does not grow with the rows.
+    """
+    out: dict[str, Any] = {}
+    for key, value in report.__dict__.items():
+        if key == "correct":
+            continue
+        out[key] = value
+        if key == "accuracy":
+            out["accuracy_low"], out["accuracy_high"] = accuracy_interval(report)
+    return out
