@@ -251,15 +251,15 @@ def write_inputs(texts: list[str], folder: pathlib.Path, files: int = 4) -> None
 
 
 def batch_run(spec: GraphSpec, texts: list[str], work: pathlib.Path, label: str, *, inline: str = "none",
-              batch_size: int = DEFAULT_BATCH_SIZE) -> tuple[Measure, MemorySampler]:
+              batch_size: int = DEFAULT_BATCH_SIZE, stages: int | None = None) -> tuple[Measure, MemorySampler]:
     """Parquet in -> graph -> parquet out (fresh pools and state); returns the figure and memory peaks."""
     from modelweave.batch import BatchJob, read_input, write_output
 
-    label = f"{label}, inline={inline}"
     folder = work / f"in-{len(texts)}"
     if not folder.exists():
         write_inputs(texts, folder)
-    job = BatchJob(spec, batch_size=batch_size, inline=inline)
+    job = BatchJob(spec, batch_size=batch_size, inline=inline, concurrency=stages)
+    label = f"{label}, inline={inline}, {job.concurrency} stage(s)"
     startup = job.load_s
     try:
         with MemorySampler() as memory:
@@ -340,9 +340,9 @@ def mib(n: float) -> str:
 
 def report(measures: list[Measure], baseline: float, echo: Callable[[str], None] = print) -> None:
     """The throughput table, with ratios against the naive loop."""
-    echo(f"\n{'mode':<42} {'rows':>7} {'seconds':>8} {'rows/s':>8} {'vs (b)':>7}  failures  note")
+    echo(f"\n{'mode':<56} {'rows':>7} {'seconds':>8} {'rows/s':>8} {'vs (b)':>7}  failures  note")
     for m in measures:
-        echo(f"{m.name:<42} {m.rows:>7} {m.seconds:>8.1f} {m.rate:>8.0f} {m.rate / baseline:>6.2f}x  "
+        echo(f"{m.name:<56} {m.rows:>7} {m.seconds:>8.1f} {m.rate:>8.0f} {m.rate / baseline:>6.2f}x  "
              f"{m.failures:>8}  {m.note}")
 
 
@@ -358,6 +358,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num-cpus", type=int, default=None, help="logical CPUs of the local Ray (default: cores)")
     parser.add_argument("--model-ms", type=float, default=0.0, help="simulated cost of each model call (ms)")
     parser.add_argument("--row-ms", type=float, default=0.0, help="simulated cost per row of a model call (ms)")
+    parser.add_argument("--stages", default="0", help="graph stage counts of the inline=cheap runs, comma-separated "
+                        "(0: the job's default); e.g. 1,0 compares one stage with the default")
     args = parser.parse_args(argv)
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
@@ -377,9 +379,11 @@ def main(argv: list[str] | None = None) -> None:
         work = pathlib.Path(tmp)
         idle_total, idle_workers = MemorySampler.sample()
         memory: list[tuple[Measure, MemorySampler]] = []
-        for inline in ("none", "cheap"):
+        runs = [("none", None)] + [("cheap", int(n) or None) for n in args.stages.split(",")]
+        for inline, stages in runs:
             for rows, label in ((small, "1x"), (texts, f"{args.scale}x")):
-                measure, peaks = batch_run(spec, rows, work, label, inline=inline, batch_size=args.batch_size)
+                measure, peaks = batch_run(spec, rows, work, label, inline=inline, batch_size=args.batch_size,
+                                           stages=stages)
                 measures.append(measure)
                 memory.append((measure, peaks))
         measures += [online(spec, small[:args.online_rows], args.clients)] if args.online_rows else []

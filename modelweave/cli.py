@@ -285,13 +285,14 @@ def call(graph_name: str, text: str, http_url: str, grpc_addr: str | None, strea
 @click.option("--message-column", default=None, help="column holding the whole input message as protobuf JSON")
 @click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=1),
               help="rows per Ray Data batch (also a model pool's largest micro-batch, unless batch.batch_size says)")
-@click.option("--concurrency", default=None, type=click.IntRange(min=1), help="graph stage actors (default: CPUs/4)")
+@click.option("--concurrency", default=None, type=click.IntRange(min=1),
+              help="graph stage actors (default: CPUs/4; CPUs/2 when every model runs inside the stages)")
 @click.option("--timeout-s", default=None, type=click.FloatRange(min=0, min_open=True), help="per-row deadline")
 @click.option("--prefix", default="", help="prefix for the added result column names")
 @click.option("--trace", "include_trace", is_flag=True, help="add a trace_json column with each row's full trace")
 @click.option("--overwrite", is_flag=True, help="replace an existing output")
 @click.option("--address", default=None, help="join an existing Ray cluster instead of starting one")
-@click.option("--num-cpus", default=None, type=int, help="logical CPUs of the embedded Ray")
+@click.option("--num-cpus", default=None, type=int, help="logical CPUs of the embedded Ray (default max(4, cores))")
 @click.option("--inline", type=click.Choice(["none", "cheap"]), default="cheap", show_default=True,
               help="cheap: run rule-based (non-blocking) models inside the graph stage; none: a pool for each")
 def batch(graph: str, input_path: str, output_path: str, fmt: str | None, output_format: str | None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,13 +27,15 @@ class JobOptions:
         columns: ``PART=COLUMN`` overrides of the derived input mapping (``--column``).
         message_column: Column holding the whole input message as protobuf JSON.
         batch_size: Rows per Ray Data batch (and default micro-batch size per model).
-        concurrency: Graph stage actors (default: 1 per 4 cluster CPUs).
+        concurrency: Graph stage actors (default: 1 per 4 cluster CPUs, 1 per 2 when every model runs
+            inside the stages).
         timeout_s: Per-row deadline (default: the graph's ``timeout_s``).
         prefix: Prefix of the added column names.
         include_trace: Add a ``trace_json`` column.
         overwrite: Replace an existing output.
         address: Ray cluster to join; None starts an embedded local Ray.
-        num_cpus: Logical CPUs of the embedded Ray (default: the machine's cores).
+        num_cpus: Logical CPUs of the embedded Ray (default: ``max(4, cores)``, as ``modelweave run``
+            and ``eval``: Ray Data's listing step needs a whole free CPU beside the stages and pools).
         inline: ``"cheap"`` (default: rule-based non-blocking models run inside the graph
             stages) or ``"none"`` (every model node gets an actor pool).
     """
@@ -79,7 +82,8 @@ def run_job(graph_path: str, options: JobOptions, *, log: Callable[[str], None] 
             ray.init(address=options.address, namespace=NAMESPACE, log_to_driver=False)
         else:
             log("modelweave: starting an embedded Ray cluster ...")
-            ray.init(address="local", num_cpus=options.num_cpus, include_dashboard=False, namespace=NAMESPACE,
+            ray.init(address="local", num_cpus=options.num_cpus or max(4, os.cpu_count() or 1),
+                     include_dashboard=False, namespace=NAMESPACE,
                      log_to_driver=False)
         started_ray = True
     job: BatchJob | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 
@@ -76,3 +77,13 @@ class Poison(ModelAdapter):
         if any(m.text.content == "poison" for m in batch):
             raise ValueError("cannot digest this row")
         return [pb.Classification(label=f"largest-batch-{self.largest}", confidence=1.0) for _ in batch]
+
+
+class ProcessLabel(ModelAdapter):
+    """Labels each row with the id of the process that ran it (which batch stage took the row)."""
+
+    consumes = ("Text",)
+    produces = "Classification"
+
+    def predict(self, batch: Sequence[pb.Message]) -> list[pb.Classification]:
+        return [pb.Classification(label=f"pid-{os.getpid()}", confidence=1.0) for _ in batch]

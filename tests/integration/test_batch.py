@@ -218,6 +218,29 @@ def test_inline_cheap_models_give_the_same_results_without_pools(ray_cluster: No
         assert by_i[i]["route"] == ref["route"], i
 
 
+def test_several_stages_share_an_input_of_one_block(ray_cluster: None) -> None:
+    """A small file is one Ray Data block; with several stages each must still get rows."""
+    import ray
+
+    spec = GraphSpec.model_validate({
+        "name": "who", "input": ["Text"], "output": ["Classification"],
+        "flow": {"kind": "model", "name": "who", "impl": "slow_models:ProcessLabel"}})
+    table = pa.table({"i": list(range(3000)), "text": [f"row {i}" for i in range(3000)]})
+    dataset = ray.data.from_arrow(table)
+    assert dataset.materialize().num_blocks() == 1
+    job = BatchJob(spec, batch_size=64, concurrency=2, inline=["who"])
+    try:
+        rows = job.run(dataset).take_all()
+    finally:
+        job.shutdown()
+    assert sorted(r["i"] for r in rows) == list(range(3000))
+    assert all(r["error"] is None for r in rows)
+    per_stage: dict[str, int] = {}
+    for r in rows:
+        per_stage[r["label"]] = per_stage.get(r["label"], 0) + 1
+    assert len(per_stage) == 2, per_stage  # 12 blocks of 256 rows went to both stages
+
+
 def test_duplicates_in_a_job_hit_the_shared_cache(ray_cluster: None, pools_job: BatchJob, demo: GraphSpec) -> None:
     import ray
 

@@ -124,3 +124,12 @@ def test_fused_stage_equals_the_in_process_executor_row_by_row(demo: GraphSpec) 
         assert json.loads(got["result_json"]) == json.loads(ref["result_json"]), i
         assert (got["route"], got["attempts"], got["verdict"]) == (ref["route"], ref["attempts"], ref["verdict"]), i
     assert sum(bool(r["cache_hit"]) for r in rows) > 0  # repeats were answered from the shared cache
+
+
+def test_default_concurrency_gives_all_inline_graphs_more_stages() -> None:
+    from modelweave.batch.job import default_concurrency
+
+    assert default_concurrency(4, pools=False) == 2  # the CLI's local Ray on 2 cores: both cores busy
+    assert default_concurrency(4, pools=True) == 1  # the pools do the heavy work
+    assert default_concurrency(16, pools=True) == 4
+    assert default_concurrency(1, pools=False) == default_concurrency(2, pools=True) == 1
