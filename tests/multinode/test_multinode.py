@@ -1,11 +1,13 @@
-"""Two Ray nodes on one machine: artifacts reach a fresh worker, replicas and batch pools use both
-nodes, and losing the worker node under load costs only retryable errors, never a hang.
+"""Two Ray nodes on one machine: artifacts reach a fresh worker, replicas, batch pools and the
+graph stages of a one-file batch job use both nodes, and losing the worker node under load costs
+only retryable errors, never a hang.
 
 Opt-in: ``pytest -m multinode`` (about 2 minutes alone on 2 cores; see cluster/README.md).
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -14,12 +16,15 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from mn_cluster import REPO, TwoNodeCluster, free_port
 
 pytestmark = [pytest.mark.multinode, pytest.mark.timeout(600)]
 
 GRAPH = Path(__file__).with_name("graph.yaml")
+STAGES_GRAPH = Path(__file__).with_name("graph-stages.yaml")
 DEADLINE_S = 5.0  # the graph's timeout_s: no request may take (much) longer
 # Slack over the deadline for time outside the graph (proxy, connection set-up) on a loaded 2-core machine.
 SLACK_S = 5.0
@@ -82,6 +87,19 @@ def test_fresh_worker_node_serves_batches_and_survives_losing_the_worker(cluster
         assert batch.returncode == 0, batch.stderr[-3000:]
         pools = cluster.ray_list("actors", "class_name=ModelWorker")
         assert {a["node_id"] for a in pools} == {head, worker}, pools
+
+        # One small parquet file: Ray's default (V2) reader made it one block, so one stage (one
+        # node) ran every row; read through V1 and split for the stages, its rows reach both nodes.
+        one_file = cluster.root / "one.parquet"
+        pq.write_table(pa.table({"text": [f"row {i}" for i in range(3000)]}), one_file)
+        staged = subprocess.run(
+            [sys.executable, "-m", "modelweave.cli", "batch", str(STAGES_GRAPH), "--input", str(one_file),
+             "--output", str(cluster.root / "staged"), "--address", cluster.address, "--concurrency", "2"],
+            env=cluster.env(), cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert staged.returncode == 0, staged.stderr[-3000:]
+        table = pq.read_table(cluster.root / "staged")
+        by_node = Counter(json.loads(r)["generation"]["source"] for r in table.column("result_json").to_pylist())
+        assert table.num_rows == 3000 and set(by_node) == {head, worker}, by_node
 
         results: list[tuple[float, tuple[str, float, str]]] = []
         stop = threading.Event()
