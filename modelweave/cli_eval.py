@@ -32,6 +32,9 @@ from modelweave.errors import ModelweaveError
 @click.option("--json", "json_path", default=None, help="write the figures as JSON here")
 @click.option("--compare-to", "compare_to", default=None, metavar="NAME",
               help="reference version (a graph's name) of the paired comparison; default: the first graph")
+@click.option("--reach", "reach_of", multiple=True, metavar="NODE",
+              help="model node whose share of requests gets a column (repeatable; default: up to three nodes "
+                   "some but not all requests reach)")
 @click.option("--num-cpus", default=None, type=int, help="logical CPUs of the embedded Ray (batch runner)")
 @click.option("--sweep", "sweep_text", default=None, metavar="ROUTE[@FIELD]=LO:HI:STEPS",
               help="also sweep the numeric threshold of route ROUTE in every graph that has it (two extra runs "
@@ -40,7 +43,7 @@ from modelweave.errors import ModelweaveError
 def eval_command(graphs: tuple[str, ...], data_path: str, text_column: str | None, columns: tuple[str, ...],
                  message_column: str | None, label_column: str, predicted: str, limit: int | None, runner: str,
                  ablate: bool, markdown_path: str | None, plot_path: str | None, json_path: str | None,
-                 compare_to: str | None, num_cpus: int | None, sweep_text: str | None,
+                 compare_to: str | None, reach_of: tuple[str, ...], num_cpus: int | None, sweep_text: str | None,
                  shadow_log: str | None) -> None:
     """Compare graph versions (GRAPHS, in evolution order) on one labelled dataset.
 
@@ -73,6 +76,7 @@ def eval_command(graphs: tuple[str, ...], data_path: str, text_column: str | Non
     from modelweave.batch.inputs import ColumnChoice, parse_column_flags
     from modelweave.prepare import data_dir as resolve_data_dir
     from modelweave.prepare import run_prepare_hooks
+    from modelweave.spec import ModelNode
     from modelweave.v1 import messages_pb2 as pb
 
     checked = load_checked(graphs)
@@ -85,6 +89,13 @@ def eval_command(graphs: tuple[str, ...], data_path: str, text_column: str | Non
     if compare_to is not None and compare_to not in names:  # ablations are not references, only the graphs
         click.echo(f"error: --compare-to {compare_to}: no version named {compare_to} (versions: {', '.join(names)})",
                    err=True)
+        sys.exit(2)
+    models = sorted({path.rsplit("/", 1)[-1] for g in checked for path, info in g.nodes.items()
+                     if isinstance(info.node, ModelNode)})
+    unknown = [node for node in reach_of if node not in models]
+    if unknown:  # a typo would otherwise cost a whole evaluation and give a column of zeros
+        click.echo(f"error: --reach {unknown[0]}: no model node named {unknown[0]} (model nodes: "
+                   f"{', '.join(models)})", err=True)
         sys.exit(2)
     try:
         request = sw.request_for(sweep_text, [g.spec for g in checked]) if sweep_text else None
@@ -109,7 +120,8 @@ def eval_command(graphs: tuple[str, ...], data_path: str, text_column: str | Non
                           label_field=predicted)
     sweeps = (sw.run_sweeps([(g.spec.name, g.spec) for g in checked], request, inputs, truths, runner=runner,
                             label_field=predicted, log=lambda m: click.echo(m, err=True)) if request else [])
-    sections = [ev.markdown(reports, reach_of=ev.reach_nodes(reports)), ev.comparisons(reports, compare_to),
+    sections = [ev.markdown(reports, reach_of=list(reach_of) or ev.reach_nodes(reports)),
+                ev.comparisons(reports, compare_to),
                 ev.contributions(reports), sw_report.markdown(sweeps) if sweeps else ""]
     text = "\n".join(section for section in sections if section)
     click.echo(text)

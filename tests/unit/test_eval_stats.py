@@ -175,3 +175,20 @@ def test_eval_cli_bad_compare_to_fails_before_evaluating(tmp_path: pathlib.Path,
     out = CliRunner().invoke(main, ["eval", *paths, "--data", str(data), "--compare-to", "nope"])
     assert out.exit_code == 2
     assert "error: --compare-to nope: no version named nope (versions: cheap, expensive)" in out.output
+
+
+def test_eval_cli_reach_columns_name_model_nodes(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    paths, data = _files(tmp_path)
+    out = CliRunner().invoke(main, ["eval", *paths, "--data", str(data), "--runner", "local", "--reach", "m"])
+    assert out.exit_code == 0, out.output
+    header = next(line for line in out.output.splitlines() if line.startswith("| version |"))
+    assert header.endswith("| reach m |")  # every request reaches m: the default would show no column
+
+    def too_far(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("went on despite a bad --reach")
+
+    monkeypatch.setattr(ev, "load_table", too_far)
+    bad = CliRunner().invoke(main, ["eval", *paths, "--data", str(data), "--reach", "nope"])
+    assert bad.exit_code == 2
+    assert "error: --reach nope: no model node named nope (model nodes: m)" in bad.output
+
