@@ -76,7 +76,6 @@ def eval_command(graphs: tuple[str, ...], data_path: str, text_column: str | Non
     from modelweave.batch.inputs import ColumnChoice, parse_column_flags
     from modelweave.prepare import data_dir as resolve_data_dir
     from modelweave.prepare import run_prepare_hooks
-    from modelweave.spec import ModelNode
     from modelweave.v1 import messages_pb2 as pb
 
     checked = load_checked(graphs)
@@ -90,8 +89,7 @@ def eval_command(graphs: tuple[str, ...], data_path: str, text_column: str | Non
         click.echo(f"error: --compare-to {compare_to}: no version named {compare_to} (versions: {', '.join(names)})",
                    err=True)
         sys.exit(2)
-    models = sorted({path.rsplit("/", 1)[-1] for g in checked for path, info in g.nodes.items()
-                     if isinstance(info.node, ModelNode)})
+    models = sorted({name for g in checked for name in g.models})
     unknown = [node for node in reach_of if node not in models]
     if unknown:  # a typo would otherwise cost a whole evaluation and give a column of zeros
         click.echo(f"error: --reach {unknown[0]}: no model node named {unknown[0]} (model nodes: "

@@ -159,11 +159,6 @@ def prepare_hook(data_dir: Path, progress: bool = True) -> Path:
     return prepare(data_dir, progress=progress)
 
 
-def _tfidf_pipeline() -> Any:
-    """The cheap tier's untrained pipeline under this recipe (:func:`.tfidf_training.pipeline`)."""
-    return tfidf_training.pipeline(RECIPE["tfidf"])
-
-
 def _embed(embedder: Any, texts: list[str], bar: Any, what: str) -> Any:
     import numpy as np
 

@@ -70,11 +70,12 @@ def test_router_learns_a_predictable_error_out_of_fold() -> None:
 
 
 def test_build_writes_the_artifact_and_chooses_a_threshold(tmp_path: Path) -> None:
-    from modelweave.apps.triage.prepare import _tfidf_pipeline
+    from modelweave.apps.triage.prepare import RECIPE
+    from modelweave.apps.triage.tfidf_training import pipeline
 
     words = {"negative": "awful broken late refund", "neutral": "when where how order", "positive": "great thanks love"}
     train = [f"{words[label]} {i % 7}" for label in LABELS for i in range(30)]
-    tfidf = _tfidf_pipeline().fit(train, [label for label in LABELS for _ in range(30)])
+    tfidf = pipeline(RECIPE["tfidf"]).fit(train, [label for label in LABELS for _ in range(30)])
     rng = np.random.default_rng(3)
     validation = []
     for i in range(150):
