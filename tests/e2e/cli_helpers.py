@@ -5,21 +5,15 @@ from __future__ import annotations
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
 
+from free_ports import free_port
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    """An unused TCP port on loopback."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

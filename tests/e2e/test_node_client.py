@@ -15,7 +15,6 @@ import pathlib
 import queue
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from free_ports import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -43,13 +43,6 @@ if NODE is None or NPM is None:
 
 #: npm failures that mean "no registry here", not "the example is broken".
 _OFFLINE_MARKERS = ("ENOTFOUND", "EAI_AGAIN", "ECONNREFUSED", "ETIMEDOUT", "ENETUNREACH")
-
-
-def free_port() -> int:
-    """An unused TCP port on loopback."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 import pathlib
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+from free_ports import free_port
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 HERE = pathlib.Path(__file__).resolve().parent
-
-
-def free_port() -> int:
-    """An unused TCP port on loopback."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 #: Ray's Prometheus endpoint for the session cluster.
