@@ -22,7 +22,15 @@ from deployments.ingress import GraphIngress
 from deployments.model import ModelDeployment
 from modelweave.checker import check_graph
 from modelweave.errors import GraphSpecError
-from modelweave.spec import DeploymentSettings, GraphSpec, IngressSettings, dump_graph, load_graph, parse_graph
+from modelweave.spec import (
+    DeploymentSettings,
+    GraphSpec,
+    IngressSettings,
+    ServeSettings,
+    dump_graph,
+    load_graph,
+    parse_graph,
+)
 
 #: The servicer Serve's gRPC proxy must import (the installed package provides it).
 GRPC_SERVICER = "modelweave.v1.service_pb2_grpc.add_GraphServiceServicer_to_server"
@@ -31,7 +39,7 @@ GRPC_SERVICER = "modelweave.v1.service_pb2_grpc.add_GraphServiceServicer_to_serv
 LOGGING_CONFIG = {"enable_access_log": False, "log_level": "WARNING"}
 
 
-def deployment_options(settings: DeploymentSettings | IngressSettings) -> dict[str, Any]:
+def deployment_options(settings: ServeSettings) -> dict[str, Any]:
     """Maps a node's settings to ``Deployment.options`` keyword arguments."""
     actor = settings.ray_actor_options
     ray_actor_options: dict[str, Any] = {"num_cpus": actor.num_cpus}

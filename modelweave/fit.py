@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from modelweave.checker import check_graph
-from modelweave.spec import DeploymentSettings, GraphSpec, IngressSettings
+from modelweave.spec import DeploymentSettings, GraphSpec, ServeSettings
 
 #: CPUs a ``--profile laptop`` build fits the graphs' autoscaling maxima into by default.
 LAPTOP_CPUS = 2.0
@@ -70,7 +70,7 @@ class FitReport:
         return not self.errors
 
 
-def _ask(name: str, settings: DeploymentSettings | IngressSettings) -> Ask:
+def _ask(name: str, settings: ServeSettings) -> Ask:
     auto = settings.autoscaling_config
     if auto is not None:
         low = auto.initial_replicas if auto.initial_replicas is not None else auto.min_replicas

@@ -28,8 +28,6 @@ from modelweave.nodes.validate import FeedbackUpdate, ValidateNode
 from modelweave.spec_base import (
     _NAME_RE,
     NAME_PATTERN,
-    ROUTER_BACKOFF_HELP,
-    ROUTER_MAX_BACKOFF_S,
     ActorOptions,
     AdaptiveValue,
     AutoscalingSettings,
@@ -39,6 +37,7 @@ from modelweave.spec_base import (
     DeploymentSettings,
     NodeBase,
     Operator,
+    ServeSettings,
     _Strict,
     queue_bound,
 )
@@ -54,8 +53,8 @@ __all__ = [
     "NAME_PATTERN", "ActorOptions", "AdaptiveValue", "AdmissionSettings", "AggregateSpec", "AutoscalingSettings",
     "BatchOverrides", "BatchingSettings", "CacheNode", "ChainNode", "ChangeFeedback", "Condition",
     "DeploymentSettings", "FeedbackUpdate", "GraphSpec", "IngressSettings", "Limits", "ModelNode", "Node",
-    "NodeBase", "Operator", "ParallelNode", "RouteNode", "RouteRule", "SplitNode", "ValidateNode", "dump_graph",
-    "load_graph", "parse_graph", "queue_bound",
+    "NodeBase", "Operator", "ParallelNode", "RouteNode", "RouteRule", "ServeSettings", "SplitNode", "ValidateNode",
+    "dump_graph", "load_graph", "parse_graph", "queue_bound",
 ]
 
 
@@ -95,12 +94,9 @@ class AdmissionSettings(_Strict):
                            "request's budget makes every request look expired)")
 
 
-class IngressSettings(_Strict):
+class IngressSettings(ServeSettings):
     """Serve settings of the graph's ingress deployment."""
 
-    num_replicas: int | None = Field(None, ge=1)
-    autoscaling_config: AutoscalingSettings | None = None
-    ray_actor_options: ActorOptions = ActorOptions()
     max_ongoing_requests: int = Field(256, ge=1)
     max_queued_requests: int | None = Field(
         None, ge=-1, description="requests queued per proxy; default max_ongoing_requests x max replicas")
@@ -109,21 +105,14 @@ class IngressSettings(_Strict):
         1.0, ge=0, le=3600,
         description="Retry-After of the 503 that Serve's proxy answers itself once the ingress's own queue "
                     "(max_ongoing_requests) and the proxy's (max_queued_requests) are full")
-    router_max_backoff_s: float = Field(ROUTER_MAX_BACKOFF_S, gt=0, le=5, description=ROUTER_BACKOFF_HELP)
     auth: AuthSettings | None = Field(None, description="token authentication (HTTP and gRPC)")
 
     @model_validator(mode="after")
-    def _replicas_xor_autoscaling(self) -> IngressSettings:
-        if self.num_replicas is not None and self.autoscaling_config is not None:
-            raise ValueError("set either num_replicas or autoscaling_config, not both")
+    def _admission_within_serve_queue(self) -> IngressSettings:
         if self.admission.max_concurrent + self.admission.max_queued > self.max_ongoing_requests:
             # Otherwise Serve's own queue, which knows no deadlines, fills before admission sheds.
             raise ValueError("admission.max_concurrent + admission.max_queued must not exceed max_ongoing_requests")
         return self
-
-    def queue_bound(self) -> int:
-        """Serve's ``max_queued_requests`` for the ingress (see :func:`queue_bound`)."""
-        return queue_bound(self)
 
 
 class GraphSpec(_Strict):

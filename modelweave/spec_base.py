@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 if TYPE_CHECKING:
-    from modelweave.spec import IngressSettings, Node
+    from modelweave.spec import Node
 
 NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,62}$"
 _NAME_RE = re.compile(NAME_PATTERN)
@@ -75,11 +75,10 @@ ROUTER_BACKOFF_HELP = ("longest backoff (s) of Serve's router between attempts t
                        "to ~4 calls/s per replica)")
 
 
-class DeploymentSettings(_Strict):
-    """Serve settings of one model node's deployment.
+class ServeSettings(_Strict):
+    """Serve settings every deployment has: the ingress's and each model deployment's.
 
-    Defaults follow RAY_NOTES: Serve's default ``max_ongoing_requests=5`` collapses a
-    composed app under concurrency, so modelweave defaults to 64.
+    Subclasses redeclare ``max_ongoing_requests`` with their own default.
     """
 
     num_replicas: int | None = Field(None, ge=1)
@@ -88,8 +87,27 @@ class DeploymentSettings(_Strict):
     max_ongoing_requests: int = Field(64, ge=1)
     max_queued_requests: int | None = Field(
         None, ge=-1, description="calls queued per caller; default max_ongoing_requests x max replicas; -1 = unbounded")
-    batching: BatchingSettings | None = None
     router_max_backoff_s: float = Field(ROUTER_MAX_BACKOFF_S, gt=0, le=5, description=ROUTER_BACKOFF_HELP)
+
+    @model_validator(mode="after")
+    def _replicas_xor_autoscaling(self) -> ServeSettings:
+        if self.num_replicas is not None and self.autoscaling_config is not None:
+            raise ValueError("set either num_replicas or autoscaling_config, not both")
+        return self
+
+    def queue_bound(self) -> int:
+        """Serve's ``max_queued_requests`` for this deployment (see :func:`queue_bound`)."""
+        return queue_bound(self)
+
+
+class DeploymentSettings(ServeSettings):
+    """Serve settings of one model node's deployment.
+
+    Defaults follow RAY_NOTES: Serve's default ``max_ongoing_requests=5`` collapses a
+    composed app under concurrency, so modelweave defaults to 64.
+    """
+
+    batching: BatchingSettings | None = None
     max_replicas_per_node: int | None = Field(
         None, ge=1, description="Serve's cap on this deployment's replicas per node (1 spreads them over nodes)")
     graceful_shutdown_timeout_s: float = Field(5.0, ge=0)
@@ -105,16 +123,6 @@ class DeploymentSettings(_Strict):
     inline: Literal["auto"] | bool = Field(
         "auto", description="run inside the ingress process instead of a deployment; auto: when the adapter is "
                             "non-blocking (rules, glue) and the node sets no other deployment setting")
-
-    @model_validator(mode="after")
-    def _replicas_xor_autoscaling(self) -> DeploymentSettings:
-        if self.num_replicas is not None and self.autoscaling_config is not None:
-            raise ValueError("set either num_replicas or autoscaling_config, not both")
-        return self
-
-    def queue_bound(self) -> int:
-        """Serve's ``max_queued_requests`` for this deployment (see :func:`queue_bound`)."""
-        return queue_bound(self)
 
 
 class BatchOverrides(_Strict):
@@ -182,7 +190,7 @@ class Condition(_Strict):
         return self
 
 
-def queue_bound(settings: DeploymentSettings | IngressSettings) -> int:
+def queue_bound(settings: ServeSettings) -> int:
     """``max_queued_requests``: explicit, else one full round of every replica's slots.
 
     Bounded by default: an unbounded queue turns overload into congestion collapse
