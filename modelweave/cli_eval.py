@@ -118,8 +118,9 @@ def eval_command(graphs: tuple[str, ...], data_path: str, text_column: str | Non
                           label_field=predicted)
     sweeps = (sw.run_sweeps([(g.spec.name, g.spec) for g in checked], request, inputs, truths, runner=runner,
                             label_field=predicted, log=lambda m: click.echo(m, err=True)) if request else [])
+    paired = ev.paired_comparisons(reports, compare_to)
     sections = [ev.markdown(reports, reach_of=list(reach_of) or ev.reach_nodes(reports)),
-                ev.comparisons(reports, compare_to),
+                ev.comparisons(reports, compare_to, paired),
                 ev.contributions(reports), sw_report.markdown(sweeps) if sweeps else ""]
     text = "\n".join(section for section in sections if section)
     click.echo(text)
@@ -130,4 +131,4 @@ def eval_command(graphs: tuple[str, ...], data_path: str, text_column: str | Non
     if json_path:
         pathlib.Path(json_path).write_text(json.dumps([ev.as_dict(r) for r in reports], indent=2))
         sw_report.write_json(sweeps, json_path)
-        eval_stats.write_json(ev.paired_comparisons(reports, compare_to)[0], json_path)
+        eval_stats.write_json(paired[0], json_path)

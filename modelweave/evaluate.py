@@ -288,12 +288,19 @@ def paired_comparisons(reports: Sequence[VersionReport], reference: str | None =
     return eval_stats.compare_versions([(r.name, r.correct) for r in reports if not r.removed], reference)
 
 
-def comparisons(reports: Sequence[VersionReport], reference: str | None = None) -> str:
-    """Markdown: :func:`paired_comparisons` with verdicts ("" with fewer than two versions)."""
+def comparisons(reports: Sequence[VersionReport], reference: str | None = None,
+                paired: tuple[list[eval_stats.PairedComparison], list[str]] | None = None) -> str:
+    """Markdown: :func:`paired_comparisons` with verdicts ("" with fewer than two versions).
+
+    Args:
+        reports: The evaluated versions.
+        reference: Name of the version the others are compared with (default: the first).
+        paired: :func:`paired_comparisons`'s result when the caller already has it.
+    """
     names = [r.name for r in reports if not r.removed]
     if len(names) < 2:
         return ""
-    results, unpaired = paired_comparisons(reports, reference)
+    results, unpaired = paired if paired is not None else paired_comparisons(reports, reference)
     return eval_stats.markdown(results, reference or names[0], unpaired)
 
 
