@@ -34,6 +34,7 @@ from actors.resilience import NEAR_MAX_ENTRIES, Breaker, NearCache, RateLimitedL
 from modelweave.observe import MetricsSink
 from modelweave.semantic_cache import SemanticHit, SemanticLookup
 from modelweave.spec import AdaptiveValue, CacheNode
+from modelweave.state import clamped
 
 logger = logging.getLogger("modelweave.state")
 
@@ -45,6 +46,8 @@ WRITE_TIMEOUT_S = 1.0
 RETRY_AFTER_S = 1.0
 #: Cache writes in flight per replica beyond which new ones are dropped (and counted).
 MAX_PENDING_WRITES = 256
+#: How long a feedback adjustment waits for others before they are sent together.
+FEEDBACK_FLUSH_S = 0.02
 #: Counter of degraded state calls (declared in ``deployments.metrics``).
 ERRORS_METRIC = "state_errors_total"
 
@@ -217,29 +220,101 @@ class ActorSemanticCache:
 
 
 class ActorState:
-    """``StateStore`` over the state actor that falls back to the last value it saw.
+    """``StateStore`` over the state actor, with feedback adjustments off the request path.
+
+    Reads ask the actor (the executor already re-reads a value at most every
+    ``state_refresh_s``) and fall back to the last value seen when it cannot answer.
+    Adjustments are applied to this replica's copy at once, clamped exactly as the actor
+    clamps, and sent in the background: every delta made within ``flush_delay_s`` goes in
+    one ``adjust_state_many`` call, applied in order on the actor, so a request no longer
+    waits for a round trip to move a threshold. The copy then takes the actor's resulting
+    value, which includes the other replicas' adjustments. Deltas the actor never received
+    (down, timed out) are dropped and counted, as before, and the copy forgets them.
 
     Args:
         link: The replica's link to the state actor.
+        flush_delay_s: How long a first delta waits for others before they are sent.
     """
 
-    def __init__(self, link: StateLink) -> None:
+    def __init__(self, link: StateLink, flush_delay_s: float = FEEDBACK_FLUSH_S) -> None:
         self._link = link
-        self.last: dict[str, float] = {}
+        self._delay = flush_delay_s
+        self.last: dict[str, float] = {}  # this replica's view: confirmed + deltas on their way
+        self._confirmed: dict[str, float] = {}  # the actor's value as last seen
+        self._pending: dict[str, tuple[AdaptiveValue, list[float]]] = {}  # not sent yet
+        self._inflight: dict[str, list[float]] = {}  # sent, not answered yet
+        self._flusher: asyncio.Task[None] | None = None
+        self._many: bool | None = None  # whether the actor takes a flush in one call
 
     async def get(self, var: AdaptiveValue) -> float:
-        """The shared value; the last known one (or ``initial``) when the actor cannot answer."""
+        """The shared value; the last known one (or ``initial``) when the actor cannot answer.
+
+        While this replica's own deltas are on their way, its copy answers: the actor's
+        value would not include them yet.
+        """
+        if var.state in self._pending or var.state in self._inflight:
+            return self.last[var.state]
         ok, value = await self._link.call("state_get", "get_state", var.model_dump())
-        return self._remember(var, ok, value)
-
-    async def adjust(self, var: AdaptiveValue, delta: float) -> float:
-        """Adjusts the shared value; when the actor cannot answer the delta is dropped (counted)
-        and the last known value is returned."""
-        ok, value = await self._link.call("state_adjust", "adjust_state", var.model_dump(), delta)
-        return self._remember(var, ok, value)
-
-    def _remember(self, var: AdaptiveValue, ok: bool, value: Any) -> float:
         if ok:
-            self.last[var.state] = float(value)
+            self._confirmed[var.state] = self.last[var.state] = float(value)
             return float(value)
         return self.last.get(var.state, var.initial)
+
+    async def adjust(self, var: AdaptiveValue, delta: float) -> float:
+        """Moves this replica's copy at once and queues the delta for the actor.
+
+        While the actor is failing (the link's breaker is open) the delta is not queued:
+        the call is skipped or probes the actor, as every other state call does, and when
+        the actor cannot answer the delta is dropped (counted) and the last known value
+        returned, so a replica's thresholds do not drift on their own during an outage.
+        """
+        if self._link.breaker.tripped:
+            ok, answer = await self._link.call("state_adjust", "adjust_state", var.model_dump(), delta)
+            if ok:
+                self._confirmed[var.state] = self.last[var.state] = float(answer)
+            return self.last.get(var.state, var.initial)
+        value = clamped(var, self.last.get(var.state, var.initial) + delta)
+        self.last[var.state] = value
+        self._pending.setdefault(var.state, (var, []))[1].append(delta)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.ensure_future(self._flush_later())
+        return value
+
+    async def drain(self) -> None:
+        """Waits until every queued delta has been sent and answered (tests, shutdown)."""
+        while self._flusher is not None and not self._flusher.done():
+            await asyncio.shield(self._flusher)
+
+    async def _flush_later(self) -> None:
+        await asyncio.sleep(self._delay)
+        while self._pending:
+            batch, self._pending = self._pending, {}
+            await asyncio.gather(*(self._send(var, deltas) for var, deltas in batch.values()))
+
+    async def _send(self, var: AdaptiveValue, deltas: list[float]) -> None:
+        self._inflight[var.state] = deltas
+        try:
+            if self._many is None:
+                # A detached actor started by an older modelweave has no adjust_state_many
+                # (its name depends on the graph, not on the code version): one call per delta.
+                self._many = getattr(self._link.actor, "adjust_state_many", None) is not None
+            if self._many:
+                _, values = await self._link.call("state_adjust", "adjust_state_many", var.model_dump(), deltas)
+            else:
+                values = []
+                for delta in deltas:
+                    ok, value = await self._link.call("state_adjust", "adjust_state", var.model_dump(), delta)
+                    if not ok:
+                        break
+                    values.append(value)
+        finally:
+            del self._inflight[var.state]
+        if isinstance(values, list) and values:  # None when the call failed (already counted)
+            self._confirmed[var.state] = float(values[-1])
+        # Deltas queued meanwhile are replayed on the actor's answer (or, when the call failed,
+        # on the last confirmed value: the sent ones were dropped).
+        value = self._confirmed.get(var.state, var.initial)
+        for delta in self._pending.get(var.state, (var, []))[1]:
+            value = clamped(var, value + delta)
+        self.last[var.state] = value
+

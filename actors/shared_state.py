@@ -100,6 +100,11 @@ class GraphStateStore:
         """Clamped adjustment of a feedback variable."""
         return self._state.adjust_now(AdaptiveValue.model_validate(var), delta)
 
+    def adjust_state_many(self, var: dict[str, Any], deltas: list[float]) -> list[float]:
+        """Applies feedback deltas in order (clamped after each); returns the value after each."""
+        value = AdaptiveValue.model_validate(var)
+        return [self._state.adjust_now(value, d) for d in deltas]
+
     def stats(self) -> dict[str, Any]:
         """Cache sizes, hit/miss counts and feedback values (for tests and the CLI)."""
         return {
@@ -171,11 +176,20 @@ class GraphState(GraphStateStore):
     async def adjust_state(self, var: dict[str, Any], delta: float) -> float:  # type: ignore[override]
         """Clamped adjustment of a feedback variable (checkpointed, coalesced)."""
         value = super().adjust_state(var, delta)
+        self._changed()
+        return value
+
+    def _changed(self) -> None:
         if self._checkpoint is not None:
             delay = self._checkpoint.changed()
             if delay is not None:
                 asyncio.get_running_loop().call_later(delay, self._flush)
-        return value
+
+    async def adjust_state_many(self, var: dict[str, Any], deltas: list[float]) -> list[float]:  # type: ignore[override]
+        """Deltas of one replica's flush, applied in order (checkpointed, coalesced)."""
+        values = super().adjust_state_many(var, deltas)
+        self._changed()
+        return values
 
     async def stats(self) -> dict[str, Any]:  # type: ignore[override]
         """Cache sizes, hit/miss counts, feedback values and checkpoint writes."""

@@ -82,9 +82,7 @@ class MemoryState:
 
     def adjust_now(self, var: AdaptiveValue, delta: float) -> float:
         """Synchronous clamped adjustment."""
-        value = self.values.get(var.state, var.initial) + delta
-        value = min(var.max, max(var.min, value))
-        self.values[var.state] = value
+        value = self.values[var.state] = clamped(var, self.values.get(var.state, var.initial) + delta)
         return value
 
     async def get(self, var: AdaptiveValue) -> float:
@@ -92,6 +90,11 @@ class MemoryState:
 
     async def adjust(self, var: AdaptiveValue, delta: float) -> float:
         return self.adjust_now(var, delta)
+
+
+def clamped(var: AdaptiveValue, value: float) -> float:
+    """``value`` within the feedback variable's bounds: every store clamps after each delta."""
+    return min(var.max, max(var.min, value))
 
 
 def cache_key(graph: str, path: str, payload: bytes) -> str:

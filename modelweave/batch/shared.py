@@ -52,10 +52,6 @@ class JobState(GraphStateStore):
             self.cache_put(path, key, value)
         return [None] * len(items)
 
-    def adjust_state_many(self, var: dict[str, Any], deltas: list[float]) -> list[float]:
-        """Applies feedback deltas in order (clamped after each); returns the value after each."""
-        return [self.adjust_state(var, d) for d in deltas]
-
     def record(self, counts: dict[str, Any]) -> None:
         """Adds one Ray Data batch's counters."""
         now = time.time()

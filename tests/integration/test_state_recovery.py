@@ -153,6 +153,7 @@ def test_hung_state_actor_gives_misses_last_value_and_a_metric(recovery_app, met
     base, name, _ = recovery_app
     actor = _actor(name)
     _infer(base, MOVES)
+    time.sleep(0.5)  # the ingress sends feedback adjustments in the background (actors.backends.ActorState)
     value = _stats(actor)["state"][STATE]
     pid = _pid(actor)
     os.kill(pid, signal.SIGSTOP)  # alive but unresponsive: every call would hang without timeouts

@@ -187,6 +187,7 @@ async def test_unreachable_actor_gives_misses_and_last_values_counted_and_logged
     link, handle = link_over(GraphState(), clock, sink)
     cache, state = ActorCache(link, "g/c", NODE, clock), ActorState(link)
     assert await state.adjust(VAR, 0.2) == pytest.approx(0.7)
+    await state.drain()
     handle.mode = "hung"
     with caplog.at_level(logging.WARNING, logger="modelweave.state"):
         assert await cache.get("new") is None  # times out
@@ -238,10 +239,95 @@ async def test_graph_answers_while_the_state_actor_is_down():
                   state_refresh_s=0)
     await ex.run(text("one"))
     await ex.run(text("two"))
-    await link.drain()
+    await asyncio.gather(link.drain(), ex.state.drain())
     assert await handle.target.get_state(threshold) == pytest.approx(0.7)
     handle.mode = "dead"
     result = await ex.run(text("three"))  # fresh key: a miss; threshold: the last known value
     assert [s.cache_hit for s in spans_of(result.trace, "cache")] == [False]
     assert spans_of(result.trace, "route")[0].detail == "rules[0] (thr=0.700)"  # not the initial 0.5
     assert ("cache_get", "error") in link.errors
+
+
+# -- feedback adjustments off the request path ---------------------------------------------------
+
+
+async def test_adjustments_answer_at_once_and_reach_the_actor_in_one_call_in_order():
+    clock = Clock()
+    actor = GraphState()
+    link, handle = link_over(actor, clock)
+    state = ActorState(link, flush_delay_s=0.01)
+    narrow = AdaptiveValue(state="thr", initial=0.5, min=0.4, max=0.6)
+    values = [await state.adjust(narrow, d) for d in (0.05, 0.05, 0.05, -0.3)]
+    assert values == pytest.approx([0.55, 0.6, 0.6, 0.4])  # clamped after each delta, as the actor does
+    assert "adjust_state_many" not in handle.calls  # nothing waited for the actor
+    assert await state.get(narrow) == pytest.approx(0.4)  # own deltas on their way: the copy answers
+    assert "get_state" not in handle.calls
+    await state.drain()
+    assert handle.calls.count("adjust_state_many") == 1
+    assert await actor.get_state(narrow.model_dump()) == pytest.approx(0.4)  # same order, same clamps
+
+
+async def test_the_copy_takes_other_replicas_adjustments_and_replays_its_own_queued_deltas():
+    clock = Clock()
+    actor = GraphState()
+    link, _ = link_over(actor, clock)
+    state = ActorState(link, flush_delay_s=0.0)
+    await actor.adjust_state(VAR.model_dump(), 0.3)  # another replica moved it: 0.8
+    await state.adjust(VAR, 0.1)  # this copy did not know: 0.6 until the actor answers
+    await state.drain()
+    assert await state.get(VAR) == pytest.approx(0.9)  # the actor's value, both deltas in it
+    release = asyncio.Event()
+    original = actor.adjust_state_many
+
+    async def slow(var: dict[str, Any], deltas: list[float]) -> list[float]:
+        await release.wait()
+        return await original(var, deltas)
+
+    actor.adjust_state_many = slow  # type: ignore[method-assign]
+    await state.adjust(VAR, -0.2)  # 0.7, sent ...
+    await asyncio.sleep(0.01)
+    await state.adjust(VAR, -0.1)  # ... 0.6, queued behind it
+    await actor.adjust_state(VAR.model_dump(), 0.05)  # another replica: 0.95 on the actor
+    release.set()
+    await state.drain()
+    assert await actor.get_state(VAR.model_dump()) == pytest.approx(0.65)
+    assert await state.get(VAR) == pytest.approx(0.65)
+    assert link.errors == {}
+
+
+async def test_an_actor_from_an_older_version_gets_one_call_per_delta():
+    class OldActor:
+        """A detached actor started by an earlier modelweave: no adjust_state_many."""
+
+        def __init__(self) -> None:
+            self.state = GraphState()
+            self.calls: list[str] = []
+
+        def __getattr__(self, method: str) -> Any:
+            if method == "adjust_state_many":
+                raise AttributeError(method)
+            self.calls.append(method)
+            return Handle(self.state).__getattr__(method)
+
+    old = OldActor()
+    state = ActorState(StateLink(old, "g", timeout_s=0.5), flush_delay_s=0.0)
+    await state.adjust(VAR, 0.1)
+    await state.adjust(VAR, 0.1)
+    await state.drain()
+    assert old.calls == ["adjust_state", "adjust_state"]
+    assert await old.state.get_state(VAR.model_dump()) == pytest.approx(0.7)
+    assert await state.get(VAR) == pytest.approx(0.7)
+
+
+async def test_deltas_the_actor_never_got_are_dropped_from_the_copy_and_counted():
+    clock = Clock()
+    link, handle = link_over(GraphState(), clock)
+    state = ActorState(link, flush_delay_s=0.0)
+    assert await state.get(VAR) == pytest.approx(0.5)
+    handle.mode = "hung"  # the actor stops answering after the read
+    assert await state.adjust(VAR, 0.1) == pytest.approx(0.6)  # the copy moves at once ...
+    await state.drain()
+    assert link.errors[("state_adjust", "timeout")] == 1
+    assert await state.get(VAR) == pytest.approx(0.5)  # ... and forgets the delta (breaker open: no call)
+    assert await state.adjust(VAR, 0.1) == pytest.approx(0.5)  # while the actor fails: dropped at once
+    assert link.errors[("state_adjust", "unavailable")] == 1
