@@ -44,6 +44,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from modelweave.adapters.base import ModelAdapter
+from modelweave.spec import DeploymentSettings
 from modelweave.v1 import messages_pb2 as pb
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -79,7 +80,18 @@ class AppendChar(ModelAdapter):
 
 
 class HandStep:
-    """Hand-written model deployment: the same work as ``AppendChar``, no wrapper."""
+    """Hand-written model deployment: the same work as ``AppendChar``, no wrapper.
+
+    Args:
+        nice: Process priority, the one modelweave's model replicas get (``deployment.nice``):
+            under saturation a lower priority changes how the replicas and the ingress share
+            the cores, so both sides must run with the same.
+    """
+
+    def __init__(self, nice: int = 0) -> None:
+        from deployments.model import lower_cpu_priority
+
+        lower_cpu_priority(nice)
 
     async def __call__(self, message: pb.Message) -> pb.Text:
         """Answers one envelope with the produced ``Text``."""
@@ -127,9 +139,9 @@ def hw_name(n: int) -> str:
     return f"ovh-hw{n}"
 
 
-def chain_spec(n: int) -> dict[str, Any]:
-    """A modelweave graph: a chain of ``n`` ``AppendChar`` model nodes."""
-    settings = {"max_ongoing_requests": MAX_ONGOING, "ray_actor_options": {"num_cpus": NUM_CPUS}}
+def chain_spec(n: int, nice: int) -> dict[str, Any]:
+    """A modelweave graph: a chain of ``n`` ``AppendChar`` model nodes at priority ``nice``."""
+    settings = {"max_ongoing_requests": MAX_ONGOING, "ray_actor_options": {"num_cpus": NUM_CPUS}, "nice": nice}
     return {
         "name": mw_name(n),
         "input": ["Text"],
@@ -149,25 +161,25 @@ def chain_spec(n: int) -> dict[str, Any]:
     }
 
 
-def modelweave_app(n: int) -> Any:
+def modelweave_app(n: int, nice: int) -> Any:
     """The modelweave Serve application of :func:`chain_spec`."""
     from deployments.app import graph_app
     from modelweave.spec import parse_graph
 
-    return graph_app(parse_graph(chain_spec(n), "benchmark"))
+    return graph_app(parse_graph(chain_spec(n, nice), "benchmark"))
 
 
-def hand_app(n: int) -> Any:
+def hand_app(n: int, nice: int) -> Any:
     """The hand-written application, with exactly the options modelweave gives its deployments."""
     from ray import serve
 
     from deployments.app import deployment_options
-    from modelweave.spec import DeploymentSettings, IngressSettings
+    from modelweave.spec import IngressSettings
 
     step_opts = deployment_options(DeploymentSettings.model_validate(
         {"max_ongoing_requests": MAX_ONGOING, "ray_actor_options": {"num_cpus": NUM_CPUS}}))
     ingress_opts = deployment_options(IngressSettings.model_validate(INGRESS))
-    steps = [serve.deployment(HandStep).options(name=f"step{i}", **step_opts).bind() for i in range(n)]
+    steps = [serve.deployment(HandStep).options(name=f"step{i}", **step_opts).bind(nice) for i in range(n)]
     return serve.deployment(HandIngress).options(name="Ingress", **ingress_opts).bind(steps)
 
 
@@ -391,7 +403,7 @@ def inprocess_cost_us(n: int, sink: Any = None, iterations: int = 2000) -> dict[
     from modelweave.spec import ModelNode, parse_graph
     from modelweave.v1 import service_pb2 as svc
 
-    spec = parse_graph(chain_spec(n), "benchmark")
+    spec = parse_graph(chain_spec(n, DeploymentSettings().nice), "benchmark")
     graph = check_graph(spec)
 
     class InstantCaller:
@@ -625,6 +637,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Options, argparse.Namespace]
                    help="directory for py-spy profiles of the largest N under concurrent HTTP load")
     p.add_argument("--profile-seconds", type=int, default=15)
     p.add_argument("--no-inprocess", action="store_true", help="skip the in-process cost breakdown")
+    p.add_argument("--nice", type=int, default=DeploymentSettings().nice,
+                   help="process priority of both sides' model replicas (default: modelweave's deployment.nice)")
     args = p.parse_args(argv)
     opts = Options(
         sizes=[int(s) for s in args.sizes.split(",") if s],
@@ -670,8 +684,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         for n in opts.sizes:
             t_deploy = time.perf_counter()
-            serve.run(hand_app(n), name=hw_name(n), route_prefix=f"/{hw_name(n)}")
-            serve.run(modelweave_app(n), name=mw_name(n), route_prefix=f"/{mw_name(n)}")
+            serve.run(hand_app(n, args.nice), name=hw_name(n), route_prefix=f"/{hw_name(n)}")
+            serve.run(modelweave_app(n, args.nice), name=mw_name(n), route_prefix=f"/{mw_name(n)}")
             t_run = time.perf_counter()
             asyncio.run(measure(n, http_base, opts, results))
             print(f"N={n}: deployed in {t_run - t_deploy:.1f} s, measured in {time.perf_counter() - t_run:.1f} s",

@@ -15,7 +15,7 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-from deployments.model import _lower_cpu_priority
+from deployments.model import lower_cpu_priority
 from modelweave.adapters.base import ModelAdapter, load_shared, resolve_adapter
 from modelweave.errors import ModelError, ModelweaveError
 from modelweave.executor import ModelReply
@@ -36,7 +36,7 @@ class GroupDeployment:
     """
 
     def __init__(self, nodes: list[dict[str, Any]], nice: int = 5) -> None:
-        _lower_cpu_priority(nice)
+        lower_cpu_priority(nice)
         members = [ModelNode.model_validate(data) for data in nodes]
         self.produces: dict[str, str] = {}
         for node in members:

@@ -36,7 +36,7 @@ class ModelDeployment:
 
     def __init__(self, node: dict[str, Any]) -> None:
         self.node = ModelNode.model_validate(node)
-        _lower_cpu_priority(self.node.deployment.nice)
+        lower_cpu_priority(self.node.deployment.nice)
         self.adapter = build_adapter(self.node.impl, self.node.params)
         self.adapter.load()
         batching = self.node.deployment.batching
@@ -70,7 +70,7 @@ class ModelDeployment:
         self.adapter.health()
 
 
-def _lower_cpu_priority(nice: int) -> None:
+def lower_cpu_priority(nice: int) -> None:
     """Raises this process's niceness to ``nice`` (never lowers it; needs no privilege).
 
     On a saturated machine the model threads would otherwise compete on equal terms with
