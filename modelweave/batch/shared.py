@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 from typing import Any, cast
 
 from actors.resilience import NearCache
@@ -95,9 +95,6 @@ class SharedStateClient:
         if kind == "get":
             values: list[Any] = await self.actor.cache_get_many.remote(target, items)
             return values
-        if kind == "put":
-            stored: list[Any] = await self.actor.cache_put_many.remote(target, items)
-            return stored
         if kind == "state":
             value = await self.actor.get_state.remote(items[0])
             return [value] * len(items)
@@ -110,9 +107,9 @@ class BatchedCache:
     Lookups try the stage's own copy first (bounded LRU with the node's TTL): in a batch
     job a key seen before in this stage costs no round trip. Misses go to the job's actor
     (coalesced across rows), so stages still share what each computed. Stores land in the
-    local copy at once and reach the actor in the background; :meth:`drain` (called at the
-    end of each Ray Data batch) waits for them, so they are never lost in the event loop
-    between batches.
+    local copy at once and reach the actor together, in one call when the Ray Data batch
+    ends (:meth:`drain`): a row's store costs no task and no round trip of its own, and
+    other stages see the values from their next lookup after that.
 
     Args:
         client: The stage's shared-state client.
@@ -127,15 +124,13 @@ class BatchedCache:
         self._path = path
         self._configured: Any = client.actor.configure_cache.remote(path, node.ttl_s, node.max_entries)
         self.local = NearCache(node.ttl_s, min(node.max_entries, local_entries))
-        self._puts: set[asyncio.Task[Any]] = set()
+        self._puts: list[tuple[str, bytes]] = []
 
     async def get(self, key: str) -> bytes | None:
         value = self.local.get(key)
         if value is not None:
             return value
-        if self._configured is not None:  # await the ObjectRef once, not on every lookup
-            await self._configured
-            self._configured = None
+        await self._ensure_configured()
         value = await self._client.submit(("get", self._path), key)
         if value is not None:
             self.local.put(key, value)
@@ -143,14 +138,19 @@ class BatchedCache:
 
     async def put(self, key: str, value: bytes) -> None:
         self.local.put(key, value)
-        task = asyncio.ensure_future(self._client.submit(("put", self._path), (key, value)))
-        self._puts.add(task)
-        task.add_done_callback(self._puts.discard)
+        self._puts.append((key, value))
 
     async def drain(self) -> None:
-        """Waits until every store of this stage reached the actor."""
+        """Sends this batch's stores to the actor in one call and waits for it."""
         if self._puts:
-            await asyncio.gather(*self._puts)
+            items, self._puts = self._puts, []
+            await self._ensure_configured()
+            await self._client.actor.cache_put_many.remote(self._path, items)
+
+    async def _ensure_configured(self) -> None:
+        if self._configured is not None:  # await the ObjectRef once, not on every call
+            await self._configured
+            self._configured = None
 
 
 class BatchedState:
@@ -177,6 +177,11 @@ class BatchedState:
     def begin(self) -> None:
         """Starts a Ray Data batch: the next read of each variable asks the actor again."""
         self._known.clear()
+
+    async def prefetch(self, variables: Iterable[AdaptiveValue]) -> None:
+        """Reads ``variables`` now, at the start of a batch, so that the batch's rows find them
+        read instead of all waiting on the same read (one future per row and variable)."""
+        await asyncio.gather(*(self._fetch(var) for var in variables))
 
     async def get(self, var: AdaptiveValue) -> float:
         await self._fetch(var)

@@ -139,6 +139,7 @@ class GraphStage:
 
     async def _run_all(self, inputs: list[pb.Message | InvalidArgument]) -> list[dict[str, Any]]:
         self._state.begin()
+        await self._state.prefetch(self.graph.states.values())
         rows = list(await asyncio.gather(*(self._run_row(m) for m in inputs)))
         # The batch's cache stores and feedback adjustments reach the job's actor before the
         # batch is handed on: between batches this stage's event loop does not run.

@@ -72,3 +72,26 @@ def test_cache_hits_its_local_copy_and_stores_reach_the_actor_when_drained() -> 
     assert asyncio.run(run()) == (None, b"v")
     assert actor.calls.count("cache_get_many") == 1  # the second lookup never left the stage
     assert actor.target.cache_get("g/c", "k") == b"v"  # the store reached the shared cache
+
+
+def test_a_batch_s_stores_reach_the_actor_in_one_call_and_its_variables_are_read_before_its_rows() -> None:
+    actor, client = _client()
+    node = CacheNode(kind="cache", name="c", ttl_s=60, max_entries=100, body={"kind": "model", "name": "m",
+                                                                             "impl": "x:Y"})
+    cache, state = BatchedCache(client, "g/c", node), BatchedState(client)
+
+    async def run() -> list[float]:
+        state.begin()
+        await state.prefetch([VAR])
+        calls_before_rows = actor.calls.count("get_state")
+        for i in range(3):
+            await cache.put(f"k{i}", b"v%d" % i)
+        assert "cache_put_many" not in actor.calls  # nothing left the stage before the batch ends
+        seen = list(await asyncio.gather(*(state.adjust(VAR, 0.01) for _ in range(4))))
+        assert actor.calls.count("get_state") == calls_before_rows == 1  # the rows found it read
+        await asyncio.gather(cache.drain(), state.drain())
+        return seen
+
+    assert [round(v, 6) for v in asyncio.run(run())] == [0.51, 0.52, 0.53, 0.54]
+    assert actor.calls.count("cache_put_many") == 1
+    assert [actor.target.cache_get("g/c", f"k{i}") for i in range(3)] == [b"v0", b"v1", b"v2"]
