@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import pathlib
 import sys
 
 import click
 
 from modelweave.errors import ModelweaveError
+from modelweave.serving import embedded_num_cpus
 
 
 @click.command(name="eval")
@@ -111,7 +111,7 @@ def eval_command(graphs: tuple[str, ...], data_path: str, text_column: str | Non
         import ray
 
         if not ray.is_initialized():  # in-process callers (tests) may bring their own Ray
-            ray.init(address="local", num_cpus=num_cpus or max(4, os.cpu_count() or 1), include_dashboard=False,
+            ray.init(address="local", num_cpus=embedded_num_cpus(num_cpus), include_dashboard=False,
                      log_to_driver=False, namespace="modelweave")
     click.echo(f"evaluating {len(checked)} version(s) on {table.num_rows} rows ({runner} runner)", err=True)
     reports = ev.evaluate([(g.spec.name, g.spec) for g in checked], inputs, truths, runner=runner, ablate=ablate,

@@ -11,6 +11,16 @@ from modelweave.fit import NodeCapacity, nodes_from_ray
 from modelweave.spec import GraphSpec
 
 
+def embedded_num_cpus(requested: int | None = None) -> int:
+    """Logical CPUs of an embedded Ray cluster: ``requested``, else ``max(4, cores)``.
+
+    More than cores by default: model replicas ask for fractions of a CPU and mostly wait on
+    each other, so a 2-core laptop still fits the reference app, and a batch job's listing step
+    (a whole CPU in Ray Data) does not squeeze its stages and pools.
+    """
+    return requested or max(4, os.cpu_count() or 1)
+
+
 @dataclass
 class ServingSession:
     """What ``start_serving`` started."""
@@ -42,10 +52,8 @@ def start_serving(graphs: list[GraphSpec], *, host: str, http_port: int, grpc_po
         ctx = ray.init(address=address, namespace="modelweave", log_to_driver=False)
     else:
         log("modelweave: starting an embedded Ray cluster ...")
-        # More logical CPUs than cores by default: model replicas ask for fractions of a CPU and
-        # mostly wait on each other, and a 2-core laptop should still fit the reference app.
         ctx = ray.init(address="local", namespace="modelweave", include_dashboard=True, dashboard_host=host,
-                       dashboard_port=dashboard_port, num_cpus=num_cpus or max(4, os.cpu_count() or 1),
+                       dashboard_port=dashboard_port, num_cpus=embedded_num_cpus(num_cpus),
                        log_to_driver=False, _metrics_export_port=metrics_port)
     if fit is not None:
         try:

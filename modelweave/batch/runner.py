@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -11,6 +10,7 @@ from modelweave.batch.io import read_input, write_output
 from modelweave.batch.job import DEFAULT_BATCH_SIZE, BatchJob, BatchSummary
 from modelweave.batch.preflight import preflight
 from modelweave.checker import check_graph
+from modelweave.serving import embedded_num_cpus
 from modelweave.spec import load_graph
 
 
@@ -34,8 +34,8 @@ class JobOptions:
         include_trace: Add a ``trace_json`` column.
         overwrite: Replace an existing output.
         address: Ray cluster to join; None starts an embedded local Ray.
-        num_cpus: Logical CPUs of the embedded Ray (default: ``max(4, cores)``, as ``modelweave run``
-            and ``eval``: Ray Data's listing step needs a whole free CPU beside the stages and pools).
+        num_cpus: Logical CPUs of the embedded Ray (default:
+            :func:`modelweave.serving.embedded_num_cpus`, as ``modelweave run`` and ``eval``).
         inline: ``"cheap"`` (default: rule-based non-blocking models run inside the graph
             stages) or ``"none"`` (every model node gets an actor pool).
     """
@@ -82,7 +82,7 @@ def run_job(graph_path: str, options: JobOptions, *, log: Callable[[str], None] 
             ray.init(address=options.address, namespace=NAMESPACE, log_to_driver=False)
         else:
             log("modelweave: starting an embedded Ray cluster ...")
-            ray.init(address="local", num_cpus=options.num_cpus or max(4, os.cpu_count() or 1),
+            ray.init(address="local", num_cpus=embedded_num_cpus(options.num_cpus),
                      include_dashboard=False, namespace=NAMESPACE,
                      log_to_driver=False)
         started_ray = True
