@@ -242,7 +242,7 @@ class ActorState:
         self.last: dict[str, float] = {}  # this replica's view: confirmed + deltas on their way
         self._confirmed: dict[str, float] = {}  # the actor's value as last seen
         self._pending: dict[str, tuple[AdaptiveValue, list[float]]] = {}  # not sent yet
-        self._inflight: dict[str, list[float]] = {}  # sent, not answered yet
+        self._inflight: set[str] = set()  # variables with deltas sent, not answered yet
         self._flusher: asyncio.Task[None] | None = None
         self._many: bool | None = None  # whether the actor takes a flush in one call
 
@@ -292,7 +292,7 @@ class ActorState:
             await asyncio.gather(*(self._send(var, deltas) for var, deltas in batch.values()))
 
     async def _send(self, var: AdaptiveValue, deltas: list[float]) -> None:
-        self._inflight[var.state] = deltas
+        self._inflight.add(var.state)
         try:
             if self._many is None:
                 # A detached actor started by an older modelweave has no adjust_state_many
@@ -308,7 +308,7 @@ class ActorState:
                         break
                     values.append(value)
         finally:
-            del self._inflight[var.state]
+            self._inflight.discard(var.state)
         if isinstance(values, list) and values:  # None when the call failed (already counted)
             self._confirmed[var.state] = float(values[-1])
         # Deltas queued meanwhile are replayed on the actor's answer (or, when the call failed,
