@@ -44,6 +44,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from modelweave.adapters.base import ModelAdapter
+from modelweave.serving import apply_serve_env
 from modelweave.spec import DeploymentSettings
 from modelweave.v1 import messages_pb2 as pb
 
@@ -56,7 +57,7 @@ NUM_CPUS = 0.1
 #: Ingress settings of both apps. Admission control lets every call the hand-written app would
 #: take straight through (max_ongoing_requests in flight, none queued), so both do the same work.
 INGRESS = {"max_ongoing_requests": MAX_ONGOING, "ray_actor_options": {"num_cpus": NUM_CPUS},
-           "admission": {"max_concurrent": MAX_ONGOING, "max_queued": 0}}
+           "admission": {"max_concurrent": MAX_ONGOING, "max_queued": 0}, "transport": "grpc"}
 
 
 # -- the trivial model, shared by both sides -------------------------------------------
@@ -105,8 +106,9 @@ class HandIngress:
         steps: Deployment handles of the chain, in order.
     """
 
-    def __init__(self, steps: list[Any]) -> None:
-        self.steps = steps
+    def __init__(self, steps: list[Any], transport: str = "actor") -> None:
+        # The same inter-deployment transport as modelweave's ingress (``ingress.transport``).
+        self.steps = [step.options(_by_reference=transport == "actor") for step in steps]
 
     async def _chain(self, message: pb.Message) -> pb.Message:
         for step in self.steps:
@@ -180,7 +182,7 @@ def hand_app(n: int, nice: int) -> Any:
         {"max_ongoing_requests": MAX_ONGOING, "ray_actor_options": {"num_cpus": NUM_CPUS}}))
     ingress_opts = deployment_options(IngressSettings.model_validate(INGRESS))
     steps = [serve.deployment(HandStep).options(name=f"step{i}", **step_opts).bind(nice) for i in range(n)]
-    return serve.deployment(HandIngress).options(name="Ingress", **ingress_opts).bind(steps)
+    return serve.deployment(HandIngress).options(name="Ingress", **ingress_opts).bind(steps, INGRESS["transport"])
 
 
 class NoGrpcContext:
@@ -272,7 +274,7 @@ class Target:
         self.kind, self.n = kind, n
         name = mw_name(n) if kind == "modelweave" else hw_name(n)
         self.url = f"{http_base}/{name}"
-        self.handle = serve.get_app_handle(name)
+        self.handle = serve.get_app_handle(name).options(_by_reference=INGRESS["transport"] == "actor")
         self.body = json.dumps({"input": {"text": {"content": INPUT_TEXT}}}).encode()
         self.expected = expected_text(n)
         self.processes = serve_processes(name, n)
@@ -639,7 +641,11 @@ def parse_args(argv: Sequence[str] | None) -> tuple[Options, argparse.Namespace]
     p.add_argument("--no-inprocess", action="store_true", help="skip the in-process cost breakdown")
     p.add_argument("--nice", type=int, default=DeploymentSettings().nice,
                    help="process priority of both sides' model replicas (default: modelweave's deployment.nice)")
+    p.add_argument("--transport", choices=("grpc", "actor"), default="grpc",
+                   help="Serve's inter-deployment transport on both sides (modelweave's ingress.transport); "
+                        "the proxy's follows RAY_SERVE_PROXY_USE_GRPC (modelweave.serving.SERVE_ENV)")
     args = p.parse_args(argv)
+    INGRESS["transport"] = args.transport
     opts = Options(
         sizes=[int(s) for s in args.sizes.split(",") if s],
         sequential=args.sequential,
@@ -664,6 +670,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     opts, args = parse_args(argv)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    apply_serve_env()  # both sides: the proxy's transport is cluster-wide
     t0 = time.perf_counter()
     load_start = os.getloadavg()[0]
     ray.init(

@@ -58,14 +58,20 @@ from process_cpu import cpu_by_role, per_request_ms, snapshot  # noqa: E402
 from throughput_batch import batch_job, batch_table, plain_loop  # noqa: E402
 
 from modelweave.layout import model_node_dicts  # noqa: E402
+from modelweave.serving import apply_serve_env  # noqa: E402
 
 LAYOUTS = ("per-model", "default", "colocated", "ingress-only")
 
 
-def layout_graph(base: dict[str, Any], layout: str, groups: dict[str, str]) -> dict[str, Any]:
-    """``base`` (plain data of a graph file) under ``layout``, named ``<name>-<layout>``."""
+def layout_graph(base: dict[str, Any], layout: str, groups: dict[str, str], transport: str = "grpc"
+                 ) -> dict[str, Any]:
+    """``base`` (plain data of a graph file) under ``layout``, named ``<name>-<layout>``.
+
+    ``transport`` is the ingress's Serve transport to its model deployments (``ingress.transport``).
+    """
     data = json.loads(json.dumps(base))
     data["name"] = f"{base['name']}-{layout}"
+    data.setdefault("ingress", {})["transport"] = transport
     for node in model_node_dicts(data["flow"]):
         deployment = node.setdefault("deployment", {})
         if layout == "per-model":
@@ -328,6 +334,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--num-cpus", type=int, default=8, help="logical CPUs of the local Ray (more than cores is fine)")
     p.add_argument("--batch-rows", type=int, default=2000, help="held-out texts for the batch job (0: skip)")
     p.add_argument("--loop-rows", type=int, default=300, help="texts for the plain loop baseline (0: skip)")
+    p.add_argument("--transport", choices=("grpc", "actor"), default="grpc",
+                   help="Serve's transport, proxy -> ingress (RAY_SERVE_PROXY_USE_GRPC) and ingress -> models "
+                        "(ingress.transport): gRPC (modelweave's default) or Ray actor calls (Serve's)")
     p.add_argument("--out", default=str(HERE / "results" / "throughput.json"))
     return p.parse_args(argv)
 
@@ -344,11 +353,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     groups = groups_of(pathlib.Path(opts.groups_from))
     texts = triage_data.held_out_mix(("test",), opts.texts)
     port = _free_port()
+    # Read by Serve's proxy when Ray starts; the graphs carry the ingress's half (layout_graph).
+    os.environ["RAY_SERVE_PROXY_USE_GRPC"] = "1" if opts.transport == "grpc" else "0"
+    apply_serve_env()
     ray.init(address="local", num_cpus=opts.num_cpus, include_dashboard=False, log_to_driver=False,
              namespace="modelweave-throughput")
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        results = [run_layout(layout, layout_graph(base, layout, groups), f"http://127.0.0.1:{port}", texts, opts)
+        results = [run_layout(layout, layout_graph(base, layout, groups, opts.transport), f"http://127.0.0.1:{port}",
+                              texts, opts)
                    for layout in opts.layouts.split(",")]
         serve.shutdown()  # frees the replicas' CPUs for the batch job's pools
         batch = run_batch(base, texts, opts)
@@ -360,7 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         r.same_answers = f"{same}/{len(results[0].answers)}"
     print()
     print(f"{pathlib.Path(opts.graph).name}, {opts.clients} clients x {opts.duration:.0f} s, {cores} cores, "
-          f"load average before the run {os.getloadavg()[0]:.1f}")
+          f"Serve transport {opts.transport}, load average before the run {os.getloadavg()[0]:.1f}")
     print(table(results, cores))
     for r in results:
         nodes = ", ".join(f"{k} {v:.2f}" for k, v in sorted(r.node_cpu_ms.items(), key=lambda kv: -kv[1]))
@@ -376,6 +389,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(batch_table(batch, online.model_cpu_ms))
     pathlib.Path(opts.out).write_text(json.dumps(
         {"graph": opts.graph, "cores": cores, "clients": opts.clients, "duration_s": opts.duration,
+         "transport": opts.transport,
          "results": [{k: v for k, v in asdict(r).items() if k != "answers"} for r in results],
          "batch": [{**asdict(b), "rows_s": b.rows_s} for b in batch]}, indent=2))
     return 0

@@ -83,6 +83,7 @@ def main() -> int:
     from modelweave import evaluate as ev
     from modelweave.apps.triage.export import export
     from modelweave.prepare import data_dir, run_prepare_hooks
+    from modelweave.serving import apply_serve_env
     from modelweave.spec import load_graph
 
     specs = [load_graph(REPO / v) for v in opts.versions]
@@ -93,6 +94,7 @@ def main() -> int:
         rows = export("test", path, opts.limit)
         texts, truths = ev.load_labelled(path, "text", "label")
     print(f"test split: {rows} rows", flush=True)
+    apply_serve_env()
     ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False,
              namespace="modelweave")
     reports = ev.evaluate([(s.name, s) for s in specs], texts, truths, runner=opts.runner)

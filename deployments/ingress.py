@@ -99,7 +99,8 @@ class GraphIngress:
             self.graph,
             # Cheap nodes placed in the ingress run here, in-process (see modelweave.layout).
             ServeCaller(handles, self.graph.layout,
-                        LocalCaller(self.graph, names=self.graph.layout.inline, serving=True)),
+                        LocalCaller(self.graph, names=self.graph.layout.inline, serving=True),
+                        transport=self.spec.ingress.transport),
             cache_factory=lambda path, node: ActorCache(link, path, node),
             semantic_cache_factory=lambda path, node: (
                 ActorSemanticCache(link, path, ttl_s=node.ttl_s, max_entries=node.max_entries,

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
+import grpc
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 
@@ -20,6 +21,10 @@ from modelweave.v1 import messages_pb2 as pb
 #: Failures where the call did not complete because its replica went away: another
 #: replica may answer, so the executor may retry them (idempotent models only).
 _REPLICA_LOST = (ActorDiedError, ActorUnavailableError, RayActorError, ReplicaUnavailableError)
+
+#: gRPC codes of an inter-deployment call that mean the replica went away mid-call (Serve
+#: itself turns UNAVAILABLE before the call was accepted into a retry on another replica).
+_GRPC_LOST = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.ABORTED})
 
 _T = TypeVar("_T")
 
@@ -39,9 +44,17 @@ class ServeCaller:
         layout: Where each model runs (see :mod:`modelweave.layout`); None: every model
             node is its own deployment.
         local: Caller of the models that run inside this (the ingress) process.
+        transport: ``grpc``: Serve's inter-deployment gRPC (``_by_reference=False``: the
+            request goes to the replica's own gRPC server and the answer comes back on the
+            same call); ``actor``: Ray actor calls and the object store (Serve's default).
+            Measured on the reference app (2 cores, 16 clients): gRPC cut the CPU of all
+            Ray processes from ~37 to ~31 ms per request (README, "Performance").
     """
 
-    def __init__(self, handles: dict[str, Any], layout: Layout | None = None, local: LocalCaller | None = None) -> None:
+    def __init__(self, handles: dict[str, Any], layout: Layout | None = None, local: LocalCaller | None = None,
+                 transport: Literal["grpc", "actor"] = "actor") -> None:
+        if transport == "grpc":
+            handles = {name: handle.options(_by_reference=False) for name, handle in handles.items()}
         self.handles = handles
         self.layout = layout
         self.local = local
@@ -88,6 +101,11 @@ class ServeCaller:
             raise ReplicaLost(f"model {name!r} is unavailable: {type(exc).__name__}") from None
         except DeploymentUnavailableError as exc:
             raise Unavailable(f"model {name!r} is unavailable: {type(exc).__name__}") from None
+        except grpc.aio.AioRpcError as exc:
+            # gRPC transport only: what Serve did not already turn into one of the errors above.
+            if exc.code() in _GRPC_LOST:
+                raise ReplicaLost(f"model {name!r} is unavailable: gRPC {exc.code().name}") from None
+            raise ModelError(f"model {name!r} call failed: gRPC {exc.code().name}: {exc.details()}") from None
         except RayTaskError as exc:
             cause = exc.cause if exc.cause is not None else exc
             if isinstance(cause, ModelweaveError):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import pathlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass
 
 from modelweave.fit import NodeCapacity, nodes_from_ray
@@ -19,6 +19,28 @@ def embedded_num_cpus(requested: int | None = None) -> int:
     (a whole CPU in Ray Data) does not squeeze its stages and pools.
     """
     return requested or max(4, os.cpu_count() or 1)
+
+
+#: Environment of the Ray processes that modelweave starts (embedded ``run``, the test cluster,
+#: the benchmarks; the cluster configs in ``cluster/`` set the same): Serve's HTTP and gRPC
+#: proxies forward requests to the ingress over Serve's inter-deployment gRPC instead of Ray
+#: actor calls (the ingress itself calls model deployments the way ``ingress.transport`` says).
+#: Serve's processes read it once, at import, so it must be in place before Ray starts.
+SERVE_ENV: dict[str, str] = {"RAY_SERVE_PROXY_USE_GRPC": "1"}
+
+
+def apply_serve_env(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
+    """Puts :data:`SERVE_ENV` into ``environ`` (``os.environ``) where the user has not set it.
+
+    Call before ``ray.init`` starts a local cluster: its processes inherit this environment.
+    A value already set wins, so ``RAY_SERVE_PROXY_USE_GRPC=0 modelweave run ...`` goes back to
+    Ray actor calls.
+
+    Returns:
+        The variables as they now are.
+    """
+    target = os.environ if environ is None else environ
+    return {name: target.setdefault(name, value) for name, value in SERVE_ENV.items()}
 
 
 @dataclass
@@ -52,6 +74,7 @@ def start_serving(graphs: list[GraphSpec], *, host: str, http_port: int, grpc_po
         ctx = ray.init(address=address, namespace="modelweave", log_to_driver=False)
     else:
         log("modelweave: starting an embedded Ray cluster ...")
+        apply_serve_env()
         ctx = ray.init(address="local", namespace="modelweave", include_dashboard=True, dashboard_host=host,
                        dashboard_port=dashboard_port, num_cpus=embedded_num_cpus(num_cpus),
                        log_to_driver=False, _metrics_export_port=metrics_port)

@@ -106,6 +106,12 @@ class IngressSettings(ServeSettings):
         description="Retry-After of the 503 that Serve's proxy answers itself once the ingress's own queue "
                     "(max_ongoing_requests) and the proxy's (max_queued_requests) are full")
     auth: AuthSettings | None = Field(None, description="token authentication (HTTP and gRPC)")
+    transport: Literal["grpc", "actor"] = Field(
+        "grpc",
+        description="how the ingress calls the model deployments: Serve's inter-deployment gRPC (a replica's own "
+                    "gRPC server; ~15 % more requests per core on the reference app, README 'Performance') or Ray "
+                    "actor calls (Serve's default; for networks that only pass declared ports, e.g. a service mesh: "
+                    "the replicas' gRPC servers listen on ephemeral ports)")
 
     @model_validator(mode="after")
     def _admission_within_serve_queue(self) -> IngressSettings:

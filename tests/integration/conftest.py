@@ -31,6 +31,9 @@ def ray_cluster() -> Iterator[None]:
     ray = pytest.importorskip("ray")
     # More logical CPUs than cores: Serve replicas and Ray Data pools here are light, and
     # Ray Data's listing step needs a whole free CPU (RAY_NOTES).
+    from modelweave.serving import apply_serve_env
+
+    apply_serve_env()  # the Serve transport `modelweave run` starts Ray with
     ray.init(
         address="local",
         num_cpus=8,

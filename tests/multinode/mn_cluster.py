@@ -18,6 +18,8 @@ from pathlib import Path
 import psutil
 from free_ports import free_port
 
+from modelweave.serving import SERVE_ENV
+
 REPO = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).with_name("ray"))
 
@@ -44,6 +46,7 @@ class TwoNodeCluster:
     def env(self, home: Path | None = None, data_dir: bool = True, token: bool = True) -> dict[str, str]:
         """Environment for anything talking to this cluster (token auth on, like production)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MODELWEAVE_"))}
+        env.update(SERVE_ENV)  # as cluster/README's `ray start` lines
         env.update(HOME=str(home or self.head_home), RAY_AUTH_MODE="token", RAY_USAGE_STATS_ENABLED="0",
                    PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), str(REPO)]))
         if token:  # the head writes the token into its HOME; everyone else is pointed at it
