@@ -58,7 +58,8 @@ from process_cpu import cpu_by_role, per_request_ms, snapshot  # noqa: E402
 from throughput_batch import batch_job, batch_table, plain_loop  # noqa: E402
 
 from modelweave.layout import model_node_dicts  # noqa: E402
-from modelweave.serving import apply_serve_env  # noqa: E402
+from modelweave.ports import free_port  # noqa: E402
+from modelweave.serving import apply_serve_env, direct_ingress_env  # noqa: E402
 
 LAYOUTS = ("per-model", "default", "colocated", "ingress-only")
 
@@ -337,6 +338,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--transport", choices=("grpc", "actor"), default="grpc",
                    help="Serve's transport, proxy -> ingress (RAY_SERVE_PROXY_USE_GRPC) and ingress -> models "
                         "(ingress.transport): gRPC (modelweave's default) or Ray actor calls (Serve's)")
+    p.add_argument("--direct-ingress", action="store_true",
+                   help="clients call the ingress replica's own HTTP server, not Serve's proxy (modelweave run "
+                        "--direct-ingress); layouts run one after another on the same port")
     p.add_argument("--out", default=str(HERE / "results" / "throughput.json"))
     return p.parse_args(argv)
 
@@ -352,14 +356,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     base = yaml.safe_load(pathlib.Path(opts.graph).read_text())
     groups = groups_of(pathlib.Path(opts.groups_from))
     texts = triage_data.held_out_mix(("test",), opts.texts)
-    port = _free_port()
+    port = proxy_port = free_port()
     # Read by Serve's proxy when Ray starts; the graphs carry the ingress's half (layout_graph).
     os.environ["RAY_SERVE_PROXY_USE_GRPC"] = "1" if opts.transport == "grpc" else "0"
     apply_serve_env()
+    if opts.direct_ingress:  # as `modelweave run --direct-ingress`: clients reach the ingress replica itself
+        port = free_port()
+        os.environ.update(direct_ingress_env(port, free_port()))
     ray.init(address="local", num_cpus=opts.num_cpus, include_dashboard=False, log_to_driver=False,
              namespace="modelweave-throughput")
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.start(http_options={"host": "127.0.0.1", "port": proxy_port})
         results = [run_layout(layout, layout_graph(base, layout, groups, opts.transport), f"http://127.0.0.1:{port}",
                               texts, opts)
                    for layout in opts.layouts.split(",")]
@@ -373,7 +380,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         r.same_answers = f"{same}/{len(results[0].answers)}"
     print()
     print(f"{pathlib.Path(opts.graph).name}, {opts.clients} clients x {opts.duration:.0f} s, {cores} cores, "
-          f"Serve transport {opts.transport}, load average before the run {os.getloadavg()[0]:.1f}")
+          f"Serve transport {opts.transport}{', direct ingress' if opts.direct_ingress else ''}, "
+          f"load average before the run {os.getloadavg()[0]:.1f}")
     print(table(results, cores))
     for r in results:
         nodes = ", ".join(f"{k} {v:.2f}" for k, v in sorted(r.node_cpu_ms.items(), key=lambda kv: -kv[1]))
@@ -389,7 +397,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(batch_table(batch, online.model_cpu_ms))
     pathlib.Path(opts.out).write_text(json.dumps(
         {"graph": opts.graph, "cores": cores, "clients": opts.clients, "duration_s": opts.duration,
-         "transport": opts.transport,
+         "transport": opts.transport, "direct_ingress": opts.direct_ingress,
          "results": [{k: v for k, v in asdict(r).items() if k != "answers"} for r in results],
          "batch": [{**asdict(b), "rows_s": b.rows_s} for b in batch]}, indent=2))
     return 0
@@ -409,13 +417,6 @@ def run_batch(base: dict[str, Any], texts: list[str], opts: argparse.Namespace) 
         out.append(plain_loop(spec, texts[:opts.loop_rows]))
     return out
 
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 if __name__ == "__main__":

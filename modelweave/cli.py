@@ -159,11 +159,15 @@ def build(graphs: tuple[str, ...], output: str, host: str, http_port: int, grpc_
 @click.option("--num-cpus", default=None, type=int, help="logical CPUs of the embedded Ray (default max(4, cores))")
 @click.option("--metrics-port", default=8080, show_default=True, help="Prometheus endpoint of the embedded Ray")
 @click.option("--data-dir", default=None, help="artifact dir (default $MODELWEAVE_DATA_DIR or ~/.cache/modelweave)")
+@click.option("--direct-ingress", is_flag=True,
+              help="the graph's ingress replica listens on the HTTP and gRPC ports itself (no Serve proxy hop; "
+                   "one graph, one ingress replica, embedded Ray)")
 @fit_options()
 @edge_options
 def run(graphs: tuple[str, ...], host: str, http_port: int, grpc_port: int, dashboard_port: int,
-        address: str | None, num_cpus: int | None, metrics_port: int, data_dir: str | None, profile: str,
-        force: bool, auth_tokens: str | None, insecure: bool, tls_cert: str | None, tls_key: str | None) -> None:
+        address: str | None, num_cpus: int | None, metrics_port: int, data_dir: str | None, direct_ingress: bool,
+        profile: str, force: bool, auth_tokens: str | None, insecure: bool, tls_cert: str | None,
+        tls_key: str | None) -> None:
     """Serve GRAPHS on an embedded local Ray until Ctrl-C (preparing their artifacts first)."""
     from modelweave.cli_cluster import apply_profile, enforce_fit
     from modelweave.prepare import DATA_DIR_ENV, run_prepare_hooks
@@ -172,6 +176,13 @@ def run(graphs: tuple[str, ...], host: str, http_port: int, grpc_port: int, dash
     checked = load_checked(graphs)
     specs, tls = secure([g.spec for g in checked], host, auth_tokens, insecure, tls_cert, tls_key)
     specs, _ = apply_profile(specs, profile, num_cpus, echo=True)
+    if direct_ingress:
+        from modelweave.serving import direct_ingress_problem
+
+        problem = direct_ingress_problem(specs, address)
+        if problem:
+            click.echo(f"error: {problem}", err=True)
+            sys.exit(2)
     if not auth_tokens:
         click.echo(f"modelweave: warning: no --auth-tokens; Serve's gRPC proxy listens on every interface "
                    f"(port {grpc_port}) whatever --host says, so firewall it or use --auth-tokens", err=True)
@@ -193,7 +204,8 @@ def run(graphs: tuple[str, ...], host: str, http_port: int, grpc_port: int, dash
                             dashboard_port=dashboard_port, address=address, num_cpus=num_cpus,
                             metrics_port=metrics_port, log=lambda m: click.echo(m, err=True), tls=tls,
                             artifact_sets=artifact_sets,
-                            fit=lambda nodes: enforce_fit(specs, nodes, address or "the embedded Ray", force))
+                            fit=lambda nodes: enforce_fit(specs, nodes, address or "the embedded Ray", force),
+                            direct_ingress=direct_ingress)
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
     for spec in session.graphs:
@@ -201,6 +213,8 @@ def run(graphs: tuple[str, ...], host: str, http_port: int, grpc_port: int, dash
         click.echo(f"  HTTP:      {'https' if tls else 'http'}://{host}:{http_port}/{spec.name}  "
                    f"(POST InferRequest JSON; /stream, /describe{'; Bearer token' if auth_tokens else ''})")
         click.echo(f"  gRPC:      {host}:{grpc_port}  (modelweave.v1.GraphService; metadata application={spec.name})")
+        if direct_ingress:
+            click.echo("  Direct:    the ingress replica answers on both ports itself (no Serve proxy hop)")
     click.echo(f"  Dashboard: {session.dashboard_url or 'not running'}")
     if not address:
         click.echo(f"  Metrics:   http://{host}:{metrics_port}/metrics  (Prometheus; ray_modelweave_* series)")

@@ -8,6 +8,7 @@ from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass
 
 from modelweave.fit import NodeCapacity, nodes_from_ray
+from modelweave.ports import free_port
 from modelweave.spec import GraphSpec
 
 
@@ -43,6 +44,44 @@ def apply_serve_env(environ: MutableMapping[str, str] | None = None) -> dict[str
     return {name: target.setdefault(name, value) for name, value in SERVE_ENV.items()}
 
 
+def direct_ingress_problem(graphs: Sequence[GraphSpec], address: str | None) -> str | None:
+    """Why ``modelweave run --direct-ingress`` cannot serve ``graphs``, or None.
+
+    Ray 2.60's direct ingress gives each ingress replica its own HTTP and gRPC servers on ports
+    from a range; without a load balancer in front (Ray's HAProxy mode) clients can only be told
+    one port, so it takes one graph with one ingress replica, on a Ray this command starts (Serve
+    reads the setting when Ray starts).
+    """
+    if address:
+        return "--direct-ingress needs the embedded Ray (Serve reads it when Ray starts); drop --address"
+    if len(graphs) != 1:
+        return f"--direct-ingress serves one graph (got {len(graphs)}): each needs its own ports"
+    ingress = graphs[0].ingress
+    if ingress.autoscaling_config is not None or (ingress.num_replicas or 1) != 1:
+        return (f"--direct-ingress needs one ingress replica: graph {graphs[0].name!r} sets "
+                f"ingress.{'autoscaling_config' if ingress.autoscaling_config is not None else 'num_replicas'}")
+    return None
+
+
+def direct_ingress_env(http_port: int, grpc_port: int) -> dict[str, str]:
+    """Serve's settings that make the one ingress replica listen on ``http_port`` and ``grpc_port``.
+
+    The replica's servers take the first port of ``[min, max)`` ranges of one port each. A
+    restarted replica gets the same ports at once: Serve's quarantine of a released port (for
+    HAProxy's stale configurations) is off, and so is most of its 30 s drain on shutdown (meant
+    for load balancers that need time to notice; here nothing routes to the replica but clients).
+    """
+    return {
+        "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
+        "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(http_port),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(http_port + 1),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(grpc_port),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(grpc_port + 1),
+        "RAY_SERVE_PORT_QUARANTINE_S": "0",
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
+    }
+
+
 @dataclass
 class ServingSession:
     """What ``start_serving`` started."""
@@ -56,7 +95,8 @@ def start_serving(graphs: list[GraphSpec], *, host: str, http_port: int, grpc_po
                   address: str | None = None, num_cpus: int | None = None, metrics_port: int | None = None,
                   log: Callable[[str], None] = print, tls: dict[str, str] | None = None,
                   artifact_sets: Sequence[pathlib.Path] = (),
-                  fit: Callable[[list[NodeCapacity]], None] | None = None) -> ServingSession:
+                  fit: Callable[[list[NodeCapacity]], None] | None = None,
+                  direct_ingress: bool = False) -> ServingSession:
     """Starts Ray (unless ``address``), Serve with HTTP + gRPC, and one application per graph.
 
     ``tls`` holds Serve's ``ssl_certfile`` / ``ssl_keyfile`` HTTP options (HTTPS); Serve's gRPC
@@ -64,6 +104,9 @@ def start_serving(graphs: list[GraphSpec], *, host: str, http_port: int, grpc_po
     cluster's alive nodes before anything is deployed (it exits when the graphs cannot fit).
     On an existing cluster (``address``) the prepared ``artifact_sets`` are published to the
     cluster's artifact store, so replicas on nodes that never ran ``prepare`` fetch them.
+    ``direct_ingress`` (see :func:`direct_ingress_problem`, checked by the caller): the graph's
+    ingress replica itself listens on ``http_port`` and ``grpc_port``, so a request skips Serve's
+    proxy (one hop less); Serve's proxies, which Serve still starts, get free ports nobody uses.
     """
     import ray
     from ray import serve
@@ -75,6 +118,9 @@ def start_serving(graphs: list[GraphSpec], *, host: str, http_port: int, grpc_po
     else:
         log("modelweave: starting an embedded Ray cluster ...")
         apply_serve_env()
+        if direct_ingress:
+            os.environ.update(direct_ingress_env(http_port, grpc_port))
+            http_port, grpc_port = free_port(), free_port()
         ctx = ray.init(address="local", namespace="modelweave", include_dashboard=True, dashboard_host=host,
                        dashboard_port=dashboard_port, num_cpus=embedded_num_cpus(num_cpus),
                        log_to_driver=False, _metrics_export_port=metrics_port)

@@ -85,3 +85,34 @@ def test_serve_env_fills_only_what_is_unset():
     assert apply_serve_env(env) == SERVE_ENV == env
     chosen = {"RAY_SERVE_PROXY_USE_GRPC": "0"}
     assert apply_serve_env(chosen) == {"RAY_SERVE_PROXY_USE_GRPC": "0"}  # the user's choice wins
+
+
+def _graph(ingress: dict[str, Any] | None = None, name: str = "g") -> Any:
+    from modelweave.spec import parse_graph
+
+    return parse_graph({"name": name, "ingress": ingress or {},
+                        "flow": {"kind": "model", "name": "m", "impl": "modelweave.examples.rules:Normaliser"}})
+
+
+def test_direct_ingress_takes_one_graph_with_one_ingress_replica_on_an_embedded_ray():
+    from modelweave.serving import direct_ingress_problem
+
+    assert direct_ingress_problem([_graph()], None) is None
+    assert direct_ingress_problem([_graph({"num_replicas": 1})], None) is None
+    assert "drop --address" in (direct_ingress_problem([_graph()], "10.0.0.1:6379") or "")
+    assert "one graph (got 2)" in (direct_ingress_problem([_graph(), _graph(name="h")], None) or "")
+    assert "ingress.num_replicas" in (direct_ingress_problem([_graph({"num_replicas": 2})], None) or "")
+    autoscaled = _graph({"autoscaling_config": {"min_replicas": 1, "max_replicas": 2}})
+    assert "ingress.autoscaling_config" in (direct_ingress_problem([autoscaled], None) or "")
+
+
+def test_direct_ingress_ranges_hold_exactly_the_requested_ports():
+    from modelweave.serving import direct_ingress_env
+
+    env = direct_ingress_env(8000, 9000)
+    assert env["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == "1"
+    # Serve allocates from [min, max): one port each.
+    for proto, low, high in (("HTTP", "8000", "8001"), ("GRPC", "9000", "9001")):
+        assert env[f"RAY_SERVE_DIRECT_INGRESS_MIN_{proto}_PORT"] == low
+        assert env[f"RAY_SERVE_DIRECT_INGRESS_MAX_{proto}_PORT"] == high
+    assert env["RAY_SERVE_PORT_QUARANTINE_S"] == "0"  # a restarted replica takes the same port at once
