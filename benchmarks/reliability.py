@@ -612,6 +612,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--retry-after-cap", type=float, default=None,
                    help=f"longest Retry-After a client honours, seconds (default {RETRY_AFTER_CAP_S:.0f}: all the "
                         "server suggests; a lower cap makes clients come back sooner than asked)")
+    p.add_argument("--direct-ingress", action="store_true",
+                   help="serve as `modelweave run --direct-ingress` (clients reach the ingress replica itself)")
     p.add_argument("--out", default=str(HERE / "results" / "reliability.json"), help="JSON report")
     return p.parse_args(argv)
 
@@ -653,7 +655,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The same embedded cluster as `modelweave run` (dashboard included: the state API that
         # finds actor pids needs it), on free loopback ports so it never meets another cluster.
         session = start_serving([spec], host="127.0.0.1", http_port=port, grpc_port=free_port(),
-                                dashboard_port=free_port(), num_cpus=args.num_cpus, log=log)
+                                dashboard_port=free_port(), num_cpus=args.num_cpus, log=log,
+                                direct_ingress=args.direct_ingress)
         base = f"http://127.0.0.1:{port}"
     try:
         rows = asyncio.run(run_phases(spec, f"{base}/{spec.name}", texts, opts, log))
@@ -665,7 +668,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta = {"graph": spec.name, "duration_s": duration, "warmup_s": opts.warmup_s, "quick": args.quick,
             "cores": os.cpu_count(), "load_average_start": load0, "load_average_end": os.getloadavg()[0],
             "total_s": round(time.monotonic() - t0, 1), "deadline_ms": DEADLINE_MS,
-            "retry_after_cap_s": RETRY_AFTER_CAP_S, "cluster": args.address or "embedded"}
+            "retry_after_cap_s": RETRY_AFTER_CAP_S, "cluster": args.address or "embedded",
+            "direct_ingress": args.direct_ingress}
     table = markdown(rows)
     print(table)
     print(f"\n{meta['cores']} cores, load average {load0:.1f} -> {meta['load_average_end']:.1f}; "

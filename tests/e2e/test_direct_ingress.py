@@ -1,6 +1,6 @@
 """`modelweave run --direct-ingress`: the ingress replica itself answers on the public ports.
 
-Real CLI, real embedded Ray: HTTP and gRPC with token auth on the replica's own servers, no
+Real CLI, real embedded Ray: HTTPS and gRPC with token auth on the replica's own servers, no
 Serve proxy on those ports, a killed ingress replica replaced on the same ports, a clean stop,
 and the refusals that need no Ray.
 """
@@ -14,7 +14,7 @@ import time
 
 import httpx
 import psutil
-from cli_helpers import cli, start_server
+from cli_helpers import cli, self_signed_cert, start_server
 
 TOKEN = "e2e-direct-0123456789abcdefghij"
 BODY = {"input": {"text": {"content": "great, thanks"}}}
@@ -36,12 +36,16 @@ def _title(proc: psutil.Process) -> str:
 def test_direct_ingress_serves_http_and_grpc_from_the_replica_and_survives_its_death(tmp_path: pathlib.Path):
     tokens = tmp_path / "tokens.txt"
     tokens.write_text(f"ci:{TOKEN}\n")
-    server = start_server("examples/demo.yaml", extra_args=["--direct-ingress", "--auth-tokens", str(tokens)])
+    cert, key = self_signed_cert(tmp_path)
+    server = start_server("examples/demo.yaml", extra_args=["--direct-ingress", "--auth-tokens", str(tokens),
+                                                             "--tls-cert", str(cert), "--tls-key", str(key)])
     auth = {"authorization": f"Bearer {TOKEN}"}
     http_port, grpc_port = int(server.http.rsplit(":", 1)[1]), int(server.grpc.rsplit(":", 1)[1])
+    base = server.http.replace("http://", "https://")
+    client = httpx.Client(verify=str(cert), timeout=60)
     try:
-        assert httpx.post(f"{server.http}/demo", json=BODY, timeout=60).status_code == 401
-        r = httpx.post(f"{server.http}/demo", json=BODY, headers=auth, timeout=60)
+        assert client.post(f"{base}/demo", json=BODY).status_code == 401
+        r = client.post(f"{base}/demo", json=BODY, headers=auth)
         assert r.status_code == 200, r.text
         assert r.json()["result"]["classification"]["label"] == "positive"
         ok = cli("call", "demo", "great, thanks", "--grpc", server.grpc, "--token", TOKEN)
@@ -55,7 +59,7 @@ def test_direct_ingress_serves_http_and_grpc_from_the_replica_and_survives_its_d
         deadline, answer = time.monotonic() + 90, None
         while time.monotonic() < deadline:
             try:
-                answer = httpx.post(f"{server.http}/demo", json=BODY, headers=auth, timeout=10)
+                answer = client.post(f"{base}/demo", json=BODY, headers=auth, timeout=10)
                 if answer.status_code == 200:
                     break
             except httpx.HTTPError:  # nothing listens until Serve has started the new replica
@@ -64,6 +68,7 @@ def test_direct_ingress_serves_http_and_grpc_from_the_replica_and_survives_its_d
         assert answer is not None and answer.status_code == 200, "no new ingress replica on the same port"
         assert _listener(http_port).pid != replica.pid
     finally:
+        client.close()
         assert server.stop() == 0, "".join(server.stdout[-40:])
 
 

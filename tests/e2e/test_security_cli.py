@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import datetime
 import pathlib
 
 import httpx
 import pytest
 import yaml
-from cli_helpers import cli, start_server
+from cli_helpers import cli, self_signed_cert, start_server
 
 TOKEN = "e2e-token-0123456789abcdefghij"
 
@@ -46,32 +45,8 @@ def test_build_follows_the_same_rule_and_stores_only_digests(tmp_path: pathlib.P
     assert r.returncode == 0 and "INSECURE" in out.read_text()
 
 
-def _self_signed(tmp_path: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    import ipaddress
-
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
-
-
 def test_run_serves_https_with_token_auth(tmp_path: pathlib.Path):
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed_cert(tmp_path)
     server = start_server("examples/demo.yaml", extra_args=["--tls-cert", str(cert), "--tls-key", str(key),
                                                              "--auth-tokens", str(_tokens(tmp_path))])
     try:
