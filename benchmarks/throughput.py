@@ -358,7 +358,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     texts = triage_data.held_out_mix(("test",), opts.texts)
     port = proxy_port = free_port()
     # Read by Serve's proxy when Ray starts; the graphs carry the ingress's half (layout_graph).
-    os.environ["RAY_SERVE_PROXY_USE_GRPC"] = "1" if opts.transport == "grpc" else "0"
+    # An explicit RAY_SERVE_PROXY_USE_GRPC wins (to measure the two halves apart).
+    os.environ.setdefault("RAY_SERVE_PROXY_USE_GRPC", "1" if opts.transport == "grpc" else "0")
     apply_serve_env()
     if opts.direct_ingress:  # as `modelweave run --direct-ingress`: clients reach the ingress replica itself
         port = free_port()

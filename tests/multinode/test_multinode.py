@@ -50,8 +50,9 @@ def call(client: httpx.Client, url: str) -> tuple[str, float, str]:
                                    "timeout_ms": int(DEADLINE_S * 1000)}, timeout=30)
     except httpx.HTTPError as exc:
         return type(exc).__name__, time.monotonic() - start, ""
-    node = r.json()["result"].get("generation", {}).get("source", "") if r.status_code == 200 else ""
-    return str(r.status_code), time.monotonic() - start, node
+    if r.status_code != 200:  # the body says why (printed with the outcomes below)
+        return str(r.status_code), time.monotonic() - start, r.text[:300]
+    return "200", time.monotonic() - start, r.json()["result"].get("generation", {}).get("source", "")
 
 
 def test_fresh_worker_node_serves_batches_and_survives_losing_the_worker(cluster: TwoNodeCluster) -> None:
@@ -126,8 +127,18 @@ def test_fresh_worker_node_serves_batches_and_survives_losing_the_worker(cluster
         lost = sum(n for k, n in outcomes.items() if k != "200")
         durations = sorted(r[1][1] for r in results)
         print(f"\nmultinode: {len(results)} requests under load, outcomes {dict(outcomes)}, lost {lost}, "
-              f"p50 {durations[len(durations) // 2]:.2f} s, max {durations[-1]:.2f} s")
-        assert set(outcomes) <= {"200", "503", "504", "ReadError", "RemoteProtocolError", "ConnectError"}, outcomes
+              f"p50 {durations[len(durations) // 2]:.2f} s, max {durations[-1]:.2f} s; answers other than 200: "
+              f"{Counter(r[1][2] for r in results if r[1][0] != '200')}, started (s after the kill): "
+              f"{sorted(round(r[0] - killed_at, 2) for r in results if r[1][0] != '200')}")
+        # Serve's proxy answers a request whose ingress replica died mid-call with a bare 500
+        # "Internal Server Error" over the gRPC transport (a lost request, like the connection
+        # errors of the dead node's own proxy); modelweave's own errors are JSON and must not be 500.
+        lost_mid_call = [r for r in results if r[1][0] == "500" and r[1][2] == "Internal Server Error"
+                         and r[0] < killed_at + 5]  # the node's workers die ~2 s after its raylet
+        assert set(outcomes) - {"500"} <= {"200", "503", "504", "ReadError", "RemoteProtocolError",
+                                           "ConnectError"}, outcomes
+        assert outcomes["500"] == len(lost_mid_call), [(round(at - killed_at, 2), o) for at, o in results
+                                                        if o[0] == "500"]
         slow = [(round(at - killed_at, 1), o, round(s, 1)) for at, (o, s, _) in results if s >= DEADLINE_S + SLACK_S]
         assert not slow, f"requests past their deadline (start s after kill, outcome, duration): {slow}"
         late = [r[1] for r in results if r[0] > killed_at + 15]
