@@ -33,7 +33,6 @@ import asyncio
 import os
 import pathlib
 import random
-import socket
 import statistics
 import sys
 import tempfile
@@ -284,10 +283,9 @@ def online(spec: GraphSpec, texts: list[str], clients: int) -> Measure:
     from ray import serve
 
     from deployments.app import graph_app
+    from modelweave.ports import free_port
 
-    with socket.socket() as sock:  # a free port
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     serve.run(graph_app(spec), name=spec.name, route_prefix=f"/{spec.name}")
     url = f"http://127.0.0.1:{port}/{spec.name}"

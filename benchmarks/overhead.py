@@ -30,7 +30,6 @@ import json
 import os
 import pathlib
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -44,6 +43,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from modelweave.adapters.base import ModelAdapter
+from modelweave.ports import free_port
 from modelweave.serving import apply_serve_env
 from modelweave.spec import DeploymentSettings
 from modelweave.v1 import messages_pb2 as pb
@@ -615,13 +615,6 @@ def print_inprocess(sizes: list[int]) -> None:
         for stage, us in inprocess_cost_us(n, sink).items():
             print(f"  N={n}  {stage:<42}{us:8.1f}")
     print(flush=True)
-
-
-def free_port() -> int:
-    """An unused TCP port on loopback."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[Options, argparse.Namespace]:

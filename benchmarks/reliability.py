@@ -50,7 +50,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from lean_http import LeanClient  # benchmarks/ is sys.path[0] when run as a file
-from overhead import Sample, free_port
+from overhead import Sample
+
+from modelweave.ports import free_port
 
 HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parent

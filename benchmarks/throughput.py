@@ -419,6 +419,5 @@ def run_batch(base: dict[str, Any], texts: list[str], opts: argparse.Namespace) 
     return out
 
 
-
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
-import socket
 import statistics
 import sys
 import tempfile
@@ -35,19 +34,14 @@ VERSIONS = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def serve_latency(specs: list, texts: list[str], n: int) -> dict[str, tuple[float, float]]:
     """p50/p99 ms of ``n`` sequential HTTP requests per graph, each deployed alone."""
     from ray import serve
 
     from deployments.app import graph_app
+    from modelweave.ports import free_port
 
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     out = {}
     for spec in specs:
@@ -83,7 +77,7 @@ def main() -> int:
     from modelweave import evaluate as ev
     from modelweave.apps.triage.export import export
     from modelweave.prepare import data_dir, run_prepare_hooks
-    from modelweave.serving import apply_serve_env
+    from modelweave.serving import apply_serve_env, embedded_num_cpus
     from modelweave.spec import load_graph
 
     specs = [load_graph(REPO / v) for v in opts.versions]
@@ -95,7 +89,7 @@ def main() -> int:
         texts, truths = ev.load_labelled(path, "text", "label")
     print(f"test split: {rows} rows", flush=True)
     apply_serve_env()
-    ray.init(address="local", num_cpus=max(4, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=embedded_num_cpus(), include_dashboard=False, log_to_driver=False,
              namespace="modelweave")
     reports = ev.evaluate([(s.name, s) for s in specs], texts, truths, runner=opts.runner)
     latency = serve_latency(specs, texts, opts.latency_requests)

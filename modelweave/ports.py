@@ -1,4 +1,4 @@
-"""Free TCP ports for servers started in other processes (tests, Serve's unused proxies).
+"""Free TCP ports for servers started in other processes (tests, benchmarks, Serve's unused proxies).
 
 Why not ``bind(("127.0.0.1", 0))``: the kernel hands out port 0 from its ephemeral range, the
 same range every outgoing connection of a running Ray cluster (gRPC channels between raylets,

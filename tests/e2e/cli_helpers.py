@@ -12,7 +12,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from free_ports import free_port
+from modelweave.ports import free_port
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from free_ports import free_port
+
+from modelweave.ports import free_port
 
 pytestmark = pytest.mark.e2e
 

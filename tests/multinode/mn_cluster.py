@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 import psutil
-from free_ports import free_port
 
+from modelweave.ports import free_port
 from modelweave.serving import SERVE_ENV
 
 REPO = Path(__file__).resolve().parents[2]
