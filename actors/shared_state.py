@@ -38,6 +38,9 @@ SemanticSpec = tuple[float, int, float, bool] | list[Any]
 #: Semantic lookups over indexes larger than this run in a worker thread (numpy releases the
 #: GIL in the matrix product), so a 50k-entry scan does not stall the other state calls.
 SEMANTIC_THREAD_MIN_ENTRIES = 4096
+#: Methods a replica's coalesced ``apply_batch`` call may carry: the request path's reads and
+#: writes, but not the semantic lookup, whose large scans would hold up the ops behind them.
+BATCH_METHODS = frozenset({"cache_get", "cache_put", "semantic_store", "get_state", "adjust_state_many"})
 
 
 class GraphStateStore:
@@ -190,6 +193,23 @@ class GraphState(GraphStateStore):
         values = super().adjust_state_many(var, deltas)
         self._changed()
         return values
+
+    async def apply_batch(self, ops: list[tuple[str, tuple[Any, ...]]]) -> list[tuple[bool, Any]]:
+        """Runs one replica's coalesced state calls in order (see :class:`actors.backends.StateLink`).
+
+        Returns one ``(True, value)`` or ``(False, "ErrorType: message")`` per op: an op that
+        raises fails alone, the others still run and answer.
+        """
+        out: list[tuple[bool, Any]] = []
+        for method, args in ops:
+            if method not in BATCH_METHODS:
+                out.append((False, f"ValueError: {method!r} cannot be batched"))
+                continue
+            try:
+                out.append((True, await getattr(self, method)(*args)))
+            except Exception as exc:  # one bad op must not fail the others of the batch
+                out.append((False, f"{type(exc).__name__}: {exc}"[:300]))
+        return out
 
     async def stats(self) -> dict[str, Any]:  # type: ignore[override]
         """Cache sizes, hit/miss counts, feedback values and checkpoint writes."""

@@ -13,7 +13,12 @@ turn under each layout and driven over HTTP:
   deployment);
 * **ingress-only**: every model node inside the ingress (``inline: true``, keeping its
   in-process dynamic batching; its Serve settings dropped): no model hop at all, one process
-  for every model, which then share its interpreter (GIL) and scale only with the ingress.
+  for every model, which then share its interpreter (GIL) and scale only with the ingress;
+* **replicated**: ingress-only with one ingress replica per core (``ingress.num_replicas``):
+  the whole graph in every replica process, so the models share no interpreter and still make
+  no hop, at the memory of one more copy of every model per replica. Not run by default
+  (``--layouts ...,replicated``): it is how far the monolith goes, not a layout the mission
+  recommends where models need their own scaling or GPUs.
 
 For each layout: a warm-up, ``--sequential`` requests one at a time (p50 latency against
 the p50 model CPU on the request's critical path: the sum of its model spans' ``cpuMs``, the
@@ -62,6 +67,8 @@ from modelweave.ports import free_port  # noqa: E402
 from modelweave.serving import apply_serve_env, direct_ingress_env  # noqa: E402
 
 LAYOUTS = ("per-model", "default", "colocated", "ingress-only")
+#: Layouts that run only when asked for (``--layouts``).
+EXTRA_LAYOUTS = ("replicated",)
 
 
 def layout_graph(base: dict[str, Any], layout: str, groups: dict[str, str], transport: str = "grpc"
@@ -72,6 +79,9 @@ def layout_graph(base: dict[str, Any], layout: str, groups: dict[str, str], tran
     """
     data = json.loads(json.dumps(base))
     data["name"] = f"{base['name']}-{layout}"
+    if layout == "replicated":
+        data.setdefault("ingress", {})["num_replicas"] = os.cpu_count() or 1
+        layout = "ingress-only"
     data.setdefault("ingress", {})["transport"] = transport
     for node in model_node_dicts(data["flow"]):
         deployment = node.setdefault("deployment", {})
@@ -326,7 +336,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--graph", default=str(REPO / "examples" / "triage.yaml"))
     p.add_argument("--groups-from", default=str(REPO / "examples" / "triage-colocated.yaml"))
-    p.add_argument("--layouts", default=",".join(LAYOUTS), help="comma-separated; the first is the baseline")
+    p.add_argument("--layouts", default=",".join(LAYOUTS),
+                   help=f"comma-separated, from {', '.join(LAYOUTS + EXTRA_LAYOUTS)}; the first is the baseline")
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--duration", type=float, default=40.0, help="seconds of concurrent load per layout")
     p.add_argument("--sequential", type=int, default=80, help="sequential requests per layout")
@@ -342,7 +353,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="clients call the ingress replica's own HTTP server, not Serve's proxy (modelweave run "
                         "--direct-ingress); layouts run one after another on the same port")
     p.add_argument("--out", default=str(HERE / "results" / "throughput.json"))
-    return p.parse_args(argv)
+    opts = p.parse_args(argv)
+    unknown = [name for name in opts.layouts.split(",") if name not in LAYOUTS + EXTRA_LAYOUTS]
+    if unknown:
+        p.error(f"unknown layout(s) {', '.join(unknown)}")
+    if opts.direct_ingress and "replicated" in opts.layouts.split(","):
+        p.error("--direct-ingress serves one ingress replica; the replicated layout has one per core")
+    return opts
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -331,3 +331,90 @@ async def test_deltas_the_actor_never_got_are_dropped_from_the_copy_and_counted(
     assert await state.get(VAR) == pytest.approx(0.5)  # ... and forgets the delta (breaker open: no call)
     assert await state.adjust(VAR, 0.1) == pytest.approx(0.5)  # while the actor fails: dropped at once
     assert link.errors[("state_adjust", "unavailable")] == 1
+
+
+# -- coalesced state calls ----------------------------------------------------------------------
+
+
+async def test_a_write_rides_on_the_next_read_in_one_round_trip_in_order():
+    clock = Clock()
+    link, handle = link_over(GraphState(), clock)
+    cache, other = ActorCache(link, "g/c", NODE, clock), ActorCache(link, "g/c", NODE, clock)
+    await cache.put("k", b"v")  # queued, not sent
+    assert handle.round_trips == 0
+    assert await other.get("k") == b"v"  # another replica-local cache: the actor has it, put first
+    assert handle.round_trips == 1 and handle.calls == ["cache_put", "cache_get"]
+    await link.drain()
+    assert handle.round_trips == 1 and link.errors == {}
+
+
+async def test_writes_without_a_read_go_together_after_the_write_delay():
+    clock = Clock()
+    actor = GraphState()
+    link, handle = link_over(actor, clock, write_delay_s=0.01)
+    cache, state = ActorCache(link, "g/c", NODE, clock), ActorState(link, flush_delay_s=0.0)
+    await cache.put("a", b"1")
+    await cache.put("b", b"2")
+    await state.adjust(VAR, 0.1)
+    await asyncio.sleep(0.05)
+    assert handle.round_trips == 1
+    assert sorted(handle.calls) == ["adjust_state_many", "cache_put", "cache_put"]
+    assert await actor.cache_get("g/c", "b") == b"2"
+    assert await state.get(VAR) == pytest.approx(0.6)
+
+
+async def test_a_cancelled_read_still_delivers_the_writes_it_carries():
+    clock = Clock()
+    actor = GraphState()
+    link, handle = link_over(actor, clock)
+    release = asyncio.Event()
+    original = actor.apply_batch
+
+    async def slow(ops: list[Any]) -> list[Any]:
+        await release.wait()
+        return await original(ops)
+
+    actor.apply_batch = slow  # type: ignore[method-assign]
+    cache = ActorCache(link, "g/c", NODE, clock)
+    await cache.put("k", b"v")
+    reader = asyncio.ensure_future(cache.get("other"))
+    await asyncio.sleep(0.001)
+    reader.cancel()  # the request went away while its lookup (carrying the put) was out
+    release.set()
+    await link.drain()
+    assert await original([("cache_get", ("g/c", "k"))]) == [(True, b"v")]
+    assert link.errors == {}
+
+
+async def test_an_op_that_fails_on_the_actor_fails_alone_and_is_counted():
+    clock = Clock()
+    link, _ = link_over(GraphState(), clock)
+    cache = ActorCache(link, "g/c", NODE, clock)
+    await cache.put("k", b"v")
+    link.write("cache_put", "cache_put", "g/unknown", "k", b"v", None)  # no spec: the actor raises KeyError
+    ok, value = await link.read("cache_get", "cache_get", "g/c", "k", (20, 100))
+    assert (ok, value) == (True, b"v")
+    assert link.errors == {("cache_put", "error"): 1}
+    assert not link.breaker.tripped  # the actor answered
+
+
+async def test_an_actor_without_apply_batch_gets_one_call_per_op():
+    class OldActor:
+        def __init__(self) -> None:
+            self.handle = Handle(GraphState())
+
+        def __getattr__(self, method: str) -> Any:
+            if method == "apply_batch":
+                raise AttributeError(method)
+            return getattr(self.handle, method)
+
+    old = OldActor()
+    link = StateLink(old, "g", timeout_s=0.5)
+    cache = ActorCache(link, "g/c", NODE)
+    await cache.put("k", b"v")
+    await link.drain()
+    assert old.handle.calls == ["cache_put"]
+    assert not link.batching
+    assert await ActorCache(link, "g/c", NODE).get("k") == b"v"
+    assert old.handle.calls == ["cache_put", "cache_get"] and old.handle.round_trips == 2
+
