@@ -205,21 +205,26 @@ class StateLink:
             ops, self._queued = self._queued, []
             self._start(ops, self.write_timeout_s)
 
-    def _start(self, ops: list[_Op], timeout_s: float) -> asyncio.Task[None]:
+    def _start(self, ops: list[_Op], timeout_s: float) -> None:
         if self._timer is not None and not self._queued:
             self._timer.cancel()  # the writes it would have sent are on their way
             self._timer = None
-        task = asyncio.ensure_future(self._send(ops, timeout_s))
-        self._track(task)
-        return task
-
-    async def _send(self, ops: list[_Op], timeout_s: float) -> None:
-        """One ``apply_batch`` call; resolves every op's future (ok or degraded, counted)."""
         if not self.breaker.allow():
             self._settle(ops, "unavailable", None)
             return
+        # Submitted here, not in the task: a lookup must not wait behind whatever the event loop
+        # runs next (in triage, the redact branch's Serve call, ~2 ms before it was moved here).
         try:
             ref = self.actor.apply_batch.remote([(o.method, o.args) for o in ops])
+        except Exception as exc:  # the handle itself failed (actor gone for good)
+            self.breaker.failure()
+            self._settle(ops, "error", exc)
+            return
+        self._track(asyncio.ensure_future(self._answer(ops, ref, timeout_s)))
+
+    async def _answer(self, ops: list[_Op], ref: Any, timeout_s: float) -> None:
+        """Waits for one ``apply_batch`` call; resolves every op's future (ok or degraded, counted)."""
+        try:
             answers = await asyncio.wait_for(_awaitable(ref), timeout_s)
         except TimeoutError:
             self.breaker.failure()
