@@ -190,6 +190,16 @@ class StateLink:
         while self._pending:
             await asyncio.gather(*list(self._pending), return_exceptions=True)
 
+    def flush_now(self) -> None:
+        """Sends the queued writes at once without waiting for their answers (graceful
+        shutdown: the call is on its way before the replica stops). Needs the running event
+        loop; without one (interpreter teardown) it does nothing."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._flush_writes()
+
     def _write_done(self, _future: asyncio.Future[tuple[bool, Any]]) -> None:
         self._writes -= 1
 

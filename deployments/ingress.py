@@ -94,7 +94,7 @@ class GraphIngress:
         self.graph = check_graph(self.spec)
         sink = RayMetricsSink()
         # Timeouts, breaker and degraded answers when the state actor is down: actors/backends.py.
-        link = StateLink(get_state_actor(self.spec), self.spec.name, sink=sink)
+        link = self._state_link = StateLink(get_state_actor(self.spec), self.spec.name, sink=sink)
         self.executor = Executor(
             self.graph,
             # Cheap nodes placed in the ingress run here, in-process (see modelweave.layout).
@@ -124,7 +124,12 @@ class GraphIngress:
         self.tracer = GraphTracer.from_env(self.spec.name)
 
     def __del__(self) -> None:
-        # Serve calls this when it stops the replica: export the spans still queued.
+        # Serve calls this when it stops the replica, on its event loop: send the state writes
+        # still waiting for a carrier (cache stores, feedback deltas) and export the spans
+        # still queued.
+        link = getattr(self, "_state_link", None)
+        if link is not None:
+            link.flush_now()
         tracer = getattr(self, "tracer", None)
         if tracer is not None:
             tracer.flush()

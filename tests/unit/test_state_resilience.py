@@ -418,3 +418,19 @@ async def test_an_actor_without_apply_batch_gets_one_call_per_op():
     assert await ActorCache(link, "g/c", NODE).get("k") == b"v"
     assert old.handle.calls == ["cache_put", "cache_get"] and old.handle.round_trips == 2
 
+
+
+async def test_flush_now_sends_the_queued_writes_at_once():
+    clock = Clock()
+    actor = GraphState()
+    link, handle = link_over(actor, clock, write_delay_s=10.0)
+    await ActorCache(link, "g/c", NODE, clock).put("k", b"v")
+    link.flush_now()  # what the ingress does when Serve stops it
+    assert handle.round_trips == 1 and handle.calls == ["cache_put"]
+    await link.drain()
+    assert await actor.cache_get("g/c", "k") == b"v"
+
+
+def test_flush_now_without_an_event_loop_does_nothing():
+    link = StateLink(Handle(GraphState()), "g")
+    link.flush_now()  # interpreter teardown: no loop, no error
