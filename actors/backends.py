@@ -124,24 +124,36 @@ class StateLink:
             return False, None
         try:
             ref = getattr(self.actor, method).remote(*args)
-            value = await asyncio.wait_for(_awaitable(ref), timeout_s or self.timeout_s)
+        except Exception as exc:  # the handle itself failed (actor gone for good)
+            self.breaker.failure()
+            self._degraded(op, "error", exc)
+            return False, None
+        reason, value = await self._answer_of(ref, timeout_s or self.timeout_s)
+        if reason is not None:
+            self._degraded(op, reason, value)
+            return False, None
+        return True, value
+
+    async def _answer_of(self, ref: Any, timeout_s: float) -> tuple[str | None, Any]:
+        """Awaits one actor call: ``(None, value)``, or ``(reason, exception or None)`` after a
+        timeout or a failure. Updates the breaker; the caller counts the degraded operations."""
+        try:
+            value = await asyncio.wait_for(_awaitable(ref), timeout_s)
         except TimeoutError:
             self.breaker.failure()
-            self._degraded(op, "timeout", None)
-            return False, None
+            return "timeout", None
         except asyncio.CancelledError:  # the request went away; no verdict on the actor
             self.breaker.release()
             raise
         except Exception as exc:  # actor died / restarting / unreachable / bad answer
             self.breaker.failure()
-            self._degraded(op, "error", exc)
-            return False, None
+            return "error", exc
         self.breaker.success()
         if self._degraded_since_ok:
             self.log.warning("graph %s: state actor answers again (%d state call(s) were degraded)",
                              self.graph, self._degraded_since_ok)
             self._degraded_since_ok = 0
-        return True, value
+        return None, value
 
     @property
     def batching(self) -> bool:
@@ -155,8 +167,8 @@ class StateLink:
         if not self.batching:
             return await self.call(op, method, *args)
         future: asyncio.Future[tuple[bool, Any]] = asyncio.get_running_loop().create_future()
-        ops, self._queued = [*self._queued, _Op(op, method, args, future)], []
-        self._start(ops, self.timeout_s)
+        self._queued.append(_Op(op, method, args, future))
+        self._send_queued(self.timeout_s)
         # Shielded: a cancelled request must not cancel the writes its batch carries.
         return await asyncio.shield(future)
 
@@ -181,12 +193,12 @@ class StateLink:
             return future
         self._queued.append(_Op(op, method, args, future))
         if self._timer is None:
-            self._timer = loop.call_later(self._write_delay, self._flush_writes)
+            self._timer = loop.call_later(self._write_delay, self._send_queued, self.write_timeout_s)
         return future
 
     async def drain(self) -> None:
         """Sends the queued writes now and waits for every call in flight (tests, shutdown)."""
-        self._flush_writes()
+        self._send_queued(self.write_timeout_s)
         while self._pending:
             await asyncio.gather(*list(self._pending), return_exceptions=True)
 
@@ -198,7 +210,7 @@ class StateLink:
             asyncio.get_running_loop()
         except RuntimeError:
             return
-        self._flush_writes()
+        self._send_queued(self.write_timeout_s)
 
     def _write_done(self, _future: asyncio.Future[tuple[bool, Any]]) -> None:
         self._writes -= 1
@@ -207,18 +219,14 @@ class StateLink:
         self._pending.add(task)  # strong reference until done, else the task may be collected
         task.add_done_callback(self._pending.discard)
 
-    def _flush_writes(self) -> None:
-        if self._timer is not None:
+    def _send_queued(self, timeout_s: float) -> None:
+        """Sends everything queued (writes, and a read last) in one ``apply_batch`` call."""
+        if self._timer is not None:  # what it would have sent goes now
             self._timer.cancel()
             self._timer = None
-        if self._queued:
-            ops, self._queued = self._queued, []
-            self._start(ops, self.write_timeout_s)
-
-    def _start(self, ops: list[_Op], timeout_s: float) -> None:
-        if self._timer is not None and not self._queued:
-            self._timer.cancel()  # the writes it would have sent are on their way
-            self._timer = None
+        if not self._queued:
+            return
+        ops, self._queued = self._queued, []
         if not self.breaker.allow():
             self._settle(ops, "unavailable", None)
             return
@@ -235,35 +243,24 @@ class StateLink:
     async def _answer(self, ops: list[_Op], ref: Any, timeout_s: float) -> None:
         """Waits for one ``apply_batch`` call; resolves every op's future (ok or degraded, counted)."""
         try:
-            answers = await asyncio.wait_for(_awaitable(ref), timeout_s)
-        except TimeoutError:
-            self.breaker.failure()
-            self._settle(ops, "timeout", None)
-            return
-        except asyncio.CancelledError:  # shutting down: no verdict on the actor
-            self.breaker.release()
-            for o in ops:
-                if not o.future.done():
-                    o.future.set_result((False, None))
+            reason, answers = await self._answer_of(ref, timeout_s)
+        except asyncio.CancelledError:  # shutting down: nothing to count
+            self._settle(ops, None, None)
             raise
-        except Exception as exc:  # actor died / restarting / unreachable
-            self.breaker.failure()
-            self._settle(ops, "error", exc)
+        if reason is not None:
+            self._settle(ops, reason, answers)
             return
-        self.breaker.success()
-        if self._degraded_since_ok:
-            self.log.warning("graph %s: state actor answers again (%d state call(s) were degraded)",
-                             self.graph, self._degraded_since_ok)
-            self._degraded_since_ok = 0
         for o, (ok, value) in zip(ops, answers, strict=True):
             if not ok:  # the actor answered, but this op raised there
                 self._degraded(o.op, "error", RuntimeError(str(value)))
             if not o.future.done():
                 o.future.set_result((bool(ok), value if ok else None))
 
-    def _settle(self, ops: list[_Op], reason: str, exc: BaseException | None) -> None:
+    def _settle(self, ops: list[_Op], reason: str | None, exc: BaseException | None) -> None:
+        """Answers ``(False, None)`` to every op; counts each as degraded for ``reason`` if given."""
         for o in ops:
-            self._degraded(o.op, reason, exc)
+            if reason is not None:
+                self._degraded(o.op, reason, exc)
             if not o.future.done():
                 o.future.set_result((False, None))
 
@@ -372,8 +369,8 @@ class ActorState:
     clamps, and sent in the background as ``adjust_state_many`` operations, applied in order
     on the actor, with the link's other writes (so within ``WRITE_DELAY_S``, usually on the
     next cache lookup): a request never waits for a round trip to move a threshold, and
-    deltas made while earlier ones are on their way go together next. The copy then takes the actor's resulting
-    value, which includes the other replicas' adjustments. Deltas the actor never received
+    deltas made while earlier ones are on their way go together next. The copy then takes
+    the actor's resulting value, which includes the other replicas' adjustments. Deltas the actor never received
     (down, timed out) are dropped and counted, as before, and the copy forgets them.
 
     Args:
