@@ -51,6 +51,7 @@ from modelweave.checker import check_graph
 from modelweave.codecs import message_from_text
 from modelweave.executor import Executor
 from modelweave.local import LocalCaller
+from modelweave.serving import embedded_num_cpus
 from modelweave.spec import GraphSpec, load_graph
 from modelweave.v1 import messages_pb2 as pb
 
@@ -353,7 +354,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--online-rows", type=int, default=600, help="requests sent to the online path (0: skip it)")
     parser.add_argument("--clients", type=int, default=32, help="concurrent HTTP clients of the online path")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="rows per Ray Data batch")
-    parser.add_argument("--num-cpus", type=int, default=None, help="logical CPUs of the local Ray (default: cores)")
+    parser.add_argument("--num-cpus", type=int, default=None,
+                        help="logical CPUs of the local Ray (default: max(4, cores), what `modelweave batch` declares)")
     parser.add_argument("--model-ms", type=float, default=0.0, help="simulated cost of each model call (ms)")
     parser.add_argument("--row-ms", type=float, default=0.0, help="simulated cost per row of a model call (ms)")
     parser.add_argument("--stages", default="0", help="graph stage counts of the inline=cheap runs, comma-separated "
@@ -369,11 +371,15 @@ def main(argv: list[str] | None = None) -> None:
     texts = make_texts(args.rows * max(args.scale, 1))
     small = texts[:args.rows]
     print(f"graph {spec.name!r}; model cost {args.model_ms:g} ms/call + {args.row_ms:g} ms/row; "
-          f"{os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f}")
+          f"{os.cpu_count()} cores ({embedded_num_cpus(args.num_cpus)} logical CPUs for Ray); "
+          f"load average {os.getloadavg()[0]:.1f}")
 
     first = naive(spec, small)
     measures: list[Measure] = []
-    with tempfile.TemporaryDirectory(prefix="mw-bench-") as tmp, local_ray(args.num_cpus):
+    # The CLI's embedded Ray declares max(4, cores) CPUs, so a 2-core machine gets two graph stages;
+    # with Ray's default (cores) it would get one, and this would measure a job no user runs.
+    cpus = embedded_num_cpus(args.num_cpus)
+    with tempfile.TemporaryDirectory(prefix="mw-bench-") as tmp, local_ray(cpus):
         work = pathlib.Path(tmp)
         idle_total, idle_workers = MemorySampler.sample()
         memory: list[tuple[Measure, MemorySampler]] = []

@@ -15,7 +15,7 @@ from google.protobuf import json_format
 
 from modelweave.checker import CheckedGraph
 from modelweave.errors import InvalidArgument, ModelweaveError, ResourceExhausted, Status
-from modelweave.json_codec import to_json_bytes
+from modelweave.json_codec import to_json_bytes, to_json_str
 from modelweave.messages import PART_FIELDS, full_name, part_name, parts_present
 from modelweave.spec import Limits, ModelNode
 from modelweave.v1 import messages_pb2 as pb
@@ -197,6 +197,11 @@ def public_message(exc: ModelweaveError, request_id: str = "") -> str:
 def to_json(message: Any) -> bytes:
     """Serialises a protobuf message with the canonical JSON mapping (``json_format``'s bytes)."""
     return to_json_bytes(message)
+
+
+def to_json_text(message: Any) -> str:
+    """:func:`to_json` as a string (no encode and decode round trip)."""
+    return to_json_str(message)
 
 
 def error_body(exc: ModelweaveError, request_id: str = "") -> bytes:

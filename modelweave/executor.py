@@ -11,6 +11,7 @@ timeouts and fallbacks, feedback state, the trace, and the output projection.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import time
 from collections import deque
@@ -110,7 +111,7 @@ class Executor:
         self.retry_budget = retry_budget or RetryBudget()
         #: Typical seconds of a successful call (low quantile of recent ones), per model node name.
         self.hop_s: dict[str, float] = {}
-        self._hop_window: dict[str, deque[float]] = {}
+        self._hop_window: dict[str, tuple[deque[float], list[float]]] = {}
         self.caller = caller
         #: Mirrored runs of shadow nodes in flight, their counters and outcome delivery.
         self.mirrors = Mirrors(on_shadow, inline=shadow_inline)
@@ -236,11 +237,17 @@ class Executor:
 
     def observe_hop(self, name: str, seconds: float) -> None:
         """Folds one successful call of model ``name`` into its typical latency."""
-        window = self._hop_window.get(name)
-        if window is None:
-            window = self._hop_window[name] = deque(maxlen=_HOP_WINDOW)
+        entry = self._hop_window.get(name)
+        if entry is None:
+            entry = self._hop_window[name] = (deque(), [])
+        window, ordered = entry
+        # The same quantile as sorting the window on every call, at a bisect per call: this
+        # runs once per model hop, and the sort was ~6 % of a graph of rule models' CPU.
+        if len(window) == _HOP_WINDOW:
+            del ordered[bisect.bisect_left(ordered, window.popleft())]
         window.append(seconds)
-        self.hop_s[name] = sorted(window)[int(_HOP_QUANTILE * (len(window) - 1))]
+        bisect.insort(ordered, seconds)
+        self.hop_s[name] = ordered[int(_HOP_QUANTILE * (len(ordered) - 1))]
 
     # -- feedback state (read by route conditions, moved by route and validate feedback) --
 

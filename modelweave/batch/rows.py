@@ -11,7 +11,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from modelweave.codecs import to_json
+from modelweave.codecs import to_json_text
 from modelweave.errors import InvalidArgument, ModelweaveError
 from modelweave.executor import Result
 from modelweave.v1 import messages_pb2 as pb
@@ -48,14 +48,28 @@ def route_of(trace: pb.Trace) -> str:
 
 def trace_columns(trace: pb.Trace) -> dict[str, Any]:
     """The compact trace: ``route``, ``attempts``, ``verdict``, ``cache_hit``, ``latency_ms``."""
-    spans = trace.spans
-    verdicts = [s.verdict for s in spans if s.kind == "validate" and s.verdict] or [s.verdict for s in spans
-                                                                                   if s.verdict]
+    # One pass over the spans (every batch row pays for this): each access to a span of a
+    # protobuf repeated field builds a new wrapper object.
+    routes: list[str] = []
+    attempts: int | None = None
+    validate_verdict = any_verdict = ""
+    cache_hit = False
+    for span in trace.spans:
+        if span.route:
+            routes.append(f"{span.node.rsplit('/', 1)[-1]}={span.route}")
+        if attempts is None or span.attempt > attempts:
+            attempts = span.attempt
+        verdict = span.verdict
+        if verdict:
+            any_verdict = verdict
+            if span.kind == "validate":
+                validate_verdict = verdict
+        cache_hit = cache_hit or span.cache_hit
     return {
-        "route": route_of(trace),
-        "attempts": max((s.attempt for s in spans), default=1),
-        "verdict": verdicts[-1] if verdicts else None,
-        "cache_hit": any(s.cache_hit for s in spans),
+        "route": ">".join(routes),  # route_of(trace)
+        "attempts": 1 if attempts is None else attempts,
+        "verdict": validate_verdict or any_verdict or None,
+        "cache_hit": cache_hit,
         "latency_ms": trace.total_ms,
     }
 
@@ -71,11 +85,11 @@ def result_row(result: Result, *, include_trace: bool = False) -> dict[str, Any]
         "verdict_passed": msg.verdict.passed if msg.HasField("verdict") else None,
         "language": (msg.text.language or None) if msg.HasField("text") else None,
         **trace_columns(result.trace),
-        "result_json": to_json(msg).decode(),
+        "result_json": to_json_text(msg),
         "error": None,
     }
     if include_trace:
-        row[TRACE_FIELD[0]] = to_json(result.trace).decode()
+        row[TRACE_FIELD[0]] = to_json_text(result.trace)
     return row
 
 
@@ -99,7 +113,7 @@ def error_row(exc: BaseException, latency_ms: float, *, include_trace: bool = Fa
     row["error"] = error_text(exc)
     row["latency_ms"] = latency_ms
     if include_trace:
-        row[TRACE_FIELD[0]] = to_json(trace).decode() if isinstance(trace, pb.Trace) else None
+        row[TRACE_FIELD[0]] = to_json_text(trace) if isinstance(trace, pb.Trace) else None
     return row
 
 

@@ -129,6 +129,35 @@ def test_calls_that_waited_out_a_restart_do_not_make_a_fast_model_look_slow():
     assert ex.hop_s["a"] == pytest.approx(3.0)
 
 
+def test_the_typical_latency_is_the_windows_quantile_after_every_call():
+    # observe_hop keeps the window sorted incrementally; it must give what sorting it each time gives.
+    import random
+    from collections import deque
+
+    from modelweave.executor import _HOP_QUANTILE, _HOP_WINDOW
+
+    ex, _ = build(graph(chain(model("a", "Label"))))
+    rng = random.Random(7)
+    window: deque[float] = deque(maxlen=_HOP_WINDOW)
+    for _ in range(500):
+        seconds = rng.choice([0.01, 0.02, 0.5, rng.random()])  # repeats: equal values leave in order
+        ex.observe_hop("a", seconds)
+        window.append(seconds)
+        assert ex.hop_s["a"] == sorted(window)[int(_HOP_QUANTILE * (len(window) - 1))]
+
+
+def test_request_ids_are_hex_uuid4():
+    import uuid
+
+    from modelweave.trace import new_request_id
+
+    ids = {new_request_id() for _ in range(200)}
+    assert len(ids) == 200
+    for rid in ids:
+        parsed = uuid.UUID(hex=rid)
+        assert parsed.hex == rid and parsed.version == 4 and parsed.variant == uuid.RFC_4122
+
+
 def cached(body: dict[str, Any]) -> dict[str, Any]:
     return graph({"kind": "cache", "name": "c", "body": body})
 

@@ -8,7 +8,7 @@ import random
 import pytest
 from google.protobuf import json_format, struct_pb2, timestamp_pb2, wrappers_pb2
 
-from modelweave.json_codec import message_to_obj, to_json_bytes
+from modelweave.json_codec import message_to_obj, to_json_bytes, to_json_str
 from modelweave.v1 import messages_pb2 as pb
 from modelweave.v1 import service_pb2 as svc
 
@@ -85,3 +85,27 @@ def test_well_known_types_go_through_json_format() -> None:
     for message in (s, timestamp_pb2.Timestamp(seconds=1, nanos=5), wrappers_pb2.FloatValue(value=0.1),
                     struct_pb2.Value(string_value="v")):
         assert to_json_bytes(message) == json_format.MessageToJson(message, indent=None).encode()
+
+
+def test_remembered_float32_forms_match_json_format_on_repeats_and_signed_zeros() -> None:
+    # The shortest form of each float32 value is remembered: the second encoding of the same
+    # values (hits), and 0.0 next to -0.0 (one dict key, two spellings), must still match.
+    values = [0.1, 1 / 3, -0.0, 0.0, 0.8, 0.1, -0.0, 1e-7, 0.8]
+    message = pb.Message(embedding=pb.Embedding(values=values))
+    message.classification.scores.add(label="a", score=-0.0)
+    message.classification.scores.add(label="b", score=0.2)
+    for _ in range(2):
+        assert to_json_bytes(message) == json_format.MessageToJson(message, indent=None).encode()
+    assert to_json_str(message) == json_format.MessageToJson(message, indent=None)
+
+
+def test_the_float32_memory_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from modelweave import json_codec
+
+    monkeypatch.setattr(json_codec, "_SHORTEST_MAX", 8)
+    json_codec._SHORTEST.clear()
+    rng = random.Random(3)
+    for _ in range(50):
+        message = pb.Classification(confidence=rng.uniform(0, 1))
+        assert to_json_bytes(message) == json_format.MessageToJson(message, indent=None).encode()
+        assert len(json_codec._SHORTEST) <= 8
