@@ -11,7 +11,7 @@ joblib files are pickles: load them only from locations you trust.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from modelweave.adapters.base import ModelAdapter
 from modelweave.adapters.onnx import resolve_path
+from modelweave.adapters.sklearn_direct import direct_predict_proba
 from modelweave.errors import FailedPrecondition, InvalidArgument
 from modelweave.v1 import messages_pb2 as pb
 
@@ -97,6 +98,7 @@ class SklearnClassifier(ModelAdapter):
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
         self._estimator: Any = None
+        self._direct: Callable[[list[str]], Any] | None = None
         self.labels: list[str] = []
         self.model_name: str = self.params.model_name or Path(self.params.model_path).stem
         self.temperature: float = self.params.temperature
@@ -126,6 +128,9 @@ class SklearnClassifier(ModelAdapter):
             )
         self.labels = list(self.params.labels or classes)
         self._estimator = estimator
+        # Text pipelines: the same fitted objects without scikit-learn's per-call checks, when
+        # it gives identical probabilities (see modelweave.adapters.sklearn_direct).
+        self._direct = direct_predict_proba(estimator) if self.params.input == "Text" else None
 
     def predict_proba(self, inputs: Any) -> np.ndarray:
         """Temperature-scaled class probabilities for raw inputs (strings or a 2-D array)."""
@@ -133,7 +138,9 @@ class SklearnClassifier(ModelAdapter):
 
         if self._estimator is None:
             raise FailedPrecondition(f"{type(self).__name__}.predict_proba called before load()")
-        proba = np.asarray(self._estimator.predict_proba(inputs), dtype=np.float64)
+        direct = self._direct if isinstance(inputs, list) else None
+        proba = np.asarray(direct(inputs) if direct is not None else self._estimator.predict_proba(inputs),
+                           dtype=np.float64)
         return apply_temperature(proba, self.temperature)
 
     def _inputs(self, batch: Sequence[pb.Message]) -> Any:
