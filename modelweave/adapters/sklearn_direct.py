@@ -4,14 +4,14 @@ Why: for one short text, scikit-learn's own machinery costs more than the model 
 ``Pipeline.predict_proba`` validates its parameters on every call, ``FeatureUnion`` runs its
 transformers through joblib's ``Parallel`` even with one job, and every input check inspects
 the input's type through ``narwhals``. On the triage graph's TF-IDF tier (word and character
-TF-IDF, a logistic regression; one text per call) that was 1.15-1.26 ms of CPU per call, and
-0.78 ms on this path (``benchmarks/README.md``, "sklearn_direct").
+TF-IDF, a logistic regression; one text per call, through the adapter) that was 1.40-1.47 ms
+of CPU per call, and 0.96-0.97 ms on this path (README, "Performance").
 
 The path calls the same fitted objects' own ``transform`` and ``predict_proba``, in the
 pipeline's order, under ``sklearn.config_context(skip_parameter_validation=True,
 assume_finite=True)``: parameters were validated when the pipeline was fitted, and TF-IDF
 features of strings are always finite. Only plain shapes qualify (a ``Pipeline`` of
-transformers and ``FeatureUnion`` s without weights, dropped parts or pandas output, ending in
+transformers and ``FeatureUnion`` steps without weights, dropped parts or pandas output, ending in
 a classifier). :func:`direct_predict_proba` then runs both paths on probe texts and returns
 the direct one only when its output is identical, so a pipeline it does not understand keeps
 scikit-learn's own path.
