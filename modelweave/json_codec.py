@@ -40,7 +40,7 @@ _SINGLE, _REPEATED, _MAP = 0, 1, 2
 
 def to_json_bytes(message: Message) -> bytes:
     """``json_format.MessageToJson(message, indent=None).encode()``, faster."""
-    return json.dumps(message_to_obj(message)).encode()
+    return to_json_str(message).encode()
 
 
 def to_json_str(message: Message) -> str:

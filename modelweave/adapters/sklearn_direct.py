@@ -51,17 +51,15 @@ def direct_predict_proba(estimator: Any, probes: Sequence[str] = PROBE_TEXTS) ->
     if plan is None:
         return None
     transforms, final = plan
+    import numpy as np
+    import sklearn  # imported here, not per call: predict_proba is on the request path
 
     def predict_proba(texts: list[str]) -> Any:
-        import sklearn
-
         with sklearn.config_context(skip_parameter_validation=True, assume_finite=True):
             features: Any = texts
             for transform in transforms:
                 features = transform(features)
             return final.predict_proba(features)
-
-    import numpy as np
 
     try:
         expected = np.asarray(estimator.predict_proba(list(probes)))
@@ -106,11 +104,10 @@ def _union(union: Any) -> Transform | None:
             part is None or isinstance(part, str) or not hasattr(part, "transform") or _custom_output(part)
             for part in parts):
         return None
+    import numpy as np
+    from scipy import sparse
 
     def transform(features: Any) -> Any:
-        import numpy as np
-        from scipy import sparse
-
         blocks = [part.transform(features) for part in parts]
         if any(sparse.issparse(block) for block in blocks):
             return sparse.hstack(blocks).tocsr()

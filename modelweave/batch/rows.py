@@ -43,7 +43,12 @@ def route_of(trace: pb.Trace) -> str:
     nodes, and validate nodes that escalated). Empty when no route was taken (for
     example when a cache hit skipped the routed body).
     """
-    return ">".join(f"{span.node.rsplit('/', 1)[-1]}={span.route}" for span in trace.spans if span.route)
+    return ">".join(_route_segment(span) for span in trace.spans if span.route)
+
+
+def _route_segment(span: pb.Span) -> str:
+    """``<node name>=<branch>`` of one span that records a branch."""
+    return f"{span.node.rsplit('/', 1)[-1]}={span.route}"
 
 
 def trace_columns(trace: pb.Trace) -> dict[str, Any]:
@@ -56,7 +61,7 @@ def trace_columns(trace: pb.Trace) -> dict[str, Any]:
     cache_hit = False
     for span in trace.spans:
         if span.route:
-            routes.append(f"{span.node.rsplit('/', 1)[-1]}={span.route}")
+            routes.append(_route_segment(span))
         if attempts is None or span.attempt > attempts:
             attempts = span.attempt
         verdict = span.verdict
@@ -66,7 +71,7 @@ def trace_columns(trace: pb.Trace) -> dict[str, Any]:
                 validate_verdict = verdict
         cache_hit = cache_hit or span.cache_hit
     return {
-        "route": ">".join(routes),  # route_of(trace)
+        "route": ">".join(routes),  # what route_of gives, in the same pass
         "attempts": 1 if attempts is None else attempts,
         "verdict": validate_verdict or any_verdict or None,
         "cache_hit": cache_hit,
