@@ -33,6 +33,7 @@ from starlette.responses import Response, StreamingResponse
 
 from actors.backends import ActorSemanticCache
 from actors.shared_state import ActorCache, ActorState, StateLink, get_state_actor
+from deployments.direct_ingress import rebind_after_crash
 from deployments.metrics import RayMetricsSink
 from deployments.serve_caller import ServeCaller
 from deployments.transport_errors import GRPC_STATUS, HTTP_STATUS
@@ -90,6 +91,9 @@ class GraphIngress:
     """
 
     def __init__(self, graph: dict[str, Any], handles: dict[str, Any]) -> None:
+        # Before Serve starts this replica's own servers (after the constructor) under
+        # --direct-ingress: a successor of a killed replica must get the port back.
+        rebind_after_crash()
         self.spec = parse_graph(graph, "ingress")
         self.graph = check_graph(self.spec)
         sink = RayMetricsSink()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import pathlib
 import signal
+import socket
 import time
 
 import httpx
@@ -55,7 +56,13 @@ def test_direct_ingress_serves_http_and_grpc_from_the_replica_and_survives_its_d
         assert _listener(grpc_port).pid == replica.pid
         assert any("Direct:" in line for line in server.stdout)
 
+        # An idle client connection open across the kill leaves the dead server's end of it on
+        # the port (FIN_WAIT_2, then TIME_WAIT); Serve's own bind (no SO_REUSEADDR) then failed
+        # and blocked the port for good (deployments/direct_ingress.py).
+        idle = socket.create_connection(("127.0.0.1", http_port), timeout=10)
         os.kill(replica.pid, signal.SIGKILL)
+        time.sleep(1.0)
+        idle.close()
         deadline, answer = time.monotonic() + 90, None
         while time.monotonic() < deadline:
             try:
