@@ -55,6 +55,7 @@ def deployment_options(settings: ServeSettings) -> dict[str, Any]:
         "max_queued_requests": settings.queue_bound(),
         "request_router_config": {"max_backoff_s": settings.router_max_backoff_s},
         "logging_config": LOGGING_CONFIG,
+        "health_check_period_s": settings.health_check_period_s,
     }
     if isinstance(settings, IngressSettings):
         # Serve's proxy answers for the ingress when even its bounded queue is full (the
@@ -66,7 +67,6 @@ def deployment_options(settings: ServeSettings) -> dict[str, Any]:
         options["num_replicas"] = settings.num_replicas or 1
     if isinstance(settings, DeploymentSettings):
         options["graceful_shutdown_timeout_s"] = settings.graceful_shutdown_timeout_s
-        options["health_check_period_s"] = settings.health_check_period_s
         if settings.max_replicas_per_node is not None:
             options["max_replicas_per_node"] = settings.max_replicas_per_node
     return options
