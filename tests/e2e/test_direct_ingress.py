@@ -29,6 +29,17 @@ def _listener(port: int) -> psutil.Process:
     raise AssertionError(f"nothing listens on port {port}")
 
 
+def _wait_for_listener(port: int, timeout_s: float) -> psutil.Process:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return _listener(port)
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def _title(proc: psutil.Process) -> str:
     # Ray sets worker titles such as "ray::ServeReplica:demo:demo-ingress" (RAY_NOTES).
     return " ".join(proc.cmdline()) or proc.name()
@@ -59,10 +70,11 @@ def test_direct_ingress_serves_http_and_grpc_from_the_replica_and_survives_its_d
         # An idle client connection open across the kill leaves the dead server's end of it on
         # the port (FIN_WAIT_2, then TIME_WAIT); Serve's own bind (no SO_REUSEADDR) then failed
         # and blocked the port for good (deployments/direct_ingress.py).
-        idle = socket.create_connection(("127.0.0.1", http_port), timeout=10)
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=10) for port in (http_port, grpc_port)]
         os.kill(replica.pid, signal.SIGKILL)
         time.sleep(1.0)
-        idle.close()
+        for connection in idle:
+            connection.close()
         deadline, answer = time.monotonic() + 90, None
         while time.monotonic() < deadline:
             try:
@@ -74,6 +86,10 @@ def test_direct_ingress_serves_http_and_grpc_from_the_replica_and_survives_its_d
             time.sleep(0.5)
         assert answer is not None and answer.status_code == 200, "no new ingress replica on the same port"
         assert _listener(http_port).pid != replica.pid
+        # The replica starts its gRPC server after its HTTP one: HTTP may answer a moment earlier.
+        assert _wait_for_listener(grpc_port, timeout_s=30).pid == _listener(http_port).pid
+        again = cli("call", "demo", "great, thanks", "--grpc", server.grpc, "--token", TOKEN)
+        assert again.returncode == 0 and "positive" in again.stdout, again.stdout + again.stderr
     finally:
         client.close()
         assert server.stop() == 0, "".join(server.stdout[-40:])
