@@ -265,5 +265,11 @@ def test_check_verbose_describe_draw_build_and_fit_show_the_groups() -> None:
     from deployments.app import deployment_options  # imports Ray, as serve_config() does
 
     assert deployment_options(checked.spec.ingress)["request_router_config"] == {"max_backoff_s": 0.05}
+    # A dead replica is replaced only after a failed health check: every deployment, the ingress
+    # included, is probed every 2 s (Serve's default, 10 s, left a killed replica unnoticed that long).
+    assert {d["health_check_period_s"] for d in deployments} == {2.0}
+    assert deployment_options(checked.spec.ingress)["health_check_period_s"] == 2.0
+    slower = checked.spec.ingress.model_copy(update={"health_check_period_s": 5.0})
+    assert deployment_options(slower)["health_check_period_s"] == 5.0
     assert {a.name for a in graph_asks([checked.spec])} == {f"triage/{n}" for n in checked.layout.deployments} | {
         "triage/Ingress"}
