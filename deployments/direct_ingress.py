@@ -73,7 +73,7 @@ def rebind_after_crash(module: Any = None) -> bool:
         return True
     if original is None or "enable_so_reuseport" not in inspect.signature(original).parameters:
         logger.warning("direct ingress: this Ray has no start_asgi_http_server(enable_so_reuseport=...); "
-                       "a replica killed with open connections may not get its port back for a minute")
+                       "a replica killed with client connections open may leave its port blocked until restart")
         return False
 
     async def start_asgi_http_server(app: Any, http_options: Any, *args: Any, **kwargs: Any) -> Any:
