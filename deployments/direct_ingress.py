@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import os
 import socket
 from typing import Any
 
@@ -54,8 +53,10 @@ def refuse_if_listening(host: str, port: int) -> None:
 def rebind_after_crash(module: Any = None) -> bool:
     """Makes direct-ingress HTTP servers in this process rebind a just-released port.
 
-    Does nothing unless ``RAY_SERVE_ENABLE_DIRECT_INGRESS`` is on, and (with a warning) when
-    the Ray release in use no longer has the function this wraps with the expected signature.
+    Does nothing unless Serve's replica module has direct ingress on (its own
+    ``RAY_SERVE_ENABLE_DIRECT_INGRESS``, which Serve also turns on for its HAProxy mode, not only
+    the environment variable), and (with a warning) when the Ray release in use no longer has the
+    function this wraps with the expected signature.
 
     Args:
         module: Where Serve's replica looks up ``start_asgi_http_server`` (tests pass a stand-in;
@@ -64,10 +65,10 @@ def rebind_after_crash(module: Any = None) -> bool:
     Returns:
         Whether the server start is wrapped now.
     """
-    if os.environ.get("RAY_SERVE_ENABLE_DIRECT_INGRESS", "0") != "1":
-        return False
     if module is None:
         from ray.serve._private import replica as module  # Ray's internal seam; checked below
+    if not getattr(module, "RAY_SERVE_ENABLE_DIRECT_INGRESS", False):
+        return False
     original = getattr(module, "start_asgi_http_server", None)
     if getattr(original, _MARK, False):
         return True

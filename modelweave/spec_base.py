@@ -92,7 +92,7 @@ class ServeSettings(_Strict):
         2.0, gt=0,
         description="seconds between Serve's probes of each replica; a replica that died is replaced only after a "
                     "probe fails, so this bounds how long it goes unnoticed (Serve's default, 10 s, made a killed "
-                    "replica's successor answer 7-13 s after the kill here; README 'Reliability')")
+                    "replica's successor answer 5-13 s after the kill here; README 'Reliability')")
 
     @model_validator(mode="after")
     def _replicas_xor_autoscaling(self) -> ServeSettings:

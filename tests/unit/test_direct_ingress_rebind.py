@@ -63,7 +63,7 @@ def test_a_listening_port_is_still_refused_with_the_error_serve_expects():
     assert refused.value.__cause__.errno == errno.EADDRINUSE
 
 
-def _stand_in() -> tuple[types.SimpleNamespace, list[dict[str, Any]]]:
+def _stand_in(direct: bool = True) -> tuple[types.SimpleNamespace, list[dict[str, Any]]]:
     calls: list[dict[str, Any]] = []
 
     async def start_asgi_http_server(app: Any, http_options: Any, *, event_loop: Any = None,
@@ -71,11 +71,11 @@ def _stand_in() -> tuple[types.SimpleNamespace, list[dict[str, Any]]]:
         calls.append({"app": app, "port": http_options.port, "reuse": enable_so_reuseport})
         return "started"
 
-    return types.SimpleNamespace(start_asgi_http_server=start_asgi_http_server), calls
+    return types.SimpleNamespace(start_asgi_http_server=start_asgi_http_server,
+                                 RAY_SERVE_ENABLE_DIRECT_INGRESS=direct), calls
 
 
-def test_the_wrapped_start_asks_for_address_reuse_once_wrapped(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("RAY_SERVE_ENABLE_DIRECT_INGRESS", "1")
+def test_the_wrapped_start_asks_for_address_reuse_once_wrapped():
     module, calls = _stand_in()
     assert rebind_after_crash(module) is True
     first = module.start_asgi_http_server
@@ -86,8 +86,7 @@ def test_the_wrapped_start_asks_for_address_reuse_once_wrapped(monkeypatch: pyte
     assert calls == [{"app": "app", "port": port, "reuse": True}]
 
 
-def test_a_listening_port_never_reaches_serves_start(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setenv("RAY_SERVE_ENABLE_DIRECT_INGRESS", "1")
+def test_a_listening_port_never_reaches_serves_start():
     module, calls = _stand_in()
     rebind_after_crash(module)
     with socket.socket() as other:
@@ -99,19 +98,15 @@ def test_a_listening_port_never_reaches_serves_start(monkeypatch: pytest.MonkeyP
     assert calls == []
 
 
-def test_nothing_is_wrapped_without_direct_ingress_or_on_an_unknown_ray(monkeypatch: pytest.MonkeyPatch,
-                                                                        caplog: pytest.LogCaptureFixture):
-    monkeypatch.delenv("RAY_SERVE_ENABLE_DIRECT_INGRESS", raising=False)
-    module, _ = _stand_in()
+def test_nothing_is_wrapped_without_direct_ingress_or_on_an_unknown_ray(caplog: pytest.LogCaptureFixture):
+    module, _ = _stand_in(direct=False)
     original = module.start_asgi_http_server
     assert rebind_after_crash(module) is False and module.start_asgi_http_server is original
-
-    monkeypatch.setenv("RAY_SERVE_ENABLE_DIRECT_INGRESS", "1")
 
     async def renamed(app: Any, http_options: Any) -> None:
         return None
 
-    other_ray = types.SimpleNamespace(start_asgi_http_server=renamed)
+    other_ray = types.SimpleNamespace(start_asgi_http_server=renamed, RAY_SERVE_ENABLE_DIRECT_INGRESS=True)
     assert rebind_after_crash(other_ray) is False and other_ray.start_asgi_http_server is renamed
     assert "enable_so_reuseport" in caplog.text
 
@@ -120,7 +115,7 @@ def test_the_real_serve_module_still_has_the_seam(monkeypatch: pytest.MonkeyPatc
     """If a Ray upgrade moves the function, this fails here rather than in production."""
     from ray.serve._private import replica
 
-    monkeypatch.setenv("RAY_SERVE_ENABLE_DIRECT_INGRESS", "1")
+    monkeypatch.setattr(replica, "RAY_SERVE_ENABLE_DIRECT_INGRESS", True)  # what the env variable turns on
     monkeypatch.setattr(replica, "start_asgi_http_server", replica.start_asgi_http_server)
     assert rebind_after_crash() is True
     assert getattr(replica.start_asgi_http_server, "_modelweave_rebind", False)
