@@ -21,6 +21,7 @@ from typing import Protocol
 
 from google.protobuf.message import Message as ProtoMessage
 
+from modelweave import speculation
 from modelweave.checker import CheckedGraph
 from modelweave.errors import DeadlineExceeded, InvalidArgument, ModelweaveError
 from modelweave.messages import PART_FIELDS, clone, part_name
@@ -268,6 +269,8 @@ class Executor:
     async def adjust(self, state: str, delta: float) -> float | None:
         """Moves a feedback variable; returns its new value (None when the store failed)."""
         if not delta:
+            return None
+        if not await speculation.committed():  # work a cache hit discarded must not move shared state
             return None
         var = self.graph.states[state]
         try:

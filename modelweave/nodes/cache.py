@@ -10,18 +10,21 @@ order" embed at 0.95, above true paraphrases, so no threshold alone separates th
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from typing import TYPE_CHECKING, Any, Literal
 
 from google.protobuf.message import Message as ProtoMessage
 from pydantic import Field, model_validator
 
+from modelweave import speculation
 from modelweave.conditions import read_field
 from modelweave.errors import GraphSpecError
 from modelweave.fields import field_part
-from modelweave.messages import copy_parts, full_name
+from modelweave.messages import clone, copy_parts, full_name
 from modelweave.nodes.base import DictSlot, NodeKind, TypeRule
 from modelweave.nodes.model import ModelNode
 from modelweave.spec_base import NodeBase
@@ -61,6 +64,11 @@ class CacheNode(NodeBase):
     scope: Literal["shared", "replica"] = Field(
         "shared", description="semantic: one index shared by all ingress replicas (state actor; one scan per "
                               "lookup) or one per replica (scales with replicas, lower hit rate)")
+    speculate: bool = Field(
+        False, description="exact: start the body together with the lookup instead of after it, so a miss "
+                           "does not wait for the lookup's round trip; a hit cancels the body and discards its "
+                           "side effects (feedback adjustments, cache stores, shadow outcomes). For a cheap body "
+                           "behind a remote cache: a hit still costs the body's work until it is cancelled")
 
     @model_validator(mode="after")
     def _key_fields_match_key(self) -> CacheNode:
@@ -72,6 +80,10 @@ class CacheNode(NodeBase):
             given = sorted(f for f in (*_SEMANTIC_FIELDS, "text") if getattr(self, f) != fields[f].default)
             if given:
                 raise ValueError(f"{', '.join(given)} only apply with key: semantic")
+        elif self.speculate:
+            # The semantic key is an embedding computed first; a lookup that scans an index is
+            # not the round trip this saves, and the guard's verdict needs the lookup anyway.
+            raise ValueError("speculate applies to key: exact only")
         return self
 
 
@@ -160,34 +172,93 @@ class CacheKind(NodeKind):
         info = ex.graph.info(node)
         key = cache_key(ex.graph.spec.name, path, _key_payload(msg, node, info.reads))
         backend = ex.caches[path]
-        try:
-            hit = await backend.get(key)
-        except Exception:  # a cache outage degrades to a miss
-            logger.warning("cache %s unavailable", path, exc_info=True)
-            hit = None
-        if hit is not None:
-            cached = pb.Message.FromString(hit)
-            copy_parts(cached, msg, info.writes)
-            ctx.record(pb.Span(node=path, kind="cache", attempt=attempt, start_ms=ctx.elapsed_ms(), cache_hit=True,
-                               latency_ms=(time.monotonic() - start) * 1000.0))
-            return msg
         degraded_before = ctx.degraded
+        if node.speculate:
+            return await _run_speculative(ex, node, msg, ctx, path, attempt, key, start)
+        hit = await _lookup(backend.get(key), path)
+        if hit is not None:
+            return _answer_hit(msg, hit, info.writes, ctx, path, attempt, start)
         out = await ex.run_node(node.body, msg, ctx, path, attempt)
-        detail = ""
-        if ctx.degraded > degraded_before:
-            # A fallback's or an exhausted validation's answer must not outlive the outage
-            # that caused it: later requests get a fresh try instead of the degraded answer.
-            detail = "not stored: degraded answer (fallback or validation exhausted)"
-        else:
-            stored = pb.Message()
-            copy_parts(out, stored, info.writes)
-            try:
-                await backend.put(key, stored.SerializeToString(deterministic=True))
-            except Exception:
-                logger.warning("cache %s store failed", path, exc_info=True)
+        detail = await _store(ex, node, out, ctx, path, key, degraded_before)
         ctx.record(pb.Span(node=path, kind="cache", attempt=attempt, start_ms=ctx.elapsed_ms(), cache_hit=False,
                            detail=detail, latency_ms=(time.monotonic() - start) * 1000.0))
         return out
+
+
+async def _lookup(get: Awaitable[bytes | None], path: str) -> bytes | None:
+    try:
+        return await get
+    except Exception:  # a cache outage degrades to a miss
+        logger.warning("cache %s unavailable", path, exc_info=True)
+        return None
+
+
+def _answer_hit(msg: pb.Message, hit: bytes, writes: frozenset[str], ctx: RequestContext, path: str, attempt: int,
+                start: float, detail: str = "") -> pb.Message:
+    copy_parts(pb.Message.FromString(hit), msg, writes)
+    ctx.record(pb.Span(node=path, kind="cache", attempt=attempt, start_ms=ctx.elapsed_ms(), cache_hit=True,
+                       detail=detail, latency_ms=(time.monotonic() - start) * 1000.0))
+    return msg
+
+
+async def _store(ex: Executor, node: CacheNode, out: pb.Message, ctx: RequestContext, path: str, key: str,
+                 degraded_before: int) -> str:
+    """Stores the body's answer unless it is degraded; returns the span's detail."""
+    if ctx.degraded > degraded_before:
+        # A fallback's or an exhausted validation's answer must not outlive the outage
+        # that caused it: later requests get a fresh try instead of the degraded answer.
+        return "not stored: degraded answer (fallback or validation exhausted)"
+    if not await speculation.committed():  # inside an enclosing speculation that hit
+        return "not stored: an enclosing cache answered"
+    stored = pb.Message()
+    copy_parts(out, stored, ex.graph.info(node).writes)
+    try:
+        await ex.caches[path].put(key, stored.SerializeToString(deterministic=True))
+    except Exception:
+        logger.warning("cache %s store failed", path, exc_info=True)
+    return ""
+
+
+async def _run_speculative(ex: Executor, node: CacheNode, msg: pb.Message, ctx: RequestContext, path: str,
+                           attempt: int, key: str, start: float) -> pb.Message:
+    """The body starts with the lookup; a hit cancels it, a miss lets its side effects through."""
+    degraded_before = ctx.degraded
+    gate, gates = speculation.open_gate()
+    token = speculation.run_under(gates)
+    try:
+        # On its own copy: a hit answers on ``msg`` while the body may still be writing.
+        body = asyncio.ensure_future(ex.run_node(node.body, clone(msg), ctx, path, attempt))
+    finally:
+        speculation.reset(token)
+    try:
+        # Awaited here, not in a task: the lookup's call goes out in this step, before the
+        # body's first step runs.
+        hit = await _lookup(ex.caches[path].get(key), path)
+        if hit is not None:
+            gate.set_result(False)
+            body.cancel()
+            return _answer_hit(msg, hit, ex.graph.info(node).writes, ctx, path, attempt, start,
+                               "speculative body cancelled")
+        gate.set_result(True)
+        out = await body
+    finally:
+        if not gate.done():  # this request was cancelled (deadline, client gone)
+            gate.cancel()
+        if not body.done():
+            body.cancel()
+        # A body that failed after a hit: its error is not this request's; retrieve it quietly.
+        body.add_done_callback(_quiet)
+    detail = await _store(ex, node, out, ctx, path, key, degraded_before)
+    ctx.record(pb.Span(node=path, kind="cache", attempt=attempt, start_ms=ctx.elapsed_ms(), cache_hit=False,
+                       detail=detail or "speculative: body started with the lookup",
+                       latency_ms=(time.monotonic() - start) * 1000.0))
+    return out
+
+
+def _quiet(task: asyncio.Future[pb.Message]) -> None:
+    if not task.cancelled():
+        with contextlib.suppress(BaseException):
+            task.exception()
 
 
 async def _run_semantic(ex: Executor, node: CacheNode, msg: pb.Message, ctx: RequestContext, path: str,
@@ -220,6 +291,8 @@ async def _run_semantic(ex: Executor, node: CacheNode, msg: pb.Message, ctx: Req
     out = await ex.run_node(node.body, msg, ctx, path, attempt)
     if ctx.degraded > degraded_before:
         detail = "not stored: degraded answer (fallback or validation exhausted)"
+    elif vector and not await speculation.committed():
+        detail = "not stored: an enclosing cache answered"
     elif vector:
         stored = pb.Message()
         copy_parts(out, stored, answer_parts)

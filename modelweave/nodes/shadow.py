@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
+from modelweave import speculation
 from modelweave.errors import GraphSpecError, ModelweaveError
 from modelweave.fields import field_part
 from modelweave.messages import clone
@@ -261,6 +262,9 @@ class Mirrors:
         candidate_ms = (time.monotonic() - start) * 1000.0
         theirs = snapshot(out, node.compare, candidate_ms) if out is not None else Snapshot({}, candidate_ms, error)
         ours = await primary  # always resolved by the node (also when the primary fails)
+        if not await speculation.committed():  # the request was answered from a cache: no comparison
+            self._bump(path, "discarded")
+            return
         graph = ex.graph.spec.name
         if ours.error:  # nothing to compare with; the record still tells the candidate's fate
             self._bump(path, "primary_failed")

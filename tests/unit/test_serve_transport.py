@@ -84,7 +84,26 @@ def test_serve_env_fills_only_what_is_unset():
     env: dict[str, str] = {}
     assert apply_serve_env(env) == SERVE_ENV == env
     chosen = {"RAY_SERVE_PROXY_USE_GRPC": "0"}
-    assert apply_serve_env(chosen) == {"RAY_SERVE_PROXY_USE_GRPC": "0"}  # the user's choice wins
+    assert apply_serve_env(chosen)["RAY_SERVE_PROXY_USE_GRPC"] == "0"  # the user's choice wins
+    assert chosen == {**SERVE_ENV, "RAY_SERVE_PROXY_USE_GRPC": "0"}
+
+
+def test_cluster_configs_set_the_same_serve_env():
+    """`ray start` and KubeRay clusters get what `modelweave run` gives its embedded Ray."""
+    import pathlib
+
+    import yaml
+
+    root = pathlib.Path(__file__).resolve().parents[2]
+    manifest = yaml.safe_load((root / "cluster" / "rayservice-triage.yaml").read_text())
+    spec = manifest["spec"]["rayClusterConfig"]
+    groups = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
+    for group in groups:
+        env = {e["name"]: e.get("value") for c in group["template"]["spec"]["containers"] for e in c.get("env", [])}
+        assert {k: env.get(k) for k in SERVE_ENV} == SERVE_ENV
+    start = next(line for line in (root / "cluster" / "README.md").read_text().splitlines()
+                 if line.startswith("export RAY_SERVE_"))
+    assert dict(pair.split("=", 1) for pair in start.split()[1:]) == SERVE_ENV
 
 
 def _graph(ingress: dict[str, Any] | None = None, name: str = "g") -> Any:
