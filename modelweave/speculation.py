@@ -1,8 +1,9 @@
 """Speculative work: a node's body that runs before anyone knows whether its answer is wanted.
 
 A ``cache`` node with ``speculate: true`` starts its body together with the lookup, so a
-miss does not wait for the lookup's round trip before the body starts (the reference app's
-shared cache lives in the state actor: ~2 ms at p50, on every request's critical path).
+miss does not wait for the lookup's round trip before the body starts (a shared cache lives in
+the graph's state actor: ~2 ms at p50 on the reference app; there a longer parallel branch hides
+it, so the reference app leaves this off, README "Performance").
 Until the lookup says "miss", the body's *side effects* must not happen: a hit throws the
 body's work away, and a feedback adjustment, a cache store or a shadow outcome made by
 thrown-away work would move shared state for a request that was answered from the cache.
@@ -17,32 +18,28 @@ gated: they are pure, and their cost is the price of the speculation (cancelled 
 from __future__ import annotations
 
 import asyncio
-from contextvars import ContextVar
+from collections.abc import Coroutine
+from contextvars import ContextVar, copy_context
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 #: The gates of the speculations enclosing the running task, outermost first; each resolves
 #: to True (the lookup missed: the body's answer is used) or False (hit: it is discarded).
 _GATES: ContextVar[tuple[asyncio.Future[bool], ...]] = ContextVar("modelweave_speculation", default=())
 
 
-def open_gate() -> tuple[asyncio.Future[bool], tuple[asyncio.Future[bool], ...]]:
-    """A new gate for one speculation, and the gate tuple its body runs under."""
-    gate: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-    return gate, (*_GATES.get(), gate)
+def start(body: Coroutine[Any, Any, T]) -> tuple[asyncio.Future[bool], asyncio.Task[T]]:
+    """Starts ``body`` as a task under one more gate; returns the gate (the caller resolves it) and the task.
 
-
-def run_under(gates: tuple[asyncio.Future[bool], ...]) -> object:
-    """Sets the gates for tasks created next in this context; returns the reset token."""
-    return _GATES.set(gates)
-
-
-def reset(token: object) -> None:
-    """Undoes :func:`run_under`."""
-    _GATES.reset(token)  # type: ignore[arg-type]
-
-
-def pending() -> bool:
-    """Whether the running task works for a speculation that has not been decided yet."""
-    return any(not gate.done() for gate in _GATES.get())
+    The task runs in a copy of the caller's context with the gate added, so every task it
+    starts inherits the gate and the caller's own context stays as it was.
+    """
+    loop = asyncio.get_running_loop()
+    gate: asyncio.Future[bool] = loop.create_future()
+    context = copy_context()
+    context.run(_GATES.set, (*_GATES.get(), gate))
+    return gate, loop.create_task(body, context=context)
 
 
 async def committed() -> bool:

@@ -171,15 +171,14 @@ class CacheKind(NodeKind):
         start = time.monotonic()
         info = ex.graph.info(node)
         key = cache_key(ex.graph.spec.name, path, _key_payload(msg, node, info.reads))
-        backend = ex.caches[path]
-        degraded_before = ctx.degraded
         if node.speculate:
             return await _run_speculative(ex, node, msg, ctx, path, attempt, key, start)
-        hit = await _lookup(backend.get(key), path)
+        degraded_before = ctx.degraded
+        hit = await _lookup(ex.caches[path].get(key), path)
         if hit is not None:
             return _answer_hit(msg, hit, info.writes, ctx, path, attempt, start)
         out = await ex.run_node(node.body, msg, ctx, path, attempt)
-        detail = await _store(ex, node, out, ctx, path, key, degraded_before)
+        detail = await _store(ex, out, info.writes, ctx, path, key, degraded_before)
         ctx.record(pb.Span(node=path, kind="cache", attempt=attempt, start_ms=ctx.elapsed_ms(), cache_hit=False,
                            detail=detail, latency_ms=(time.monotonic() - start) * 1000.0))
         return out
@@ -201,7 +200,7 @@ def _answer_hit(msg: pb.Message, hit: bytes, writes: frozenset[str], ctx: Reques
     return msg
 
 
-async def _store(ex: Executor, node: CacheNode, out: pb.Message, ctx: RequestContext, path: str, key: str,
+async def _store(ex: Executor, out: pb.Message, writes: frozenset[str], ctx: RequestContext, path: str, key: str,
                  degraded_before: int) -> str:
     """Stores the body's answer unless it is degraded; returns the span's detail."""
     if ctx.degraded > degraded_before:
@@ -211,7 +210,7 @@ async def _store(ex: Executor, node: CacheNode, out: pb.Message, ctx: RequestCon
     if not await speculation.committed():  # inside an enclosing speculation that hit
         return "not stored: an enclosing cache answered"
     stored = pb.Message()
-    copy_parts(out, stored, ex.graph.info(node).writes)
+    copy_parts(out, stored, writes)
     try:
         await ex.caches[path].put(key, stored.SerializeToString(deterministic=True))
     except Exception:
@@ -223,13 +222,9 @@ async def _run_speculative(ex: Executor, node: CacheNode, msg: pb.Message, ctx: 
                            attempt: int, key: str, start: float) -> pb.Message:
     """The body starts with the lookup; a hit cancels it, a miss lets its side effects through."""
     degraded_before = ctx.degraded
-    gate, gates = speculation.open_gate()
-    token = speculation.run_under(gates)
-    try:
-        # On its own copy: a hit answers on ``msg`` while the body may still be writing.
-        body = asyncio.ensure_future(ex.run_node(node.body, clone(msg), ctx, path, attempt))
-    finally:
-        speculation.reset(token)
+    writes = ex.graph.info(node).writes
+    # On its own copy: a hit answers on ``msg`` while the body may still be writing.
+    gate, body = speculation.start(ex.run_node(node.body, clone(msg), ctx, path, attempt))
     try:
         # Awaited here, not in a task: the lookup's call goes out in this step, before the
         # body's first step runs.
@@ -237,8 +232,7 @@ async def _run_speculative(ex: Executor, node: CacheNode, msg: pb.Message, ctx: 
         if hit is not None:
             gate.set_result(False)
             body.cancel()
-            return _answer_hit(msg, hit, ex.graph.info(node).writes, ctx, path, attempt, start,
-                               "speculative body cancelled")
+            return _answer_hit(msg, hit, writes, ctx, path, attempt, start, "speculative body cancelled")
         gate.set_result(True)
         out = await body
     finally:
@@ -248,7 +242,7 @@ async def _run_speculative(ex: Executor, node: CacheNode, msg: pb.Message, ctx: 
             body.cancel()
         # A body that failed after a hit: its error is not this request's; retrieve it quietly.
         body.add_done_callback(_quiet)
-    detail = await _store(ex, node, out, ctx, path, key, degraded_before)
+    detail = await _store(ex, out, writes, ctx, path, key, degraded_before)
     ctx.record(pb.Span(node=path, kind="cache", attempt=attempt, start_ms=ctx.elapsed_ms(), cache_hit=False,
                        detail=detail or "speculative: body started with the lookup",
                        latency_ms=(time.monotonic() - start) * 1000.0))
