@@ -64,7 +64,8 @@ from throughput_batch import batch_job, batch_table, plain_loop  # noqa: E402
 
 from modelweave.layout import model_node_dicts  # noqa: E402
 from modelweave.ports import free_port  # noqa: E402
-from modelweave.serving import apply_serve_env, direct_ingress_env  # noqa: E402
+from modelweave.serving import apply_serve_env, direct_ingress_env, ingress_replicas  # noqa: E402
+from modelweave.spec import parse_graph  # noqa: E402
 
 LAYOUTS = ("per-model", "default", "colocated", "ingress-only")
 #: Layouts that run only when asked for (``--layouts``).
@@ -350,15 +351,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="Serve's transport, proxy -> ingress (RAY_SERVE_PROXY_USE_GRPC) and ingress -> models "
                         "(ingress.transport): gRPC (modelweave's default) or Ray actor calls (Serve's)")
     p.add_argument("--direct-ingress", action="store_true",
-                   help="clients call the ingress replica's own HTTP server, not Serve's proxy (modelweave run "
-                        "--direct-ingress); layouts run one after another on the same port")
+                   help="clients call the ingress replicas' own HTTP servers (sharing one port), not Serve's proxy "
+                        "(modelweave run --direct-ingress); layouts run one after another on the same port")
     p.add_argument("--out", default=str(HERE / "results" / "throughput.json"))
     opts = p.parse_args(argv)
     unknown = [name for name in opts.layouts.split(",") if name not in LAYOUTS + EXTRA_LAYOUTS]
     if unknown:
         p.error(f"unknown layout(s) {', '.join(unknown)}")
-    if opts.direct_ingress and "replicated" in opts.layouts.split(","):
-        p.error("--direct-ingress serves one ingress replica; the replicated layout has one per core")
     return opts
 
 
@@ -380,7 +379,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     apply_serve_env()
     if opts.direct_ingress:  # as `modelweave run --direct-ingress`: clients reach the ingress replica itself
         port = free_port()
-        os.environ.update(direct_ingress_env(port, free_port()))
+        # Every ingress replica of every layout binds these two ports (the kernel spreads the clients'
+        # connections over them); the ranges need a slot per replica of the most replicated layout.
+        replicas = max(ingress_replicas(parse_graph(layout_graph(base, layout, groups), layout))
+                       for layout in opts.layouts.split(","))
+        os.environ.update(direct_ingress_env(port, free_port(), replicas))
     ray.init(address="local", num_cpus=opts.num_cpus, include_dashboard=False, log_to_driver=False,
              namespace="modelweave-throughput")
     try:

@@ -160,8 +160,8 @@ def build(graphs: tuple[str, ...], output: str, host: str, http_port: int, grpc_
 @click.option("--metrics-port", default=8080, show_default=True, help="Prometheus endpoint of the embedded Ray")
 @click.option("--data-dir", default=None, help="artifact dir (default $MODELWEAVE_DATA_DIR or ~/.cache/modelweave)")
 @click.option("--direct-ingress", is_flag=True,
-              help="the graph's ingress replica listens on the HTTP and gRPC ports itself (no Serve proxy hop; "
-                   "one graph, one ingress replica, embedded Ray)")
+              help="the graph's ingress replicas listen on the HTTP and gRPC ports themselves, sharing them "
+                   "(no Serve proxy hop; one graph, embedded Ray)")
 @fit_options()
 @edge_options
 def run(graphs: tuple[str, ...], host: str, http_port: int, grpc_port: int, dashboard_port: int,
@@ -177,9 +177,9 @@ def run(graphs: tuple[str, ...], host: str, http_port: int, grpc_port: int, dash
     specs, tls = secure([g.spec for g in checked], host, auth_tokens, insecure, tls_cert, tls_key)
     specs, _ = apply_profile(specs, profile, num_cpus, echo=True)
     if direct_ingress:
-        from modelweave.serving import direct_ingress_problem
+        from modelweave.serving import direct_ingress_ports_taken, direct_ingress_problem
 
-        problem = direct_ingress_problem(specs, address)
+        problem = direct_ingress_problem(specs, address) or direct_ingress_ports_taken(host, http_port, grpc_port)
         if problem:
             click.echo(f"error: {problem}", err=True)
             sys.exit(2)
@@ -214,7 +214,7 @@ def run(graphs: tuple[str, ...], host: str, http_port: int, grpc_port: int, dash
                    f"(POST InferRequest JSON; /stream, /describe{'; Bearer token' if auth_tokens else ''})")
         click.echo(f"  gRPC:      {host}:{grpc_port}  (modelweave.v1.GraphService; metadata application={spec.name})")
         if direct_ingress:
-            click.echo("  Direct:    the ingress replica answers on both ports itself (no Serve proxy hop)")
+            click.echo("  Direct:    the ingress replicas answer on both ports themselves (no Serve proxy hop)")
     click.echo(f"  Dashboard: {session.dashboard_url or 'not running'}")
     if not address:
         click.echo(f"  Metrics:   http://{host}:{metrics_port}/metrics  (Prometheus; ray_modelweave_* series)")

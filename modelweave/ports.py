@@ -49,3 +49,23 @@ def free_port() -> int:
             _HANDED_OUT.add(port)
             return port
     raise RuntimeError(f"no free TCP port found in {_LOW}-{high}")
+
+
+def refuse_if_listening(host: str, port: int) -> None:
+    """Raises what Serve's own bind raises if a process listens on ``host:port``.
+
+    A probe socket with ``SO_REUSEADDR`` binds next to closing connections (TIME_WAIT,
+    FIN_WAIT_2) but not next to a listening socket, which is the conflict that must still fail.
+
+    Raises:
+        RuntimeError: Caused by the ``OSError`` (``EADDRINUSE``), as Serve's
+            ``start_asgi_http_server`` raises it, so Serve's retry and port-blocking logic sees
+            the same error it would have seen.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise RuntimeError(f"Failed to bind to address '{host}:{port}'.") from exc

@@ -8,7 +8,7 @@ from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass
 
 from modelweave.fit import NodeCapacity, nodes_from_ray
-from modelweave.ports import free_port
+from modelweave.ports import free_port, refuse_if_listening
 from modelweave.spec import GraphSpec
 
 
@@ -59,42 +59,72 @@ def apply_serve_env(environ: MutableMapping[str, str] | None = None) -> dict[str
     return {name: target.setdefault(name, value) for name, value in SERVE_ENV.items()}
 
 
+#: Set by ``modelweave run --direct-ingress`` in the environment of the Ray processes it starts:
+#: ``"<http port>:<grpc port>"``, the ports every ingress replica binds, shared through
+#: ``SO_REUSEPORT`` (``deployments/direct_ingress.py``). Serve's own direct ingress gives each
+#: replica a port of its own and leaves the load balancing to a proxy in front; with these ports
+#: shared the kernel spreads client connections over the replicas instead.
+SHARED_PORTS_ENV = "MODELWEAVE_DIRECT_INGRESS_PORTS"
+
+
 def direct_ingress_problem(graphs: Sequence[GraphSpec], address: str | None) -> str | None:
     """Why ``modelweave run --direct-ingress`` cannot serve ``graphs``, or None.
 
-    Ray 2.60's direct ingress gives each ingress replica its own HTTP and gRPC servers on ports
-    from a range; without a load balancer in front (Ray's HAProxy mode) clients can only be told
-    one port, so it takes one graph with one ingress replica, on a Ray this command starts (Serve
-    reads the setting when Ray starts).
+    The ingress replicas listen on the public ports themselves, so it takes one graph (the ports
+    are the graph's), on a Ray this command starts (Serve reads the setting when Ray starts).
+    Any number of ingress replicas (``num_replicas`` or autoscaling) share the two ports.
     """
     if address:
         return "--direct-ingress needs the embedded Ray (Serve reads it when Ray starts); drop --address"
     if len(graphs) != 1:
         return f"--direct-ingress serves one graph (got {len(graphs)}): each needs its own ports"
-    ingress = graphs[0].ingress
-    if ingress.autoscaling_config is not None or (ingress.num_replicas or 1) != 1:
-        return (f"--direct-ingress needs one ingress replica: graph {graphs[0].name!r} sets "
-                f"ingress.{'autoscaling_config' if ingress.autoscaling_config is not None else 'num_replicas'}")
     return None
 
 
-def direct_ingress_env(http_port: int, grpc_port: int) -> dict[str, str]:
-    """Serve's settings that make the one ingress replica listen on ``http_port`` and ``grpc_port``.
+def ingress_replicas(graph: GraphSpec) -> int:
+    """The most ingress replicas ``graph`` can run at once (autoscaling's ``max_replicas``)."""
+    auto = graph.ingress.autoscaling_config
+    return auto.max_replicas if auto is not None else (graph.ingress.num_replicas or 1)
 
-    The replica's servers take the first port of ``[min, max)`` ranges of one port each. A
-    restarted replica gets the same ports at once: Serve's quarantine of a released port (for
-    HAProxy's stale configurations) is off, and so is most of its 30 s drain on shutdown (meant
-    for load balancers that need time to notice; here nothing routes to the replica but clients).
+
+def direct_ingress_env(http_port: int, grpc_port: int, replicas: int = 1) -> dict[str, str]:
+    """Serve's settings that make every ingress replica listen on ``http_port`` and ``grpc_port``.
+
+    Serve still hands each replica a port of its own from ``[min, max)`` ranges; modelweave's
+    replicas take the range's first port instead (:data:`SHARED_PORTS_ENV`), so the ranges only
+    need a slot per replica, plus one: a replacement may start before the replica it replaces
+    has given its slot back. A restarted replica gets the ports at once: Serve's quarantine of a
+    released port (for HAProxy's stale configurations) is off, and so is most of its 30 s drain
+    on shutdown (meant for load balancers that need time to notice; here the kernel stops
+    sending a closed listener connections at once).
     """
+    slots = max(1, replicas) + 1
     return {
         "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
         "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(http_port),
-        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(http_port + 1),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(http_port + slots),
         "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(grpc_port),
-        "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(grpc_port + 1),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(grpc_port + slots),
         "RAY_SERVE_PORT_QUARANTINE_S": "0",
         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
+        SHARED_PORTS_ENV: f"{http_port}:{grpc_port}",
     }
+
+
+def direct_ingress_ports_taken(host: str, http_port: int, grpc_port: int) -> str | None:
+    """Which of the two ports another process listens on, or None.
+
+    Checked before Ray starts: the replicas share their ports through ``SO_REUSEPORT``, and the
+    kernel would let a second ``modelweave run`` of the same user share them too, splitting the
+    clients between two graphs. A port with only closing connections on it (a run stopped a
+    moment ago) is free.
+    """
+    for what, bind_host, port in (("HTTP", host, http_port), ("gRPC", "0.0.0.0", grpc_port)):
+        try:
+            refuse_if_listening(bind_host, port)
+        except RuntimeError:
+            return f"--direct-ingress: another process listens on the {what} port {port}"
+    return None
 
 
 @dataclass
@@ -120,8 +150,9 @@ def start_serving(graphs: list[GraphSpec], *, host: str, http_port: int, grpc_po
     On an existing cluster (``address``) the prepared ``artifact_sets`` are published to the
     cluster's artifact store, so replicas on nodes that never ran ``prepare`` fetch them.
     ``direct_ingress`` (see :func:`direct_ingress_problem`, checked by the caller): the graph's
-    ingress replica itself listens on ``http_port`` and ``grpc_port``, so a request skips Serve's
-    proxy (one hop less); Serve's proxies, which Serve still starts, get free ports nobody uses.
+    ingress replicas themselves listen on ``http_port`` and ``grpc_port`` (all of them on both,
+    the kernel spreading connections over them), so a request skips Serve's proxy (one hop
+    less); Serve's proxies, which Serve still starts, get free ports nobody uses.
     """
     import ray
     from ray import serve
@@ -134,7 +165,7 @@ def start_serving(graphs: list[GraphSpec], *, host: str, http_port: int, grpc_po
         log("modelweave: starting an embedded Ray cluster ...")
         apply_serve_env()
         if direct_ingress:
-            os.environ.update(direct_ingress_env(http_port, grpc_port))
+            os.environ.update(direct_ingress_env(http_port, grpc_port, max(ingress_replicas(g) for g in graphs)))
             http_port, grpc_port = free_port(), free_port()
         ctx = ray.init(address="local", namespace="modelweave", include_dashboard=True, dashboard_host=host,
                        dashboard_port=dashboard_port, num_cpus=embedded_num_cpus(num_cpus),

@@ -1,8 +1,8 @@
 """`modelweave run --direct-ingress`: the ingress replica itself answers on the public ports.
 
-Real CLI, real embedded Ray: HTTPS and gRPC with token auth on the replica's own servers, no
-Serve proxy on those ports, a killed ingress replica replaced on the same ports, a clean stop,
-and the refusals that need no Ray.
+Real CLI, real embedded Ray: HTTPS and gRPC with token auth on the replicas' own servers, two
+ingress replicas sharing the ports (no Serve proxy on them), a killed replica losing no request
+and replaced on the same ports, a clean stop, and the refusals that need no Ray.
 """
 
 from __future__ import annotations
@@ -15,29 +15,35 @@ import time
 
 import httpx
 import psutil
-from cli_helpers import cli, self_signed_cert, start_server
+import yaml
+from cli_helpers import REPO, cli, self_signed_cert, start_server
 
 TOKEN = "e2e-direct-0123456789abcdefghij"
 BODY = {"input": {"text": {"content": "great, thanks"}}}
 
 
-def _listener(port: int) -> psutil.Process:
-    """The process listening on ``port``."""
-    for conn in psutil.net_connections(kind="tcp"):
-        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
-            return psutil.Process(conn.pid)
-    raise AssertionError(f"nothing listens on port {port}")
+def _listeners(port: int) -> set[int]:
+    """Pids of the processes listening on ``port``."""
+    return {c.pid for c in psutil.net_connections(kind="tcp")
+            if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid}
 
 
-def _wait_for_listener(port: int, timeout_s: float) -> psutil.Process:
+def _wait_for_listeners(port: int, count: int, timeout_s: float, without: int | None = None) -> set[int]:
+    """Waits until ``count`` processes (none of them ``without``) listen on ``port``."""
     deadline = time.monotonic() + timeout_s
     while True:
-        try:
-            return _listener(port)
-        except AssertionError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
+        pids = _listeners(port) - {without}
+        if len(pids) >= count:
+            return pids
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{len(pids)} process(es) listen on port {port}, expected {count}")
+        time.sleep(0.2)
+
+
+def _served_by(port: int) -> dict[int, int]:
+    """Server-side connection end's local address pid per client port (connections to ``port``)."""
+    return {c.raddr.port: c.pid for c in psutil.net_connections(kind="tcp")
+            if c.status == psutil.CONN_ESTABLISHED and c.laddr and c.laddr.port == port and c.raddr and c.pid}
 
 
 def _title(proc: psutil.Process) -> str:
@@ -45,53 +51,71 @@ def _title(proc: psutil.Process) -> str:
     return " ".join(proc.cmdline()) or proc.name()
 
 
-def test_direct_ingress_serves_http_and_grpc_from_the_replica_and_survives_its_death(tmp_path: pathlib.Path):
+def test_direct_ingress_replicas_share_the_ports_and_a_killed_one_loses_no_request(tmp_path: pathlib.Path):
+    """Two ingress replicas on the same two ports (SO_REUSEPORT): the kernel spreads connections
+    over both, a killed one's clients go to the other at once, and its successor rebinds the
+    ports even with connections to the dead one still closing."""
     tokens = tmp_path / "tokens.txt"
     tokens.write_text(f"ci:{TOKEN}\n")
     cert, key = self_signed_cert(tmp_path)
-    server = start_server("examples/demo.yaml", extra_args=["--direct-ingress", "--auth-tokens", str(tokens),
-                                                             "--tls-cert", str(cert), "--tls-key", str(key)])
+    graph = yaml.safe_load((REPO / "examples" / "demo.yaml").read_text())
+    graph.setdefault("ingress", {})["num_replicas"] = 2
+    (tmp_path / "demo.yaml").write_text(yaml.safe_dump(graph, sort_keys=False))
+    server = start_server(str(tmp_path / "demo.yaml"),
+                          extra_args=["--direct-ingress", "--auth-tokens", str(tokens),
+                                      "--tls-cert", str(cert), "--tls-key", str(key)])
     auth = {"authorization": f"Bearer {TOKEN}"}
     http_port, grpc_port = int(server.http.rsplit(":", 1)[1]), int(server.grpc.rsplit(":", 1)[1])
-    base = server.http.replace("http://", "https://")
-    client = httpx.Client(verify=str(cert), timeout=60)
+    url = server.http.replace("http://", "https://") + "/demo"
+    clients: list[httpx.Client] = []
     try:
-        assert client.post(f"{base}/demo", json=BODY).status_code == 401
-        r = client.post(f"{base}/demo", json=BODY, headers=auth)
-        assert r.status_code == 200, r.text
-        assert r.json()["result"]["classification"]["label"] == "positive"
+        replicas = _wait_for_listeners(http_port, 2, timeout_s=60)
+        assert _wait_for_listeners(grpc_port, 2, timeout_s=60) == replicas
+        assert all("ServeReplica" in _title(psutil.Process(pid)) for pid in replicas)
+        assert any("Direct:" in line for line in server.stdout)
+        with httpx.Client(verify=str(cert), timeout=60) as client:
+            assert client.post(url, json=BODY).status_code == 401
         ok = cli("call", "demo", "great, thanks", "--grpc", server.grpc, "--token", TOKEN)
         assert ok.returncode == 0 and "positive" in ok.stdout, ok.stdout + ok.stderr
-        replica = _listener(http_port)
-        assert "ServeReplica" in _title(replica) and "ProxyActor" not in _title(replica)
-        assert _listener(grpc_port).pid == replica.pid
-        assert any("Direct:" in line for line in server.stdout)
 
-        # An idle client connection open across the kill leaves the dead server's end of it on
+        # Keep-alive clients: the kernel hands each new connection to one of the two listeners.
+        for _ in range(16):
+            clients.append(httpx.Client(verify=str(cert), timeout=60))
+            r = clients[-1].post(url, json=BODY, headers=auth)
+            assert r.status_code == 200, r.text
+            assert r.json()["result"]["classification"]["label"] == "positive"
+        spread = set(_served_by(http_port).values())
+        assert spread == replicas, f"16 connections all went to {spread} of {replicas}"
+
+        victim = min(replicas)
+        # An idle connection to the victim open across the kill leaves the dead server's end on
         # the port (FIN_WAIT_2, then TIME_WAIT); Serve's own bind (no SO_REUSEADDR) then failed
         # and blocked the port for good (deployments/direct_ingress.py).
-        idle = [socket.create_connection(("127.0.0.1", port), timeout=10) for port in (http_port, grpc_port)]
-        os.kill(replica.pid, signal.SIGKILL)
+        idle: list[socket.socket] = []
+        while not any(_served_by(http_port).get(s.getsockname()[1]) == victim for s in idle):
+            assert len(idle) < 64, "no idle connection reached the victim replica"
+            idle.append(socket.create_connection(("127.0.0.1", http_port), timeout=10))
+            time.sleep(0.05)
+        os.kill(victim, signal.SIGKILL)
         time.sleep(1.0)
         for connection in idle:
             connection.close()
-        deadline, answer = time.monotonic() + 90, None
-        while time.monotonic() < deadline:
-            try:
-                answer = client.post(f"{base}/demo", json=BODY, headers=auth, timeout=10)
-                if answer.status_code == 200:
-                    break
-            except httpx.HTTPError:  # nothing listens until Serve has started the new replica
-                pass
-            time.sleep(0.5)
-        assert answer is not None and answer.status_code == 200, "no new ingress replica on the same port"
-        assert _listener(http_port).pid != replica.pid
-        # The replica starts its gRPC server after its HTTP one: HTTP may answer a moment earlier.
-        assert _wait_for_listener(grpc_port, timeout_s=30).pid == _listener(http_port).pid
+        answers = []
+        for i in range(20):  # fresh connections: only the survivor listens now
+            with httpx.Client(verify=str(cert), timeout=30) as client:
+                answers.append(client.post(url, json={"input": {"text": {"content": f"great {i}"}}},
+                                           headers=auth).status_code)
+        assert answers == [200] * 20, answers
+
+        successor = _wait_for_listeners(http_port, 2, timeout_s=90, without=victim)
+        assert victim not in successor and len(successor - replicas) == 1, (replicas, successor)
+        # The replica starts its gRPC server after its HTTP one.
+        assert _wait_for_listeners(grpc_port, 2, timeout_s=30, without=victim) == successor
         again = cli("call", "demo", "great, thanks", "--grpc", server.grpc, "--token", TOKEN)
         assert again.returncode == 0 and "positive" in again.stdout, again.stdout + again.stderr
     finally:
-        client.close()
+        for client in clients:
+            client.close()
         assert server.stop() == 0, "".join(server.stdout[-40:])
 
 
@@ -100,4 +124,12 @@ def test_direct_ingress_refuses_what_it_cannot_serve_before_starting_ray():
     assert r.returncode == 2 and "one graph (got 2)" in r.stderr
     r = cli("run", "examples/demo.yaml", "--direct-ingress", "--address", "127.0.0.1:1", timeout=60)
     assert r.returncode == 2 and "drop --address" in r.stderr
+    assert "starting an embedded Ray" not in r.stderr
+    # The replicas share their ports with SO_REUSEPORT; a second run must not join a port in use.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        r = cli("run", "examples/demo.yaml", "--direct-ingress", "--http-port", str(taken.getsockname()[1]),
+                timeout=60)
+    assert r.returncode == 2 and "another process listens on the HTTP port" in r.stderr, r.stderr
     assert "starting an embedded Ray" not in r.stderr

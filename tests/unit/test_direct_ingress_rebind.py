@@ -13,8 +13,10 @@ import types
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
 from deployments.direct_ingress import rebind_after_crash, refuse_if_listening
+from modelweave.serving import SHARED_PORTS_ENV
 
 
 def _server_end_left_closing() -> int:
@@ -71,13 +73,28 @@ def _stand_in(direct: bool = True) -> tuple[types.SimpleNamespace, list[dict[str
         calls.append({"app": app, "port": http_options.port, "reuse": enable_so_reuseport})
         return "started"
 
-    return types.SimpleNamespace(start_asgi_http_server=start_asgi_http_server,
+    async def start_grpc_server(factory: Any, grpc_options: Any, *, event_loop: Any = None,
+                                enable_so_reuseport: bool = False) -> str:
+        calls.append({"grpc": factory, "port": grpc_options.port, "reuse": enable_so_reuseport})
+        return "started"
+
+    return types.SimpleNamespace(start_asgi_http_server=start_asgi_http_server, start_grpc_server=start_grpc_server,
                                  RAY_SERVE_ENABLE_DIRECT_INGRESS=direct), calls
+
+
+class _Options(BaseModel):
+    """Stands in for Serve's HTTPOptions / gRPCOptions (pydantic models)."""
+
+    host: str = "127.0.0.1"
+    port: int
+    other: str = "kept"
 
 
 def test_the_wrapped_start_asks_for_address_reuse_once_wrapped():
     module, calls = _stand_in()
-    assert rebind_after_crash(module) is True
+    grpc_start = module.start_grpc_server
+    assert rebind_after_crash(module, environ={}) is True
+    assert module.start_grpc_server is grpc_start  # Serve's own ports: gRPC needs no change
     first = module.start_asgi_http_server
     assert rebind_after_crash(module) is True and module.start_asgi_http_server is first  # not twice
     port = _server_end_left_closing()
@@ -88,7 +105,7 @@ def test_the_wrapped_start_asks_for_address_reuse_once_wrapped():
 
 def test_a_listening_port_never_reaches_serves_start():
     module, calls = _stand_in()
-    rebind_after_crash(module)
+    rebind_after_crash(module, environ={})
     with socket.socket() as other:
         other.bind(("127.0.0.1", 0))
         other.listen()
@@ -117,5 +134,64 @@ def test_the_real_serve_module_still_has_the_seam(monkeypatch: pytest.MonkeyPatc
 
     monkeypatch.setattr(replica, "RAY_SERVE_ENABLE_DIRECT_INGRESS", True)  # what the env variable turns on
     monkeypatch.setattr(replica, "start_asgi_http_server", replica.start_asgi_http_server)
-    assert rebind_after_crash() is True
+    monkeypatch.setattr(replica, "start_grpc_server", replica.start_grpc_server)
+    assert rebind_after_crash(environ={SHARED_PORTS_ENV: "8100:9100"}) is True
     assert getattr(replica.start_asgi_http_server, "_modelweave_rebind", False)
+    assert getattr(replica.start_grpc_server, "_modelweave_rebind", False)
+
+
+def test_shared_ports_replace_the_allocated_ones_for_both_servers_with_reuse_and_no_probe():
+    module, calls = _stand_in()
+    assert rebind_after_crash(module, environ={SHARED_PORTS_ENV: "8100:9100"}) is True
+    with socket.socket() as sibling:  # another replica of the graph already listens on the shared port
+        sibling.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sibling.bind(("127.0.0.1", 0))
+        sibling.listen()
+        shared = sibling.getsockname()[1]
+        module, calls = _stand_in()
+        rebind_after_crash(module, environ={SHARED_PORTS_ENV: f"{shared}:9100"})
+        http = _Options(port=30001)  # the token Serve allocated to this replica
+        asyncio.run(module.start_asgi_http_server("app", http, event_loop=None))
+        asyncio.run(module.start_grpc_server("factory", _Options(port=40001), event_loop=None))
+    assert calls == [{"app": "app", "port": shared, "reuse": True}, {"grpc": "factory", "port": 9100, "reuse": True}]
+    assert http.port == 30001  # Serve's own options object is left alone
+
+
+def test_two_listeners_with_reuseport_share_a_port_and_both_get_connections():
+    """What the shared mode relies on: the kernel spreads connections over same-user listeners."""
+    first = socket.socket()
+    first.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    first.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    first.bind(("127.0.0.1", 0))
+    port = first.getsockname()[1]
+    second = socket.socket()
+    second.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    second.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    second.bind(("127.0.0.1", port))
+    try:
+        for listener in (first, second):
+            listener.listen(64)
+            listener.setblocking(False)
+        clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(32)]
+        accepted = []
+        for listener in (first, second):
+            count = 0
+            while True:
+                try:
+                    conn, _ = listener.accept()
+                except BlockingIOError:
+                    break
+                conn.close()
+                count += 1
+            accepted.append(count)
+        assert sum(accepted) == 32 and min(accepted) > 0, accepted
+        for client in clients:
+            client.close()
+    finally:
+        first.close()
+        second.close()
+    with socket.socket() as plain:  # a listener without SO_REUSEPORT cannot join (another program)
+        plain.bind(("127.0.0.1", 0))
+        plain.listen()
+        with pytest.raises(RuntimeError):
+            refuse_if_listening("127.0.0.1", plain.getsockname()[1])

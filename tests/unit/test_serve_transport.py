@@ -6,6 +6,7 @@ integration test (the session cluster starts with ``modelweave.serving.SERVE_ENV
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import grpc
@@ -113,25 +114,46 @@ def _graph(ingress: dict[str, Any] | None = None, name: str = "g") -> Any:
                         "flow": {"kind": "model", "name": "m", "impl": "modelweave.examples.rules:Normaliser"}})
 
 
-def test_direct_ingress_takes_one_graph_with_one_ingress_replica_on_an_embedded_ray():
-    from modelweave.serving import direct_ingress_problem
+def test_direct_ingress_takes_one_graph_on_an_embedded_ray_with_any_number_of_ingress_replicas():
+    from modelweave.serving import direct_ingress_problem, ingress_replicas
 
     assert direct_ingress_problem([_graph()], None) is None
-    assert direct_ingress_problem([_graph({"num_replicas": 1})], None) is None
+    assert direct_ingress_problem([_graph({"num_replicas": 3})], None) is None
     assert "drop --address" in (direct_ingress_problem([_graph()], "10.0.0.1:6379") or "")
     assert "one graph (got 2)" in (direct_ingress_problem([_graph(), _graph(name="h")], None) or "")
-    assert "ingress.num_replicas" in (direct_ingress_problem([_graph({"num_replicas": 2})], None) or "")
-    autoscaled = _graph({"autoscaling_config": {"min_replicas": 1, "max_replicas": 2}})
-    assert "ingress.autoscaling_config" in (direct_ingress_problem([autoscaled], None) or "")
+    autoscaled = _graph({"autoscaling_config": {"min_replicas": 1, "max_replicas": 4}})
+    assert direct_ingress_problem([autoscaled], None) is None
+    assert [ingress_replicas(g) for g in (_graph(), _graph({"num_replicas": 3}), autoscaled)] == [1, 3, 4]
 
 
-def test_direct_ingress_ranges_hold_exactly_the_requested_ports():
-    from modelweave.serving import direct_ingress_env
+def test_direct_ingress_ranges_hold_a_slot_per_replica_and_every_replica_shares_the_first_ports():
+    from deployments.direct_ingress import shared_ports
+    from modelweave.serving import SHARED_PORTS_ENV, direct_ingress_env
 
     env = direct_ingress_env(8000, 9000)
     assert env["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == "1"
-    # Serve allocates from [min, max): one port each.
-    for proto, low, high in (("HTTP", "8000", "8001"), ("GRPC", "9000", "9001")):
+    # Serve allocates from [min, max): a slot per replica plus one for a replacement starting
+    # before its predecessor is gone; the ports actually bound are the first ones, shared.
+    for proto, low, high in (("HTTP", "8000", "8002"), ("GRPC", "9000", "9002")):
         assert env[f"RAY_SERVE_DIRECT_INGRESS_MIN_{proto}_PORT"] == low
         assert env[f"RAY_SERVE_DIRECT_INGRESS_MAX_{proto}_PORT"] == high
+    assert direct_ingress_env(8000, 9000, replicas=4)["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"] == "8005"
+    assert shared_ports(env) == (8000, 9000) and env[SHARED_PORTS_ENV] == "8000:9000"
+    assert shared_ports({}) is None
+    with pytest.raises(ValueError, match=SHARED_PORTS_ENV):
+        shared_ports({SHARED_PORTS_ENV: "8000"})
     assert env["RAY_SERVE_PORT_QUARANTINE_S"] == "0"  # a restarted replica takes the same port at once
+
+
+def test_a_port_another_process_listens_on_is_refused_before_ray_starts_and_a_closing_one_is_not():
+    from modelweave.serving import direct_ingress_ports_taken
+
+    with socket.socket() as taken, socket.socket() as free:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        free.bind(("127.0.0.1", 0))
+        free_port = free.getsockname()[1]
+        free.close()
+        problem = direct_ingress_ports_taken("127.0.0.1", taken.getsockname()[1], free_port)
+        assert problem is not None and f"HTTP port {taken.getsockname()[1]}" in problem
+        assert direct_ingress_ports_taken("127.0.0.1", free_port, free_port) is None
