@@ -14,6 +14,8 @@ stack trace. Behaviour:
   under load a request costs the actor about one call instead of two or three.
 * Each cache node has a per-replica near cache (TTL ``min(5 s, ttl_s / 10)``, 1024 entries),
   so repeated keys skip the actor round trip; see :class:`actors.resilience.NearCache`.
+* An ingress replica mirrors which keys each exact cache holds (pulled every ``KEY_SYNC_S``), so
+  a key nobody stored is a miss without a round trip; see :mod:`actors.key_index`.
 * Every cache call carries the node's TTL and size bound, so a restarted actor re-creates a
   cache on first use (no extra round trip, nothing to remember client-side).
 
@@ -33,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from actors.key_index import KeyMirror
 from actors.resilience import NEAR_MAX_ENTRIES, Breaker, NearCache, RateLimitedLog, near_ttl
 from modelweave.observe import MetricsSink
 from modelweave.semantic_cache import SemanticHit, SemanticLookup
@@ -56,6 +59,11 @@ FEEDBACK_FLUSH_S = 0.0
 #: How long a write (cache store, feedback flush) waits for a read to carry it before it is
 #: sent on its own. A state-actor call costs ~0.5 ms of CPU on each side whatever it carries.
 WRITE_DELAY_S = 0.02
+#: How often an ingress replica pulls the keys its graph's exact caches hold, so a lookup of a key
+#: no replica stored costs no round trip (:mod:`actors.key_index`); its writes then wait as long
+#: for a pull or a lookup to carry them. ``MODELWEAVE_CACHE_KEY_SYNC_S=0``: no mirror, every
+#: lookup the near cache cannot answer asks the actor, and writes wait ``WRITE_DELAY_S``.
+KEY_SYNC_S = float(os.environ.get("MODELWEAVE_CACHE_KEY_SYNC_S", "0.25"))
 #: Counter of degraded state calls (declared in ``deployments.metrics``).
 ERRORS_METRIC = "state_errors_total"
 
@@ -282,25 +290,44 @@ async def _awaitable(ref: Any) -> Any:
 class ActorCache:
     """``CacheBackend`` of one cache node over the state actor, with a per-replica near cache.
 
+    With ``key_sync_s`` the replica also mirrors which keys the actor holds
+    (:mod:`actors.key_index`), pulling the keys stored since its last pull at most every
+    ``key_sync_s`` (the pull rides on the link like a read, carrying the queued writes): a
+    lookup whose key is in neither the near cache nor the mirror is a miss without a round trip.
+
     Args:
         link: The replica's link to the state actor.
         path: Graph path of the cache node.
         node: The cache node (TTL and size bound).
         clock: Monotonic clock of the near cache (tests pass a fake).
+        key_sync_s: Longest time between two pulls of the key mirror; None: no mirror, every
+            lookup the near cache cannot answer asks the actor.
     """
 
     def __init__(self, link: StateLink, path: str, node: CacheNode,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, key_sync_s: float | None = None) -> None:
         self._link = link
         self._path = path
         self._spec = (node.ttl_s, node.max_entries)
+        self._clock = clock
         self.near = NearCache(near_ttl(node.ttl_s), min(node.max_entries, NEAR_MAX_ENTRIES), clock)
+        self.mirror = KeyMirror(node.ttl_s, node.max_entries, clock) if key_sync_s else None
+        self._sync_every = key_sync_s or 0.0
+        self._synced_at = -float("inf")
+        self._sync: asyncio.Task[None] | None = None
+        self.local_misses = 0  # lookups the mirror answered (no round trip)
 
     async def get(self, key: str) -> bytes | None:
-        """Near cache, then the actor; a miss when the actor cannot answer."""
+        """Near cache, then (when the mirror says the actor may have it) the actor; a miss when
+        the actor cannot answer."""
         value = self.near.get(key)
         if value is not None:
             return value
+        if self.mirror is not None:
+            self._pull_keys_when_due()
+            if not self.mirror.may_hold(key):
+                self.local_misses += 1
+                return None
         ok, value = await self._link.read("cache_get", "cache_get", self._path, key, self._spec)
         if not ok or value is None:
             return None
@@ -310,7 +337,28 @@ class ActorCache:
     async def put(self, key: str, value: bytes) -> None:
         """Stores locally at once and in the actor in the background."""
         self.near.put(key, value)
+        if self.mirror is not None:
+            self.mirror.add(key)
         self._link.write("cache_put", "cache_put", self._path, key, value, self._spec)
+
+    async def keys_pulled(self) -> None:
+        """Waits for the key pull in flight, if any (tests, shutdown)."""
+        if self._sync is not None:
+            await asyncio.shield(self._sync)
+
+    def _pull_keys_when_due(self) -> None:
+        now = self._clock()
+        if now - self._synced_at < self._sync_every or (self._sync is not None and not self._sync.done()):
+            return
+        self._synced_at = now
+        self._sync = asyncio.ensure_future(self._pull_keys())
+
+    async def _pull_keys(self) -> None:
+        assert self.mirror is not None
+        ok, answer = await self._link.read("cache_sync", "cache_keys_since", self._path, self.mirror.epoch,
+                                           self.mirror.seq, self._spec)
+        if ok and isinstance(answer, (tuple, list)) and len(answer) == 3:
+            self.mirror.apply(str(answer[0]), int(answer[1]), list(answer[2]))
 
 
 class ActorSemanticCache:

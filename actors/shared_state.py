@@ -22,6 +22,7 @@ from typing import Any
 
 from actors.backends import ActorCache, ActorState, StateLink
 from actors.checkpoint import DEFAULT_INTERVAL_S, CoalescingCheckpoint, GcsKV, KVStore
+from actors.key_index import KeyLog
 from modelweave.semantic_cache import SemanticIndex, SemanticLookup
 from modelweave.spec import AdaptiveValue, GraphSpec, dump_graph
 from modelweave.state import MemoryCache, MemoryState
@@ -40,7 +41,8 @@ SemanticSpec = tuple[float, int, float, bool] | list[Any]
 SEMANTIC_THREAD_MIN_ENTRIES = 4096
 #: Methods a replica's coalesced ``apply_batch`` call may carry: the request path's reads and
 #: writes, but not the semantic lookup, whose large scans would hold up the ops behind them.
-BATCH_METHODS = frozenset({"cache_get", "cache_put", "semantic_store", "get_state", "adjust_state_many"})
+BATCH_METHODS = frozenset({"cache_get", "cache_put", "cache_keys_since", "semantic_store", "get_state",
+                           "adjust_state_many"})
 
 
 class GraphStateStore:
@@ -52,13 +54,19 @@ class GraphStateStore:
 
     def __init__(self) -> None:
         self._caches: dict[str, MemoryCache] = {}
+        self._key_logs: dict[str, KeyLog] = {}  # the keys each cache stored, for the replicas' mirrors
         self._semantic: dict[str, SemanticIndex] = {}
         self._state = MemoryState()
 
     def configure_cache(self, path: str, ttl_s: float, max_entries: int) -> None:
         """Creates the cache of one cache node (idempotent)."""
         if path not in self._caches:
-            self._caches[path] = MemoryCache(ttl_s, max_entries)
+            self._create_cache(path, ttl_s, max_entries)
+
+    def _create_cache(self, path: str, ttl_s: float, max_entries: int) -> MemoryCache:
+        cache = self._caches[path] = MemoryCache(float(ttl_s), int(max_entries))
+        self._key_logs[path] = KeyLog(int(max_entries))
+        return cache
 
     def _cache(self, path: str, spec: CacheSpec) -> MemoryCache:
         cache = self._caches.get(path)
@@ -67,7 +75,7 @@ class GraphStateStore:
                 raise KeyError(f"cache {path!r} is not configured")
             # Created on first use: after a restart the actor has no caches until asked.
             ttl_s, max_entries = spec
-            cache = self._caches[path] = MemoryCache(float(ttl_s), int(max_entries))
+            cache = self._create_cache(path, float(ttl_s), int(max_entries))
         return cache
 
     def cache_get(self, path: str, key: str, spec: CacheSpec = None) -> bytes | None:
@@ -77,6 +85,13 @@ class GraphStateStore:
     def cache_put(self, path: str, key: str, value: bytes, spec: CacheSpec = None) -> None:
         """Stores a cached value; ``spec`` = (ttl_s, max_entries) creates a missing cache."""
         self._cache(path, spec).put_now(key, value)
+        self._key_logs[path].add(key)
+
+    def cache_keys_since(self, path: str, epoch: str | None, seq: int,
+                         spec: CacheSpec = None) -> tuple[str, int, list[str]]:
+        """The keys a cache node stored after a replica's last pull (see :mod:`actors.key_index`)."""
+        self._cache(path, spec)
+        return self._key_logs[path].since(epoch, int(seq))
 
     def _semantic_index(self, path: str, spec: SemanticSpec) -> SemanticIndex:
         index = self._semantic.get(path)
@@ -153,6 +168,11 @@ class GraphState(GraphStateStore):
                         spec: CacheSpec = None) -> None:
         """Stores a cached value (creates the cache from ``spec`` when missing)."""
         super().cache_put(path, key, value, spec)
+
+    async def cache_keys_since(self, path: str, epoch: str | None, seq: int,  # type: ignore[override]
+                               spec: CacheSpec = None) -> tuple[str, int, list[str]]:
+        """The keys a cache node stored after a replica's last pull."""
+        return super().cache_keys_since(path, epoch, seq, spec)
 
     async def semantic_lookup(self, path: str, vector: Any, text: str,  # type: ignore[override]
                               spec: SemanticSpec) -> SemanticLookup:

@@ -31,7 +31,7 @@ from ray.serve.grpc_util import RayServegRPCContext
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from actors.backends import ActorSemanticCache
+from actors.backends import KEY_SYNC_S, WRITE_DELAY_S, ActorSemanticCache
 from actors.shared_state import ActorCache, ActorState, StateLink, get_state_actor
 from deployments.direct_ingress import rebind_after_crash
 from deployments.metrics import RayMetricsSink
@@ -98,14 +98,17 @@ class GraphIngress:
         self.graph = check_graph(self.spec)
         sink = RayMetricsSink()
         # Timeouts, breaker and degraded answers when the state actor is down: actors/backends.py.
-        link = self._state_link = StateLink(get_state_actor(self.spec), self.spec.name, sink=sink)
+        # With the key mirror, lookups that reach the actor are rare; writes then wait for the
+        # mirror's next pull to carry them instead of going every WRITE_DELAY_S on their own.
+        link = self._state_link = StateLink(get_state_actor(self.spec), self.spec.name, sink=sink,
+                                            write_delay_s=max(WRITE_DELAY_S, KEY_SYNC_S))
         self.executor = Executor(
             self.graph,
             # Cheap nodes placed in the ingress run here, in-process (see modelweave.layout).
             ServeCaller(handles, self.graph.layout,
                         LocalCaller(self.graph, names=self.graph.layout.inline, serving=True),
                         transport=self.spec.ingress.transport),
-            cache_factory=lambda path, node: ActorCache(link, path, node),
+            cache_factory=lambda path, node: ActorCache(link, path, node, key_sync_s=KEY_SYNC_S or None),
             semantic_cache_factory=lambda path, node: (
                 ActorSemanticCache(link, path, ttl_s=node.ttl_s, max_entries=node.max_entries,
                                    threshold=node.threshold, guard=node.guard)
