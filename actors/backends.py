@@ -311,7 +311,10 @@ class ActorCache:
         self._spec = (node.ttl_s, node.max_entries)
         self._clock = clock
         self.near = NearCache(near_ttl(node.ttl_s), min(node.max_entries, NEAR_MAX_ENTRIES), clock)
-        self.mirror = KeyMirror(node.ttl_s, node.max_entries, clock) if key_sync_s else None
+        # A detached actor started by an older modelweave (its name depends on the graph, not on
+        # the code version) cannot answer pulls: every lookup then asks it, as before.
+        pulls = key_sync_s and getattr(link.actor, "cache_keys_since", None) is not None
+        self.mirror = KeyMirror(node.ttl_s, node.max_entries, clock) if pulls else None
         self._sync_every = key_sync_s or 0.0
         self._synced_at = -float("inf")
         self._sync: asyncio.Task[None] | None = None

@@ -146,3 +146,16 @@ async def test_an_actor_that_cannot_answer_pulls_leaves_lookups_going_to_it():
     await cache.keys_pulled()
     assert cache.mirror is not None and not cache.mirror.ready  # never pulled: no local misses
     assert cache.local_misses == 0
+
+
+async def test_an_actor_from_an_older_version_without_pulls_gets_every_lookup_as_before():
+    class OldActorHandle:
+        """A Ray actor handle exposes only the methods its class had."""
+
+        def __init__(self) -> None:
+            self.apply_batch = Handle(GraphState()).apply_batch
+
+    link = StateLink(OldActorHandle(), "g", timeout_s=0.5, write_timeout_s=0.5)
+    cache = ActorCache(link, "g/c", NODE, key_sync_s=0.25)
+    assert cache.mirror is None
+    assert await cache.get(key("a")) is None and link.errors == {}
