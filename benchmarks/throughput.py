@@ -62,7 +62,7 @@ from lean_http import LeanClient  # noqa: E402  (benchmarks/ is not a package)
 from process_cpu import cpu_by_role, per_request_ms, snapshot  # noqa: E402
 from throughput_batch import batch_job, batch_table, plain_loop  # noqa: E402
 
-from modelweave.layout import model_node_dicts  # noqa: E402
+from modelweave.layout import every_model_in_the_ingress, model_node_dicts  # noqa: E402
 from modelweave.ports import free_port  # noqa: E402
 from modelweave.serving import apply_serve_env, direct_ingress_env, ingress_replicas  # noqa: E402
 from modelweave.spec import parse_graph  # noqa: E402
@@ -79,10 +79,9 @@ def layout_graph(base: dict[str, Any], layout: str, groups: dict[str, str], tran
     ``transport`` is the ingress's Serve transport to its model deployments (``ingress.transport``).
     """
     data = json.loads(json.dumps(base))
+    if layout in ("ingress-only", "replicated"):  # what `modelweave run --profile replicated` does
+        data = every_model_in_the_ingress(data, (os.cpu_count() or 1) if layout == "replicated" else None)
     data["name"] = f"{base['name']}-{layout}"
-    if layout == "replicated":
-        data.setdefault("ingress", {})["num_replicas"] = os.cpu_count() or 1
-        layout = "ingress-only"
     data.setdefault("ingress", {})["transport"] = transport
     for node in model_node_dicts(data["flow"]):
         deployment = node.setdefault("deployment", {})
@@ -93,12 +92,6 @@ def layout_graph(base: dict[str, Any], layout: str, groups: dict[str, str], tran
             deployment["group"] = groups[node["name"]]
             deployment.pop("inline", None)
             deployment.pop("batching", None)  # dynamic batching is per deployment
-        elif layout == "ingress-only":
-            batching = deployment.get("batching")
-            deployment.clear()  # replicas, CPUs and autoscaling are a deployment's, not the ingress's
-            deployment["inline"] = True
-            if batching is not None:
-                deployment["batching"] = batching
     return data
 
 

@@ -1,7 +1,8 @@
-"""CLI glue for clusters: the fit check (`build` / `run`), the small-machine profile, publishing artifacts."""
+"""CLI glue for clusters: the fit check (`build` / `run`), the profiles, publishing artifacts."""
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -10,9 +11,10 @@ from typing import Any
 import click
 
 from modelweave.fit import LAPTOP_CPUS, NodeCapacity, check_fit, graph_asks, laptop_factor, nodes_from_ray, scale_cpus
-from modelweave.spec import GraphSpec
+from modelweave.layout import every_model_in_the_ingress
+from modelweave.spec import GraphSpec, dump_graph, parse_graph
 
-PROFILES = ("default", "laptop")
+PROFILES = ("default", "laptop", "replicated")
 
 
 def fit_options(target: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -23,7 +25,9 @@ def fit_options(target: bool = False) -> Callable[[Callable[..., Any]], Callable
                                help="deploy even when the fit check says the graphs cannot fit")(command)
         command = click.option("--profile", type=click.Choice(PROFILES), default="default", show_default=True,
                                help="laptop: scale every CPU ask so the graphs (at autoscaling maxima) fit "
-                                    f"--num-cpus, default {LAPTOP_CPUS:g}")(command)
+                                    f"--num-cpus, default {LAPTOP_CPUS:g}; replicated: every model inside the "
+                                    "ingress, one ingress replica per core of this machine (with --direct-ingress "
+                                    "the fastest layout measured on one CPU machine)")(command)
         if target:
             command = click.option("--address", default=None,
                                    help="check the fit against the live Ray cluster at this address")(command)
@@ -37,6 +41,13 @@ def fit_options(target: bool = False) -> Callable[[Callable[..., Any]], Callable
 def apply_profile(specs: Sequence[GraphSpec], profile: str, num_cpus: float | None,
                   echo: bool = False) -> tuple[list[GraphSpec], str]:
     """Specs for ``profile`` and a one-line note of what it changed ("" when nothing); ``echo`` prints it."""
+    if profile == "replicated":
+        replicas = os.cpu_count() or 1
+        out = [parse_graph(every_model_in_the_ingress(dump_graph(spec), replicas), spec.name) for spec in specs]
+        note = f"profile replicated: every model inside the ingress, {replicas} ingress replica(s)"
+        if echo:
+            click.echo(f"modelweave: {note}", err=True)
+        return out, note
     if profile != "laptop":
         return list(specs), ""
     cpus = num_cpus or LAPTOP_CPUS

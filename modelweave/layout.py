@@ -23,6 +23,7 @@ to every :class:`~modelweave.checker.CheckedGraph`, and the Serve builder, the i
 
 from __future__ import annotations
 
+import copy
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -263,3 +264,26 @@ def model_node_dicts(node: Any) -> Iterator[dict[str, Any]]:
         for item in node:
             yield from model_node_dicts(item)
 
+
+
+def every_model_in_the_ingress(data: dict[str, Any], replicas: int | None = None) -> dict[str, Any]:
+    """A copy of graph ``data`` (plain data) with every model node inside the ingress.
+
+    Each model node becomes ``deployment: {inline: true}``, keeping its ``batching`` (in-process
+    dynamic batching); its other deployment settings (replicas, CPUs, autoscaling, group) go,
+    since they are a deployment's, not the ingress's. With ``replicas`` the ingress runs that many
+    replicas (autoscaling dropped), each a whole copy of the graph: no model hop, and no
+    interpreter shared between them. On one CPU machine with ``modelweave run --direct-ingress``
+    that was the fastest layout measured (README, "Performance"); it gives up what separate
+    deployments are for: per-model scaling, GPUs and fault isolation.
+    """
+    out: dict[str, Any] = copy.deepcopy(data)
+    for node in model_node_dicts(out.get("flow")):
+        settings = node.get("deployment")
+        batching = settings.get("batching") if isinstance(settings, dict) else None
+        node["deployment"] = {"inline": True, **({"batching": batching} if batching is not None else {})}
+    if replicas is not None:
+        ingress = out.setdefault("ingress", {})
+        ingress.pop("autoscaling_config", None)
+        ingress["num_replicas"] = max(1, replicas)
+    return out

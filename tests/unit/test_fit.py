@@ -72,3 +72,25 @@ def test_nodes_from_ray_keeps_alive_nodes_and_custom_resources() -> None:
            {"Alive": False, "Resources": {"CPU": 8.0}},
            {"Alive": True, "Resources": {"CPU": 1.0, "GPU": 1.0, "accelerator_type:T4": 1.0}}]
     assert nodes_from_ray(raw) == [NodeCapacity(cpus=3.0, resources={"slot": 2.0}), NodeCapacity(cpus=1.0, gpus=1.0)]
+
+
+def test_replicated_profile_puts_every_model_in_the_ingress_with_a_replica_per_core(monkeypatch) -> None:
+    import os
+
+    from modelweave.checker import check_graph
+    from modelweave.cli_cluster import apply_profile
+    from modelweave.layout import hop_paths
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 3)
+    triage = load_graph(EXAMPLES / "triage.yaml")
+    assert max(p.serve_hops for p in hop_paths(check_graph(triage))) > 0
+    (spec,), note = apply_profile([triage], "replicated", None)
+    assert "3 ingress replica(s)" in note
+    assert spec.ingress.num_replicas == 3 and spec.ingress.autoscaling_config is None
+    checked = check_graph(spec)
+    assert not checked.layout.deployments and max(p.serve_hops for p in hop_paths(checked)) == 0
+    # Everything else stays: the same nodes, and each model's in-process batching.
+    assert spec.name == triage.name and spec.ingress.admission == triage.ingress.admission
+    before = {name: n.deployment.batching for name, n in check_graph(triage).models.items()}
+    assert {name: n.deployment.batching for name, n in checked.models.items()} == before
+    assert all(n.deployment.inline is True for n in checked.models.values())
