@@ -64,7 +64,7 @@ from throughput_batch import batch_job, batch_table, plain_loop  # noqa: E402
 
 from modelweave.layout import every_model_in_the_ingress, model_node_dicts  # noqa: E402
 from modelweave.ports import free_port  # noqa: E402
-from modelweave.serving import apply_serve_env, direct_ingress_env, ingress_replicas  # noqa: E402
+from modelweave.serving import apply_serve_env, direct_ingress_env  # noqa: E402
 from modelweave.spec import parse_graph  # noqa: E402
 
 LAYOUTS = ("per-model", "default", "colocated", "ingress-only")
@@ -374,7 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         port = free_port()
         # Every ingress replica of every layout binds these two ports (the kernel spreads the clients'
         # connections over them); the ranges need a slot per replica of the most replicated layout.
-        replicas = max(ingress_replicas(parse_graph(layout_graph(base, layout, groups), layout))
+        replicas = max(parse_graph(layout_graph(base, layout, groups), layout).ingress.most_replicas()
                        for layout in opts.layouts.split(","))
         os.environ.update(direct_ingress_env(port, free_port(), replicas))
     ray.init(address="local", num_cpus=opts.num_cpus, include_dashboard=False, log_to_driver=False,

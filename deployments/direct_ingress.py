@@ -102,12 +102,10 @@ def rebind_after_crash(module: Any = None, environ: dict[str, str] | None = None
     if not getattr(module, "RAY_SERVE_ENABLE_DIRECT_INGRESS", False):
         return False
     ports = shared_ports(environ)
-    wrapped = False
     for name, port, probe in (("start_asgi_http_server", ports and ports[0], True),
                               ("start_grpc_server", ports and ports[1], False)):
         original = getattr(module, name, None)
         if getattr(original, _MARK, False):
-            wrapped = wrapped or name == "start_asgi_http_server"
             continue
         if name == "start_grpc_server" and port is None:
             continue  # nothing to change: Serve's gRPC servers already set SO_REUSEADDR
@@ -117,8 +115,7 @@ def rebind_after_crash(module: Any = None, environ: dict[str, str] | None = None
                            "its port blocked until restart", name)
             continue
         setattr(module, name, _wrap(original, port, probe))
-        wrapped = wrapped or name == "start_asgi_http_server"
-    return wrapped
+    return bool(getattr(getattr(module, "start_asgi_http_server", None), _MARK, False))
 
 
 __all__ = ["rebind_after_crash", "refuse_if_listening", "shared_ports"]

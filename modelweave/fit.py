@@ -72,11 +72,11 @@ class FitReport:
 
 def _ask(name: str, settings: ServeSettings) -> Ask:
     auto = settings.autoscaling_config
+    high = settings.most_replicas()
     if auto is not None:
         low = auto.initial_replicas if auto.initial_replicas is not None else auto.min_replicas
-        high = auto.max_replicas
     else:
-        low = high = settings.num_replicas or 1
+        low = high
     actor = settings.ray_actor_options
     per_node = settings.max_replicas_per_node if isinstance(settings, DeploymentSettings) else None
     return Ask(name=name, num_cpus=actor.num_cpus, num_gpus=actor.num_gpus, min_replicas=low, max_replicas=high,

@@ -265,7 +265,6 @@ def model_node_dicts(node: Any) -> Iterator[dict[str, Any]]:
             yield from model_node_dicts(item)
 
 
-
 def every_model_in_the_ingress(data: dict[str, Any], replicas: int | None = None) -> dict[str, Any]:
     """A copy of graph ``data`` (plain data) with every model node inside the ingress.
 

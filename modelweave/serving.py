@@ -81,12 +81,6 @@ def direct_ingress_problem(graphs: Sequence[GraphSpec], address: str | None) -> 
     return None
 
 
-def ingress_replicas(graph: GraphSpec) -> int:
-    """The most ingress replicas ``graph`` can run at once (autoscaling's ``max_replicas``)."""
-    auto = graph.ingress.autoscaling_config
-    return auto.max_replicas if auto is not None else (graph.ingress.num_replicas or 1)
-
-
 def direct_ingress_env(http_port: int, grpc_port: int, replicas: int = 1) -> dict[str, str]:
     """Serve's settings that make every ingress replica listen on ``http_port`` and ``grpc_port``.
 
@@ -165,7 +159,7 @@ def start_serving(graphs: list[GraphSpec], *, host: str, http_port: int, grpc_po
         log("modelweave: starting an embedded Ray cluster ...")
         apply_serve_env()
         if direct_ingress:
-            os.environ.update(direct_ingress_env(http_port, grpc_port, max(ingress_replicas(g) for g in graphs)))
+            os.environ.update(direct_ingress_env(http_port, grpc_port, max(g.ingress.most_replicas() for g in graphs)))
             http_port, grpc_port = free_port(), free_port()
         ctx = ray.init(address="local", namespace="modelweave", include_dashboard=True, dashboard_host=host,
                        dashboard_port=dashboard_port, num_cpus=embedded_num_cpus(num_cpus),

@@ -104,6 +104,11 @@ class ServeSettings(_Strict):
         """Serve's ``max_queued_requests`` for this deployment (see :func:`queue_bound`)."""
         return queue_bound(self)
 
+    def most_replicas(self) -> int:
+        """The most replicas this deployment runs at once (autoscaling's ``max_replicas``)."""
+        auto = self.autoscaling_config
+        return auto.max_replicas if auto is not None else (self.num_replicas or 1)
+
 
 class DeploymentSettings(ServeSettings):
     """Serve settings of one model node's deployment.
@@ -202,6 +207,4 @@ def queue_bound(settings: ServeSettings) -> int:
     """
     if settings.max_queued_requests is not None:
         return settings.max_queued_requests
-    auto = settings.autoscaling_config
-    replicas = auto.max_replicas if auto is not None else (settings.num_replicas or 1)
-    return settings.max_ongoing_requests * replicas
+    return settings.max_ongoing_requests * settings.most_replicas()

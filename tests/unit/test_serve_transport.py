@@ -115,7 +115,7 @@ def _graph(ingress: dict[str, Any] | None = None, name: str = "g") -> Any:
 
 
 def test_direct_ingress_takes_one_graph_on_an_embedded_ray_with_any_number_of_ingress_replicas():
-    from modelweave.serving import direct_ingress_problem, ingress_replicas
+    from modelweave.serving import direct_ingress_problem
 
     assert direct_ingress_problem([_graph()], None) is None
     assert direct_ingress_problem([_graph({"num_replicas": 3})], None) is None
@@ -123,7 +123,7 @@ def test_direct_ingress_takes_one_graph_on_an_embedded_ray_with_any_number_of_in
     assert "one graph (got 2)" in (direct_ingress_problem([_graph(), _graph(name="h")], None) or "")
     autoscaled = _graph({"autoscaling_config": {"min_replicas": 1, "max_replicas": 4}})
     assert direct_ingress_problem([autoscaled], None) is None
-    assert [ingress_replicas(g) for g in (_graph(), _graph({"num_replicas": 3}), autoscaled)] == [1, 3, 4]
+    assert [g.ingress.most_replicas() for g in (_graph(), _graph({"num_replicas": 3}), autoscaled)] == [1, 3, 4]
 
 
 def test_direct_ingress_ranges_hold_a_slot_per_replica_and_every_replica_shares_the_first_ports():
