@@ -132,14 +132,17 @@ class GraphIngress:
 
     def __del__(self) -> None:
         # Serve calls this when it stops the replica, on its event loop: send the state writes
-        # still waiting for a carrier (cache stores, feedback deltas) and export the spans
-        # still queued.
+        # still waiting for a carrier (cache stores, feedback deltas), export the spans still
+        # queued and hand the summed metric counts to Ray.
         link = getattr(self, "_state_link", None)
         if link is not None:
             link.flush_now()
         tracer = getattr(self, "tracer", None)
         if tracer is not None:
             tracer.flush()
+        metrics = getattr(self, "metrics", None)
+        if metrics is not None and isinstance(metrics.sink, RayMetricsSink):
+            metrics.sink.close()  # the counts summed since the last hand-over
 
     # -- shared -----------------------------------------------------------------------
 
