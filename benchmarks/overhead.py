@@ -213,6 +213,8 @@ class Sample:
     wall_s: float = 0.0
     #: CPU seconds (user + system) spent by each role's processes during the phase.
     cpu_s: dict[str, float] = field(default_factory=dict)
+    #: Each merged round on its own (requests, CPU seconds by role), for the per-round spread.
+    rounds: list[tuple[int, dict[str, float]]] = field(default_factory=list)
 
     def extend(self, other: Sample) -> None:
         """Merges another round of the same phase."""
@@ -220,6 +222,15 @@ class Sample:
         self.wall_s += other.wall_s
         for role, seconds in other.cpu_s.items():
             self.cpu_s[role] = self.cpu_s.get(role, 0.0) + seconds
+        self.rounds.append((len(other.latencies), dict(other.cpu_s)))
+
+    def round_cpu_us(self, *roles: str) -> list[float]:
+        """:meth:`cpu_us` of each merged round, in order."""
+        out = []
+        for requests, cpu_s in self.rounds:
+            picked = roles or tuple(cpu_s)
+            out.append(sum(cpu_s.get(r, 0.0) for r in picked) / requests * 1e6 if requests else 0.0)
+        return out
 
     def cpu_us(self, *roles: str) -> float:
         """CPU microseconds per request spent by ``roles`` (all roles when none given)."""
@@ -576,7 +587,7 @@ async def profile_run(n: int, http_base: str, opts: Options, out_dir: pathlib.Pa
 
 def table(results: dict[Key, Sample], opts: Options) -> str:
     """The results as a fixed-width table with modelweave/hand-written ratios."""
-    header = f"{'path':<7}{'N':>3}  {'metric':<26}{'hand-written':>13}{'modelweave':>12}{'mw/hw':>8}"
+    header = f"{'path':<7}{'N':>3}  {'metric':<26}{'hand-written':>13}{'modelweave':>12}{'mw/hw':>8}  rounds mw/hw"
     lines = [header, "-" * len(header)]
     metrics: list[tuple[str, str, Callable[[Sample], float]]] = [
         ("seq", "seq p50 (ms)", lambda s: s.pct_ms(0.50)),
@@ -588,6 +599,11 @@ def table(results: dict[Key, Sample], opts: Options) -> str:
         ("conc", "conc CPU ingress (us/req)", lambda s: s.cpu_us("ingress")),
         ("conc", "conc CPU serve (us/req)", lambda s: s.cpu_us("proxy", "ingress", "models")),
     ]
+    # The CPU rows also show the lowest and highest ratio of one round against the other side's
+    # round run next to it: how far the machine moved the ratio within this run.
+    roles_of: dict[str, tuple[str, ...]] = {
+        "seq CPU ingress (us/req)": ("ingress",), "seq CPU serve (us/req)": ("proxy", "ingress", "models"),
+        "conc CPU ingress (us/req)": ("ingress",), "conc CPU serve (us/req)": ("proxy", "ingress", "models")}
     for path in opts.paths:
         for n in opts.sizes:
             for phase, label, fn in metrics:
@@ -597,9 +613,19 @@ def table(results: dict[Key, Sample], opts: Options) -> str:
                     continue
                 a, b = fn(hw), fn(mw)
                 ratio = b / a if a else float("nan")
-                lines.append(f"{path:<7}{n:>3}  {label:<26}{a:>13.1f}{b:>12.1f}{ratio:>8.2f}")
+                spread = round_spread(hw, mw, roles_of.get(label)) if label in roles_of else ""
+                lines.append(f"{path:<7}{n:>3}  {label:<26}{a:>13.1f}{b:>12.1f}{ratio:>8.2f}  {spread}".rstrip())
         lines.append("")
     return "\n".join(lines)
+
+
+def round_spread(hw: Sample, mw: Sample, roles: tuple[str, ...] | None) -> str:
+    """``"min-max"`` of the per-round CPU ratios modelweave / hand-written (rounds paired in order)."""
+    ratios = [b / a for a, b in zip(hw.round_cpu_us(*(roles or ())), mw.round_cpu_us(*(roles or ())), strict=False)
+              if a > 0]
+    if len(ratios) < 2:
+        return ""
+    return f"{min(ratios):.2f}-{max(ratios):.2f}"
 
 
 def print_inprocess(sizes: list[int]) -> None:
