@@ -226,18 +226,11 @@ class Sample:
 
     def round_cpu_us(self, *roles: str) -> list[float]:
         """:meth:`cpu_us` of each merged round, in order."""
-        out = []
-        for requests, cpu_s in self.rounds:
-            picked = roles or tuple(cpu_s)
-            out.append(sum(cpu_s.get(r, 0.0) for r in picked) / requests * 1e6 if requests else 0.0)
-        return out
+        return [_per_request_us(cpu_s, requests, roles) for requests, cpu_s in self.rounds]
 
     def cpu_us(self, *roles: str) -> float:
         """CPU microseconds per request spent by ``roles`` (all roles when none given)."""
-        if not self.latencies:
-            return 0.0
-        picked = roles or tuple(self.cpu_s)
-        return sum(self.cpu_s.get(r, 0.0) for r in picked) / len(self.latencies) * 1e6
+        return _per_request_us(self.cpu_s, len(self.latencies), roles)
 
     def pct_ms(self, q: float) -> float:
         """The ``q``-quantile latency in milliseconds (nearest rank)."""
@@ -247,6 +240,13 @@ class Sample:
     def rps(self) -> float:
         """Completed requests per second of wall time."""
         return len(self.latencies) / self.wall_s if self.wall_s else 0.0
+
+
+def _per_request_us(cpu_s: dict[str, float], requests: int, roles: tuple[str, ...]) -> float:
+    """CPU microseconds per request of ``roles`` (all roles when empty) in ``cpu_s``."""
+    if not requests:
+        return 0.0
+    return sum(cpu_s.get(r, 0.0) for r in roles or tuple(cpu_s)) / requests * 1e6
 
 
 Call = Callable[[], Awaitable[None]]
@@ -589,40 +589,36 @@ def table(results: dict[Key, Sample], opts: Options) -> str:
     """The results as a fixed-width table with modelweave/hand-written ratios."""
     header = f"{'path':<7}{'N':>3}  {'metric':<26}{'hand-written':>13}{'modelweave':>12}{'mw/hw':>8}  rounds mw/hw"
     lines = [header, "-" * len(header)]
-    metrics: list[tuple[str, str, Callable[[Sample], float]]] = [
-        ("seq", "seq p50 (ms)", lambda s: s.pct_ms(0.50)),
-        ("seq", "seq p99 (ms)", lambda s: s.pct_ms(0.99)),
-        ("conc", f"{opts.concurrency} conc req/s", Sample.rps),
-        ("conc", f"{opts.concurrency} conc p50 (ms)", lambda s: s.pct_ms(0.50)),
-        ("seq", "seq CPU ingress (us/req)", lambda s: s.cpu_us("ingress")),
-        ("seq", "seq CPU serve (us/req)", lambda s: s.cpu_us("proxy", "ingress", "models")),
-        ("conc", "conc CPU ingress (us/req)", lambda s: s.cpu_us("ingress")),
-        ("conc", "conc CPU serve (us/req)", lambda s: s.cpu_us("proxy", "ingress", "models")),
+    ingress, serve = ("ingress",), ("proxy", "ingress", "models")
+    # (phase, label, value, roles of a CPU row). CPU rows also show the lowest and highest ratio
+    # of one round against the other side's round run next to it: how far the machine moved the
+    # ratio within this run.
+    metrics: list[tuple[str, str, Callable[[Sample], float], tuple[str, ...] | None]] = [
+        ("seq", "seq p50 (ms)", lambda s: s.pct_ms(0.50), None),
+        ("seq", "seq p99 (ms)", lambda s: s.pct_ms(0.99), None),
+        ("conc", f"{opts.concurrency} conc req/s", Sample.rps, None),
+        ("conc", f"{opts.concurrency} conc p50 (ms)", lambda s: s.pct_ms(0.50), None),
+        *((phase, f"{phase} CPU {name} (us/req)", lambda s, r=roles: s.cpu_us(*r), roles)
+          for phase in ("seq", "conc") for name, roles in (("ingress", ingress), ("serve", serve))),
     ]
-    # The CPU rows also show the lowest and highest ratio of one round against the other side's
-    # round run next to it: how far the machine moved the ratio within this run.
-    roles_of: dict[str, tuple[str, ...]] = {
-        "seq CPU ingress (us/req)": ("ingress",), "seq CPU serve (us/req)": ("proxy", "ingress", "models"),
-        "conc CPU ingress (us/req)": ("ingress",), "conc CPU serve (us/req)": ("proxy", "ingress", "models")}
     for path in opts.paths:
         for n in opts.sizes:
-            for phase, label, fn in metrics:
+            for phase, label, fn, roles in metrics:
                 hw = results.get((path, n, phase, "hand-written"))
                 mw = results.get((path, n, phase, "modelweave"))
                 if hw is None or mw is None:
                     continue
                 a, b = fn(hw), fn(mw)
                 ratio = b / a if a else float("nan")
-                spread = round_spread(hw, mw, roles_of.get(label)) if label in roles_of else ""
+                spread = round_spread(hw, mw, roles) if roles is not None else ""
                 lines.append(f"{path:<7}{n:>3}  {label:<26}{a:>13.1f}{b:>12.1f}{ratio:>8.2f}  {spread}".rstrip())
         lines.append("")
     return "\n".join(lines)
 
 
-def round_spread(hw: Sample, mw: Sample, roles: tuple[str, ...] | None) -> str:
+def round_spread(hw: Sample, mw: Sample, roles: tuple[str, ...]) -> str:
     """``"min-max"`` of the per-round CPU ratios modelweave / hand-written (rounds paired in order)."""
-    ratios = [b / a for a, b in zip(hw.round_cpu_us(*(roles or ())), mw.round_cpu_us(*(roles or ())), strict=False)
-              if a > 0]
+    ratios = [b / a for a, b in zip(hw.round_cpu_us(*roles), mw.round_cpu_us(*roles), strict=False) if a > 0]
     if len(ratios) < 2:
         return ""
     return f"{min(ratios):.2f}-{max(ratios):.2f}"
