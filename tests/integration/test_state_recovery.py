@@ -85,16 +85,28 @@ def _actor(name: str) -> Any:
     return ray.get_actor(name, namespace="modelweave")
 
 
-def _pid(actor: Any) -> int:
+def _ask(call: Any) -> Any:
+    """``ray.get(call())``, asked again while the actor is restarting (Ray 2.60 fails such a call
+    at once with ``ActorUnavailableError`` instead of queueing it), for up to 30 s."""
     import ray
+    from ray.exceptions import ActorUnavailableError
 
-    return int(ray.get(actor.__ray_call__.remote(lambda _self: os.getpid()), timeout=30))
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            return ray.get(call(), timeout=30)
+        except ActorUnavailableError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def _pid(actor: Any) -> int:
+    return int(_ask(lambda: actor.__ray_call__.remote(lambda _self: os.getpid())))
 
 
 def _stats(actor: Any) -> dict[str, Any]:
-    import ray
-
-    stats: dict[str, Any] = ray.get(actor.stats.remote(), timeout=30)
+    stats: dict[str, Any] = _ask(actor.stats.remote)
     return stats
 
 
