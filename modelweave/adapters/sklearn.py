@@ -128,9 +128,14 @@ class SklearnClassifier(ModelAdapter):
             )
         self.labels = list(self.params.labels or classes)
         self._estimator = estimator
-        # Text pipelines: the same fitted objects without scikit-learn's per-call checks, when
-        # it gives identical probabilities (see modelweave.adapters.sklearn_direct).
-        self._direct = direct_predict_proba(estimator) if self.params.input == "Text" else None
+        # Text pipelines: TF-IDF -> logistic regression computed on each text's own features
+        # (modelweave.adapters.sklearn_tfidf; probabilities within 1e-12 of predict_proba), else
+        # the same fitted objects without scikit-learn's per-call checks when that gives identical
+        # probabilities (modelweave.adapters.sklearn_direct), else predict_proba itself.
+        from modelweave.adapters.sklearn_tfidf import compile_tfidf_linear  # numpy at import: load time only
+
+        self._direct = (compile_tfidf_linear(estimator) or direct_predict_proba(estimator)
+                        if self.params.input == "Text" else None)
 
     def predict_proba(self, inputs: Any) -> np.ndarray:
         """Temperature-scaled class probabilities for raw inputs (strings or a 2-D array)."""
