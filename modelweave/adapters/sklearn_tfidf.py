@@ -151,7 +151,9 @@ def _plan(estimator: Any) -> tuple[list[_Vectorizer], np.ndarray, np.ndarray] | 
                 or _custom_output(part):
             return None
         tfidf = type(part) is TfidfVectorizer
-        vocabulary = dict(part.vocabulary_)
+        vocabulary = part.vocabulary_  # the fitted dict itself: a copy would cost ~10 MB per 200k features
+        if type(vocabulary) is not dict:
+            return None
         vectorizers.append(_Vectorizer(
             analyze=part.build_analyzer(), vocabulary=vocabulary, offset=offset, binary=bool(part.binary),
             sublinear=bool(tfidf and part.sublinear_tf),

@@ -171,6 +171,8 @@ def out_of_fold(data_dir: Path, folds: int = 5, progress: bool = True) -> OutOfF
     from modelweave.apps.triage import artifacts as art
     from modelweave.apps.triage.prepare import RECIPE
 
+    # The served temperatures: read first, so an unprepared directory fails before ~20 minutes of training.
+    manifest = art.read_manifest(art.artifacts_dir(data_dir))["calibration"]
     messages = data.support_dev()
     assignment = fold_of(messages, folds)
     train = data.tweets("train")
@@ -193,7 +195,6 @@ def out_of_fold(data_dir: Path, folds: int = 5, progress: bool = True) -> OutOfF
         if not np.array_equal(saved["index"], held_idx):
             raise RuntimeError(f"{path}: cached fold rows differ from the current split; delete {cache}")
         cheap[held_idx], expensive[held_idx] = saved["cheap"], saved["expensive"]
-    manifest = art.read_manifest(art.artifacts_dir(data_dir))["calibration"]
     return OutOfFold(
         cheap=apply_temperature(cheap, manifest["tfidf_support_temperature"]),
         expensive=apply_temperature(expensive, manifest["finetuned_temperature"]),
