@@ -12,67 +12,46 @@ import pytest
 from modelweave.adapters.sklearn import SklearnClassifier
 from modelweave.adapters.sklearn_direct import direct_predict_proba
 from modelweave.codecs import message_from_text
+from tests.unit.adapters.text_pipelines import fit, union_pipeline
+from tests.unit.adapters.text_pipelines import texts as sample_texts
 
 sklearn = pytest.importorskip("sklearn")
 joblib = pytest.importorskip("joblib")
 
 from sklearn.feature_extraction.text import CountVectorizer, TfidfTransformer, TfidfVectorizer  # noqa: E402
 from sklearn.linear_model import LogisticRegression  # noqa: E402
-from sklearn.pipeline import FeatureUnion, Pipeline, make_pipeline  # noqa: E402
-
-_WORDS = ["late", "broken", "refund", "great", "thanks", "order", "where", "not", "good", "déçu", "colis", "😀",
-          "fast", "support", "!", "?", "123", "#notcool"]
-_LABELS = ["negative", "positive", "neutral"]
-
-
-def _texts(n: int, seed: int) -> list[str]:
-    rng = random.Random(seed)
-    return [" ".join(rng.choice(_WORDS) for _ in range(rng.randint(0, 12))) for _ in range(n)]
-
-
-def _fit(pipe: Any) -> Any:
-    texts = _texts(300, 1)
-    labels = [_LABELS[(len(t) + t.count("e")) % 3] for t in texts]
-    return pipe.fit(texts, labels)
-
-
-def _union_pipeline(**union: Any) -> Pipeline:
-    """The triage TF-IDF tier's shape: word and character TF-IDF side by side, then a classifier."""
-    features = FeatureUnion([("word", TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)),
-                             ("char", TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True))],
-                            **union)
-    return _fit(Pipeline([("features", features), ("lr", LogisticRegression(C=4.0, max_iter=2000))]))
+from sklearn.pipeline import make_pipeline  # noqa: E402
 
 
 @pytest.mark.parametrize("build", [
-    _union_pipeline,
-    lambda: _fit(make_pipeline(TfidfVectorizer(), LogisticRegression(max_iter=1000))),
-    lambda: _fit(make_pipeline(CountVectorizer(), TfidfTransformer(), LogisticRegression(max_iter=1000))),
+    union_pipeline,
+    lambda: fit(make_pipeline(TfidfVectorizer(), LogisticRegression(max_iter=1000))),
+    lambda: fit(make_pipeline(CountVectorizer(), TfidfTransformer(), LogisticRegression(max_iter=1000))),
 ], ids=["feature-union", "vectoriser", "two-transforms"])
 def test_the_direct_path_gives_the_estimators_probabilities(build: Any) -> None:
     pipe = build()
     direct = direct_predict_proba(pipe)
     assert direct is not None
     for seed in range(5):
-        texts = _texts(random.Random(seed).randint(1, 40), seed + 10)
+        texts = sample_texts(random.Random(seed).randint(1, 40), seed + 10)
         assert np.array_equal(direct(texts), pipe.predict_proba(texts))
     assert np.array_equal(direct(["x"]), pipe.predict_proba(["x"]))  # one text, as online
 
 
 def test_shapes_it_does_not_handle_keep_scikit_learns_own_path() -> None:
-    assert direct_predict_proba(_union_pipeline(transformer_weights={"word": 2.0, "char": 1.0})) is None
-    dropped = _union_pipeline()
+    assert direct_predict_proba(union_pipeline(union={"transformer_weights": {"word": 2.0, "char": 1.0}})) is None
+    dropped = union_pipeline()
     dropped.set_params(features__char="drop")
     assert direct_predict_proba(dropped) is None
     assert direct_predict_proba(LogisticRegression()) is None  # not a pipeline
-    scaled = _union_pipeline()
+    scaled = union_pipeline()
     # What set_output(transform="pandas") records (text vectorisers do not offer set_output themselves).
     scaled.named_steps["features"]._sklearn_output_config = {"transform": "pandas"}
     assert direct_predict_proba(scaled) is None
 
 
 def test_a_path_that_would_differ_on_the_probes_is_not_used() -> None:
-    pipe = _union_pipeline()
+    pipe = union_pipeline()
     assert direct_predict_proba(pipe, probes=["great thanks", "late broken refund"]) is not None
     original = pipe.predict_proba
     # Something the plain calls would miss (a subclass's own predict_proba): the probes catch it.
@@ -81,13 +60,13 @@ def test_a_path_that_would_differ_on_the_probes_is_not_used() -> None:
 
 
 def test_the_adapter_uses_it_for_text_and_answers_as_before(tmp_path: Path) -> None:
-    pipe = _union_pipeline()
+    pipe = union_pipeline()
     path = tmp_path / "tfidf.joblib"
     joblib.dump(pipe, path)
     clf = SklearnClassifier(model_path=str(path), model_name="tfidf")
     clf.load()
     assert clf._direct is not None
-    texts = _texts(50, 7)
+    texts = sample_texts(50, 7)
     out = clf.predict([message_from_text(t or "x") for t in texts])
     expected = pipe.predict_proba([t or "x" for t in texts])
     for got, row in zip(out, expected, strict=True):
