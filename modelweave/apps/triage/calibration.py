@@ -18,6 +18,9 @@ if TYPE_CHECKING:
 #: escalating everything; the smallest such threshold wins (fewest escalations).
 CASCADE_TOLERANCE = 0.003
 
+#: The cheap tier's ensemble weights :func:`fit_ensemble_weight` tries: 0.00, 0.05, .. 1.00.
+ENSEMBLE_WEIGHTS: tuple[float, ...] = tuple(round(i * 0.05, 2) for i in range(21))
+
 
 def label_indices(labels: Sequence[str], classes: Sequence[str]) -> np.ndarray:
     """Maps label strings to column indices of ``classes``."""
@@ -53,10 +56,7 @@ def fit_ensemble_weight(cheap: np.ndarray, expensive: np.ndarray, y: np.ndarray)
 
     Ties go to the weight nearest 0.5 (the plain average), which generalises best.
     """
-    import numpy as np
-
-    grid = np.round(np.linspace(0.0, 1.0, 21), 2)
-    scores = [(accuracy(w * cheap + (1 - w) * expensive, y), -abs(w - 0.5), float(w)) for w in grid]
+    scores = [(accuracy(w * cheap + (1 - w) * expensive, y), -abs(w - 0.5), w) for w in ENSEMBLE_WEIGHTS]
     return max(scores)[2]
 
 

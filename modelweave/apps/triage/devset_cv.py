@@ -35,9 +35,6 @@ import numpy as np
 from modelweave.apps.triage import calibration as cal
 from modelweave.apps.triage import data
 
-#: Ensemble weights of the TF-IDF tier swept in the report (the graph's ``mean`` aggregate).
-WEIGHT_GRID: tuple[float, ...] = tuple(float(w) for w in np.round(np.linspace(0.0, 1.0, 21), 2))
-
 
 def fold_of(messages: Sequence[data.SupportMessage], folds: int) -> np.ndarray:
     """Fold index per message: rank by the keyed text hash, dealt round-robin (balanced, seeded).
@@ -105,7 +102,7 @@ def report(oof: OutOfFold, current_weight: float, current_cap: float) -> dict[st
         "cheap_accuracy": cal.accuracy(oof.cheap, oof.y),
         "expensive_accuracy": cal.accuracy(oof.expensive, oof.y),
         "ensemble_accuracy_by_weight": {
-            w: cal.accuracy(w * oof.cheap + (1 - w) * oof.expensive, oof.y) for w in WEIGHT_GRID
+            w: cal.accuracy(w * oof.cheap + (1 - w) * oof.expensive, oof.y) for w in cal.ENSEMBLE_WEIGHTS
         },
         "chosen_weight": weight,
     }
@@ -148,9 +145,8 @@ def _fold_predictions(recipe: dict[str, Any], train: list[data.Tweet], head_trai
             raise RuntimeError(f"TF-IDF classes {list(tier.classes_)} != {list(data.LABELS)}")
         cheap = tier.predict_proba(texts)
         tuned = recipe["finetune"]
-        rows = [(x.text, x.label) for x in head_train] + [(m.text, m.label) for m in fit] * tuned["support_repeats"]
-        labels = cal.label_indices([label for _, label in rows], data.LABELS).tolist()
-        model = finetune.train([text for text, _ in rows], labels, tuned, progress=progress)
+        model = finetune.train(*finetune.training_rows(head_train, fit, tuned["support_repeats"]), tuned,
+                               progress=progress)
         fp32, int8 = Path(scratch) / "fp32.onnx", Path(scratch) / "int8.onnx"
         finetune.export_onnx(model, fp32)
         # prepare keeps int8 (manifest "precision"); the fold models are scored the same way.
@@ -161,7 +157,7 @@ def _fold_predictions(recipe: dict[str, Any], train: list[data.Tweet], head_trai
     return cheap, expensive
 
 
-def out_of_fold(data_dir: Path, folds: int = 5, progress: bool = True) -> OutOfFold:
+def out_of_fold(data_dir: Path | None, folds: int = 5, progress: bool = True) -> OutOfFold:
     """Trains both tiers once per fold (cached per fold) and returns calibrated out-of-fold predictions.
 
     Temperatures are the served ones (the manifest's, fitted on validation tweets), so the
@@ -172,13 +168,14 @@ def out_of_fold(data_dir: Path, folds: int = 5, progress: bool = True) -> OutOfF
     from modelweave.apps.triage.prepare import RECIPE
 
     # The served temperatures: read first, so an unprepared directory fails before ~20 minutes of training.
-    manifest = art.read_manifest(art.artifacts_dir(data_dir))["calibration"]
+    directory = art.artifacts_dir(data_dir)
+    manifest = art.read_manifest(directory)["calibration"]
     messages = data.support_dev()
     assignment = fold_of(messages, folds)
     train = data.tweets("train")
     head_train = sorted(train, key=lambda t: data.order_key(t.text))[: RECIPE["head"]["train_size"]]
     key = cache_key(RECIPE, folds, RECIPE["head"]["train_size"])
-    cache = art.artifacts_dir(data_dir).parent / "triage-devset-cv" / key
+    cache = directory.parent / "triage-devset-cv" / key
     cache.mkdir(parents=True, exist_ok=True)
     cheap = np.zeros((len(messages), len(data.LABELS)))
     expensive = np.zeros_like(cheap)

@@ -325,6 +325,22 @@ def build(
     }
 
 
+def training_rows(train: Sequence[Any], support: Sequence[Any], repeats: int) -> tuple[list[str], list[int]]:
+    """The fine-tune's training set: ``(texts, label indices)`` of the tweets, then the support messages
+    repeated ``repeats`` times (:func:`train` shuffles, seeded), as ``prepare`` builds it.
+
+    Args:
+        train: Training tweets (``text``, ``label``).
+        support: Support development messages (``text``, ``label``).
+        repeats: How many times each support message appears (``RECIPE["finetune"]["support_repeats"]``).
+    """
+    from modelweave.apps.triage import calibration as cal
+    from modelweave.apps.triage import data
+
+    rows = [(x.text, x.label) for x in train] + [(m.text, m.label) for m in support] * repeats
+    return [text for text, _ in rows], cal.label_indices([label for _, label in rows], data.LABELS).tolist()
+
+
 def cache_inputs(recipe: dict[str, Any], limit: int | None, train_size: int) -> dict[str, Any]:
     """Everything the fine-tuned model depends on (``finetune.inputs`` in the manifest), as plain JSON."""
     from modelweave.apps.triage import data

@@ -355,10 +355,8 @@ def _finetuned(
         reused["timings"] = {"reused_validate_s": round(time.perf_counter() - started, 2)}
         tuned = reused
     else:
-        # Tweets first, then the support messages repeated: finetune.train shuffles (seeded).
-        rows = [(x.text, x.label) for x in train] + [(m.text, m.label) for m in support] * recipe["support_repeats"]
-        labels = cal.label_indices([label for _, label in rows], classes).tolist()
-        tuned = finetune.build(out, ([text for text, _ in rows], labels), proba_of, y_val, recipe, progress)
+        rows = finetune.training_rows(train, support, recipe["support_repeats"])  # classes == LABELS, checked above
+        tuned = finetune.build(out, rows, proba_of, y_val, recipe, progress)
     tuned["temperature"] = cal.fit_temperature(tuned["proba"], y_val)
     tuned["max_length"] = recipe["max_length"]
     tuned["train_size"] = len(train)
