@@ -18,7 +18,10 @@ turn under each layout and driven over HTTP:
   the whole graph in every replica process, so the models share no interpreter and still make
   no hop, at the memory of one more copy of every model per replica. Not run by default
   (``--layouts ...,replicated``): it is how far the monolith goes, not a layout the mission
-  recommends where models need their own scaling or GPUs.
+  recommends where models need their own scaling or GPUs;
+* **scaled**: the file's own layout (as ``default``) with one ingress replica per core: the
+  models inside the ingress get an interpreter per core, the heavy models keep their own
+  deployments. Not run by default either.
 
 For each layout: a warm-up, ``--sequential`` requests one at a time (p50 latency against
 the p50 model CPU on the request's critical path: the sum of its model spans' ``cpuMs``, the
@@ -69,7 +72,7 @@ from modelweave.spec import parse_graph  # noqa: E402
 
 LAYOUTS = ("per-model", "default", "colocated", "ingress-only")
 #: Layouts that run only when asked for (``--layouts``).
-EXTRA_LAYOUTS = ("replicated",)
+EXTRA_LAYOUTS = ("replicated", "scaled")
 
 
 def layout_graph(base: dict[str, Any], layout: str, groups: dict[str, str], transport: str = "grpc"
@@ -81,6 +84,10 @@ def layout_graph(base: dict[str, Any], layout: str, groups: dict[str, str], tran
     data = json.loads(json.dumps(base))
     if layout in ("ingress-only", "replicated"):  # what `modelweave run --profile replicated` does
         data = every_model_in_the_ingress(data, (os.cpu_count() or 1) if layout == "replicated" else None)
+    elif layout == "scaled":  # the file's own layout, one ingress replica per core
+        ingress = data.setdefault("ingress", {})
+        ingress.pop("autoscaling_config", None)
+        ingress["num_replicas"] = os.cpu_count() or 1
     data["name"] = f"{base['name']}-{layout}"
     data.setdefault("ingress", {})["transport"] = transport
     for node in model_node_dicts(data["flow"]):

@@ -48,7 +48,7 @@ class ServeCaller:
             request goes to the replica's own gRPC server and the answer comes back on the
             same call); ``actor``: Ray actor calls and the object store (Serve's default).
             Measured on the reference app (2 cores, 16 clients): gRPC cut the CPU of all
-            Ray processes from ~37 to ~31 ms per request (README, "Performance").
+            Ray processes from ~37 to ~31 ms per request (benchmarks/PERFORMANCE_LOG.md).
     """
 
     def __init__(self, handles: dict[str, Any], layout: Layout | None = None, local: LocalCaller | None = None,

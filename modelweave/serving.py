@@ -36,7 +36,7 @@ def embedded_num_cpus(requested: int | None = None) -> int:
 #: - ``RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP=0``: a deployment handle picks its replica on the
 #:   caller's loop instead of a router thread's (two more hops per model call of the ingress).
 #:
-#: Measured on the reference app (README, "Performance"): the two settings together cut each model
+#: Measured on the reference app (benchmarks/PERFORMANCE_LOG.md): the two settings together cut each model
 #: hop's wall time by 1.2-1.5 ms and the CPU of all Ray processes by 3-9 % per request.
 SERVE_ENV: dict[str, str] = {
     "RAY_SERVE_PROXY_USE_GRPC": "1",

@@ -3,7 +3,7 @@
 A ``cache`` node with ``speculate: true`` starts its body together with the lookup, so a
 miss does not wait for the lookup's round trip before the body starts (a shared cache lives in
 the graph's state actor: ~2 ms at p50 on the reference app; there a longer parallel branch hides
-it, so the reference app leaves this off, README "Performance").
+it, so the reference app leaves this off, benchmarks/PERFORMANCE_LOG.md).
 Until the lookup says "miss", the body's *side effects* must not happen: a hit throws the
 body's work away, and a feedback adjustment, a cache store or a shadow outcome made by
 thrown-away work would move shared state for a request that was answered from the cache.

@@ -5,7 +5,7 @@ Why: for one short text, scikit-learn's own machinery costs more than the model 
 transformers through joblib's ``Parallel`` even with one job, and every input check inspects
 the input's type through ``narwhals``. On the triage graph's TF-IDF tier (word and character
 TF-IDF, a logistic regression; one text per call, through the adapter) that was 1.40-1.47 ms
-of CPU per call, and 0.96-0.97 ms on this path (README, "Performance").
+of CPU per call, and 0.96-0.97 ms on this path (benchmarks/PERFORMANCE_LOG.md).
 
 The path calls the same fitted objects' own ``transform`` and ``predict_proba``, in the
 pipeline's order, under ``sklearn.config_context(skip_parameter_validation=True,
