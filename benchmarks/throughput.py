@@ -65,7 +65,7 @@ from lean_http import LeanClient  # noqa: E402  (benchmarks/ is not a package)
 from process_cpu import cpu_by_role, per_request_ms, snapshot  # noqa: E402
 from throughput_batch import batch_job, batch_table, plain_loop  # noqa: E402
 
-from modelweave.layout import every_model_in_the_ingress, model_node_dicts  # noqa: E402
+from modelweave.layout import every_model_in_the_ingress, model_node_dicts, set_ingress_replicas  # noqa: E402
 from modelweave.ports import free_port  # noqa: E402
 from modelweave.serving import apply_serve_env, direct_ingress_env  # noqa: E402
 from modelweave.spec import parse_graph  # noqa: E402
@@ -85,9 +85,7 @@ def layout_graph(base: dict[str, Any], layout: str, groups: dict[str, str], tran
     if layout in ("ingress-only", "replicated"):  # what `modelweave run --profile replicated` does
         data = every_model_in_the_ingress(data, (os.cpu_count() or 1) if layout == "replicated" else None)
     elif layout == "scaled":  # the file's own layout, one ingress replica per core
-        ingress = data.setdefault("ingress", {})
-        ingress.pop("autoscaling_config", None)
-        ingress["num_replicas"] = os.cpu_count() or 1
+        set_ingress_replicas(data, os.cpu_count() or 1)
     data["name"] = f"{base['name']}-{layout}"
     data.setdefault("ingress", {})["transport"] = transport
     for node in model_node_dicts(data["flow"]):

@@ -282,7 +282,15 @@ def every_model_in_the_ingress(data: dict[str, Any], replicas: int | None = None
         batching = settings.get("batching") if isinstance(settings, dict) else None
         node["deployment"] = {"inline": True, **({"batching": batching} if batching is not None else {})}
     if replicas is not None:
-        ingress = out.setdefault("ingress", {})
-        ingress.pop("autoscaling_config", None)
-        ingress["num_replicas"] = max(1, replicas)
+        set_ingress_replicas(out, replicas)
     return out
+
+
+def set_ingress_replicas(data: dict[str, Any], replicas: int) -> None:
+    """Makes graph ``data`` (plain data, changed in place) run ``replicas`` ingress replicas.
+
+    A fixed count replaces the ingress's autoscaling, which would otherwise decide the count.
+    """
+    ingress = data.setdefault("ingress", {})
+    ingress.pop("autoscaling_config", None)
+    ingress["num_replicas"] = max(1, replicas)
