@@ -22,8 +22,12 @@ def process_role(cmdline: str) -> str:
     """The role of one Ray process from its command line (Ray sets ``ray::<actor>`` titles).
 
     ``ray::ServeReplica:<app>:<deployment>[.<method>]`` is ``ingress`` for the ingress
-    deployment and ``replica <deployment>`` otherwise.
+    deployment and ``replica <deployment>`` otherwise; a model in a child process of the ingress
+    (``deployment.inline: process``) is ``ingress child <node>``.
     """
+    words = cmdline.split()
+    if "modelweave.process_isolation" in words:
+        return f"ingress child {words[-1]}"
     title = cmdline.strip().split(" ", 1)[0]
     if title.startswith("ray::ServeReplica:"):
         deployment = title.removeprefix("ray::ServeReplica:").split(":", 1)[-1].split(".", 1)[0]

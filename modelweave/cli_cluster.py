@@ -14,7 +14,7 @@ from modelweave.fit import LAPTOP_CPUS, NodeCapacity, check_fit, graph_asks, lap
 from modelweave.layout import every_model_in_the_ingress
 from modelweave.spec import GraphSpec, dump_graph, parse_graph
 
-PROFILES = ("default", "laptop", "replicated")
+PROFILES = ("default", "laptop", "replicated", "isolated")
 
 
 def fit_options(target: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -27,7 +27,10 @@ def fit_options(target: bool = False) -> Callable[[Callable[..., Any]], Callable
                                help="laptop: scale every CPU ask so the graphs (at autoscaling maxima) fit "
                                     f"--num-cpus, default {LAPTOP_CPUS:g}; replicated: every model inside the "
                                     "ingress, one ingress replica per core of this machine (with --direct-ingress "
-                                    "the fastest layout measured on one CPU machine)")(command)
+                                    "the fastest layout measured on one CPU machine); isolated: every model inside "
+                                    "the ingress, those the file gives a deployment of their own in child processes "
+                                    "of it (deployment.inline: process): no Serve hop, heavy models still fault-"
+                                    "isolated")(command)
         if target:
             command = click.option("--address", default=None,
                                    help="check the fit against the live Ray cluster at this address")(command)
@@ -41,10 +44,13 @@ def fit_options(target: bool = False) -> Callable[[Callable[..., Any]], Callable
 def apply_profile(specs: Sequence[GraphSpec], profile: str, num_cpus: float | None,
                   echo: bool = False) -> tuple[list[GraphSpec], str]:
     """Specs for ``profile`` and a one-line note of what it changed ("" when nothing); ``echo`` prints it."""
-    if profile == "replicated":
-        replicas = os.cpu_count() or 1
-        out = [parse_graph(every_model_in_the_ingress(dump_graph(spec), replicas), spec.name) for spec in specs]
-        note = f"profile replicated: every model inside the ingress, {replicas} ingress replica(s)"
+    if profile in ("replicated", "isolated"):
+        replicas = (os.cpu_count() or 1) if profile == "replicated" else None
+        isolate = profile == "isolated"
+        out = [parse_graph(every_model_in_the_ingress(dump_graph(spec), replicas, isolate=isolate), spec.name)
+               for spec in specs]
+        note = (f"profile replicated: every model inside the ingress, {replicas} ingress replica(s)" if not isolate
+                else "profile isolated: every model inside the ingress, the heavy ones in child processes of it")
         if echo:
             click.echo(f"modelweave: {note}", err=True)
         return out, note

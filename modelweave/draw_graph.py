@@ -100,7 +100,7 @@ def model_label(info: NodeInfo, graph: CheckedGraph) -> list[str]:
     impl = node.impl.rsplit(":", 1)[-1].rsplit(".", 1)[-1]
     home = graph.layout.home[node.name]
     if home is None:
-        return [node.name, impl, "in ingress"]
+        return [node.name, impl, graph.layout.placement(node.name)]
     d = graph.layout.deployments[home].settings
     if d.autoscaling_config:
         replicas = f"{d.autoscaling_config.min_replicas}-{d.autoscaling_config.max_replicas} replicas"

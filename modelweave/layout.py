@@ -66,11 +66,14 @@ class Layout:
         home: Deployment name per model node name; None means inside the ingress.
         runs: Runs of consecutive chain steps served by one group, by ``id`` of the run's
             first step: the executor sends each run as one call.
+        child_process: Model nodes inside the ingress that run in a child process of it
+            (``deployment.inline: process``).
     """
 
     deployments: dict[str, DeploymentPlan] = field(default_factory=dict)
     home: dict[str, str | None] = field(default_factory=dict)
     runs: dict[int, tuple[ModelNode, ...]] = field(default_factory=dict)
+    child_process: set[str] = field(default_factory=set)
 
     @property
     def inline(self) -> list[str]:
@@ -81,7 +84,7 @@ class Layout:
         """A short description of where model ``name`` runs (for describe, draw and check)."""
         home = self.home[name]
         if home is None:
-            return "in ingress"
+            return "in ingress, own process" if name in self.child_process else "in ingress"
         return f"group {home}" if self.deployments[home].group else "own deployment"
 
 
@@ -98,13 +101,15 @@ def plan_layout(graph: CheckedGraph) -> Layout:
         path = graph.model_paths[name]
         d = node.deployment
         if d.group is not None:
-            if d.inline is True:
-                raise GraphSpecError(f"{path}: deployment.inline: true contradicts deployment.group "
+            if d.inline is True or d.inline == "process":
+                raise GraphSpecError(f"{path}: deployment.inline: {str(d.inline).lower()} contradicts deployment.group "
                                      f"{d.group!r}; a node runs in the ingress or in its group, not both")
             groups.setdefault(d.group, []).append((path, node))
             layout.home[name] = d.group
         elif _inline(node, graph.info(node).blocking):
             layout.home[name] = None
+            if d.inline == "process":
+                layout.child_process.add(name)
         else:
             layout.home[name] = name
             layout.deployments[name] = DeploymentPlan(name, (name,), d)
@@ -265,7 +270,8 @@ def model_node_dicts(node: Any) -> Iterator[dict[str, Any]]:
             yield from model_node_dicts(item)
 
 
-def every_model_in_the_ingress(data: dict[str, Any], replicas: int | None = None) -> dict[str, Any]:
+def every_model_in_the_ingress(data: dict[str, Any], replicas: int | None = None, *,
+                               isolate: bool = False) -> dict[str, Any]:
     """A copy of graph ``data`` (plain data) with every model node inside the ingress.
 
     Each model node becomes ``deployment: {inline: true}``, keeping its ``batching`` (in-process
@@ -275,12 +281,27 @@ def every_model_in_the_ingress(data: dict[str, Any], replicas: int | None = None
     interpreter shared between them. On one CPU machine with ``modelweave run --direct-ingress``
     that was the fastest layout measured (README, "Performance"); it gives up what separate
     deployments are for: per-model scaling, GPUs and fault isolation.
+
+    With ``isolate`` the blocking (CPU-heavy) nodes that ``data`` gives a deployment of their own become
+    ``inline: process`` instead (:mod:`modelweave.process_isolation`): still no Serve hop, but
+    each runs in a child process of the ingress replica, so it shares no interpreter with the
+    ingress and its crash does not take the ingress down.
     """
+    from modelweave.checker import check_graph  # the checker imports this module
+    from modelweave.spec import parse_graph
+
+    deployed: set[str] = set()
+    if isolate:
+        graph = check_graph(parse_graph(data, str(data.get("name", "graph"))))
+        # Rule-based glue (non-blocking) costs microseconds: a process hop would cost more.
+        deployed = {name for name, home in graph.layout.home.items()
+                    if home is not None and graph.info(graph.models[name]).blocking}
     out: dict[str, Any] = copy.deepcopy(data)
     for node in model_node_dicts(out.get("flow")):
         settings = node.get("deployment")
         batching = settings.get("batching") if isinstance(settings, dict) else None
-        node["deployment"] = {"inline": True, **({"batching": batching} if batching is not None else {})}
+        placement: bool | str = "process" if node.get("name") in deployed else True
+        node["deployment"] = {"inline": placement, **({"batching": batching} if batching is not None else {})}
     if replicas is not None:
         set_ingress_replicas(out, replicas)
     return out

@@ -43,6 +43,14 @@ class LocalCaller:
         wanted = set(graph.models) if names is None else set(names)
         missing = [(name, node.impl, node.params) for name, node in graph.models.items()
                    if name in wanted and name not in self.adapters]
+        # Serving, ``inline: process`` nodes run in child processes (one per distinct model and
+        # params); elsewhere (evaluation, tests) they load here like any other node.
+        isolated = [m for m in missing if serving and graph.models[m[0]].deployment.inline == "process"]
+        if isolated:
+            from modelweave.process_isolation import ProcessAdapter
+
+            self.adapters.update(load_shared(isolated, factory=ProcessAdapter))
+            missing = [m for m in missing if m not in isolated]
         # Not serving: one load per node, so every node has its own copy.
         for share in [missing] if serving else [[m] for m in missing]:
             self.adapters.update(load_shared(share))

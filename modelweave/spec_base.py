@@ -129,9 +129,12 @@ class DeploymentSettings(ServeSettings):
         None, pattern=NAME_PATTERN,
         description="co-location: model nodes naming the same group share one deployment (one replica process "
                     "holds all their adapters; calls inside the group are in-process); see modelweave.layout")
-    inline: Literal["auto"] | bool = Field(
+    inline: Literal["auto", "process"] | bool = Field(
         "auto", description="run inside the ingress process instead of a deployment; auto: when the adapter is "
-                            "non-blocking (rules, glue) and the node sets no other deployment setting")
+                            "non-blocking (rules, glue) and the node sets no other deployment setting; process: "
+                            "inside the ingress replica but in a child process of its own (its own interpreter: no "
+                            "GIL shared with the ingress, and a crash restarts the child, not the ingress); see "
+                            "modelweave.process_isolation")
 
 
 class BatchOverrides(_Strict):

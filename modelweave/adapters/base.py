@@ -106,8 +106,14 @@ def predict_measured(adapter: ModelAdapter, batch: Sequence[pb.Message]) -> tupl
     CPU time is that of the calling thread (``time.thread_time``), so concurrent
     requests in other threads are not counted; work a library spreads over its own
     thread pool is not counted either (pin such models to one intra-op thread when
-    measuring compute).
+    measuring compute). An adapter that runs its model in another process
+    (:class:`modelweave.process_isolation.ProcessAdapter`) reports that process's CPU through
+    ``predict_with_cpu(batch) -> (outputs, total CPU ms)``.
     """
+    elsewhere = getattr(adapter, "predict_with_cpu", None)
+    if elsewhere is not None:  # it runs the model in another process, which measures its CPU
+        outputs, total_ms = elsewhere(batch)
+        return list(outputs), total_ms / max(1, len(batch))
     start = time.thread_time()
     outputs = list(adapter.predict(batch))
     cpu_ms = (time.thread_time() - start) * 1000.0 / max(1, len(batch))
@@ -196,7 +202,8 @@ def build_adapter(impl: str, params: Mapping[str, Any]) -> ModelAdapter:
     return cls(**merged)
 
 
-def load_shared(nodes: Iterable[tuple[str, str, Mapping[str, Any]]]) -> dict[str, ModelAdapter]:
+def load_shared(nodes: Iterable[tuple[str, str, Mapping[str, Any]]], *,
+                factory: Callable[..., ModelAdapter] | None = None) -> dict[str, ModelAdapter]:
     """Builds and loads one adapter per distinct ``(impl, params)``; returns it per node name.
 
     Nodes with the same model and params share one loaded copy (one set of weights in the
@@ -204,13 +211,15 @@ def load_shared(nodes: Iterable[tuple[str, str, Mapping[str, Any]]]) -> dict[str
 
     Args:
         nodes: ``(name, impl, params)`` of each model node to load.
+        factory: Builds the adapter from ``(impl, params, name=...)`` instead of
+            :func:`build_adapter` (e.g. :class:`modelweave.process_isolation.ProcessAdapter`).
     """
     loaded: dict[str, ModelAdapter] = {}
     by_name: dict[str, ModelAdapter] = {}
     for name, impl, params in nodes:
         key = json.dumps([impl, dict(params)], sort_keys=True, default=str)
         if key not in loaded:
-            loaded[key] = build_adapter(impl, params)
+            loaded[key] = build_adapter(impl, params) if factory is None else factory(impl, params, name=name)
             loaded[key].load()
         by_name[name] = loaded[key]
     return by_name

@@ -11,7 +11,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
@@ -77,27 +77,41 @@ def sturdy_app(serve_endpoints: ServeEndpoints) -> Iterator[ServeEndpoints]:
     serve.delete(name)
 
 
-def test_killing_a_model_replica_under_load_loses_no_request(sturdy_app):
+def statuses_under_load(base: str, graph: str, *, clients: int, before: int, after: int,
+                        action: Callable[[], None]) -> list[int]:
+    """HTTP statuses of ``clients`` closed-loop clients; ``action`` runs once ``before`` answers
+    came back, and the load goes on for ``after`` more answers."""
     statuses: list[int] = []
     sent = threading.Semaphore(0)
     stop = threading.Event()
 
     def client() -> None:
         while not stop.is_set():
-            r = _post(sturdy_app.http, "sturdy", "keep going")
-            statuses.append(r.status_code)
+            statuses.append(_post(base, graph, "keep going").status_code)
             sent.release()
 
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        for _ in range(8):
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        for _ in range(clients):
             pool.submit(client)
-        for _ in range(16):  # load is flowing through both replicas
+        for _ in range(before):
             assert sent.acquire(timeout=60)
-        victim = _replica_pids("sturdy", "steady")[0]
-        os.kill(victim, signal.SIGKILL)
-        for _ in range(40):  # keep the load on through the death and the restart
+        action()
+        for _ in range(after):
             assert sent.acquire(timeout=60)
         stop.set()
+    return statuses
+
+
+def test_killing_a_model_replica_under_load_loses_no_request(sturdy_app):
+    victims: list[int] = []
+
+    def kill() -> None:  # once load is flowing through both replicas
+        victims.append(_replica_pids("sturdy", "steady")[0])
+        os.kill(victims[0], signal.SIGKILL)
+
+    # The load stays on through the death and the restart.
+    statuses = statuses_under_load(sturdy_app.http, "sturdy", clients=8, before=16, after=40, action=kill)
+    victim = victims[0]
     assert len(statuses) >= 56
     # Without the executor's retries the calls in flight on the victim come back UNAVAILABLE (checked
     # by running this test with the node marked `idempotent: false`); Serve alone loses them.

@@ -16,6 +16,7 @@ def test_roles_from_ray_titles() -> None:
     assert process_role("ray::ServeReplica:triage-default:redact.handle_request_with_rejection") == "replica redact"
     assert process_role("ray::ServeReplica:app:tfidf-fallback") == "replica tfidf-fallback"
     assert process_role("ray::ProxyActor") == "HTTP proxy"
+    assert process_role("/venv/bin/python -m modelweave.process_isolation 17 4242 redact") == "ingress child redact"
     assert process_role("ray::GraphState.cache_get") == "state actor"
     assert process_role("ray::ServeController.listen_for_change") == "Serve controller"
     assert process_role("/venv/lib/python3.11/site-packages/ray/core/src/ray/raylet/raylet --x") == OTHER

@@ -94,3 +94,19 @@ def test_replicated_profile_puts_every_model_in_the_ingress_with_a_replica_per_c
     before = {name: n.deployment.batching for name, n in check_graph(triage).models.items()}
     assert {name: n.deployment.batching for name, n in checked.models.items()} == before
     assert all(n.deployment.inline is True for n in checked.models.values())
+
+
+def test_isolated_profile_runs_the_deployed_heavy_models_in_child_processes_of_one_ingress() -> None:
+    from modelweave.checker import check_graph
+    from modelweave.cli_cluster import apply_profile
+
+    triage = load_graph(EXAMPLES / "triage.yaml")
+    before = check_graph(triage)
+    (spec,), note = apply_profile([triage], "isolated", None)
+    assert note.startswith("profile isolated")
+    checked = check_graph(spec)
+    assert not checked.layout.deployments
+    assert checked.layout.child_process == {"redact", "minilm"} == set(before.layout.deployments)
+    assert spec.ingress == triage.ingress  # one ingress, scaled as the file says
+    assert {name: n.deployment.batching for name, n in checked.models.items()} == {
+        name: n.deployment.batching for name, n in before.models.items()}
