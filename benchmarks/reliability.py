@@ -522,6 +522,19 @@ def kill_one(*, class_name: str | None = None, name_prefix: str | None = None) -
     return name, pid
 
 
+def kill_child(node: str) -> tuple[str, int]:
+    """SIGKILLs the child process running model ``node`` inside an ingress replica
+    (``deployment.inline: process``; this machine only); returns its name and pid."""
+    import psutil
+
+    for proc in psutil.process_iter(["cmdline"]):
+        words = proc.info["cmdline"] or []
+        if "modelweave.process_isolation" in words and words[-1] == node:
+            os.kill(proc.pid, signal.SIGKILL)
+            return f"child process {node}", proc.pid
+    raise LookupError(f"no child process runs model {node!r}")
+
+
 def replica_class(app: str, deployment: str) -> str:
     """Actor class name Ray 2.60 reports for a Serve replica of ``app``'s ``deployment``."""
     return f"ServeReplica:{app}:{deployment}"
@@ -559,6 +572,7 @@ def markdown(rows: list[Row]) -> str:
 async def run_phases(spec: Any, url: str, texts: Texts, opts: Options, log: Callable[[str], None]) -> list[Row]:
     """Every phase in order: capacity, overload levels, flood, faults."""
     from deployments.app import ingress_name
+    from modelweave.checker import check_graph
 
     client = LeanClient(url)
     try:
@@ -576,10 +590,14 @@ async def run_phases(spec: Any, url: str, texts: Texts, opts: Options, log: Call
             log(f"{rows[-1].phase}: {rows[-1].goodput:.1f} req/s")
         rows.append(await bench.overload_row("flood", FLOOD_CLIENTS, flood=True))
         log(f"flood: {rows[-1].goodput:.1f} req/s")
+        children = check_graph(spec).layout.child_process
         for model in opts.kill_models:
             kill: Callable[[], tuple[str, int]] = functools.partial(
                 kill_one, class_name=replica_class(spec.name, model))
-            row, _, _ = await bench.fault_row(f"kill {model} replica", kill)
+            what = "replica"
+            if model in children:  # `inline: process`: the model's process is a child of the ingress
+                kill, what = functools.partial(kill_child, model), "child process"
+            row, _, _ = await bench.fault_row(f"kill {model} {what}", kill)
             rows.append(row)
             log(f"{rows[-1].phase}: {rows[-1].sent - rows[-1].by_status['200']} lost")
         rows.append(await bench.state_actor_row(spec))
@@ -616,6 +634,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         "server suggests; a lower cap makes clients come back sooner than asked)")
     p.add_argument("--direct-ingress", action="store_true",
                    help="serve as `modelweave run --direct-ingress` (clients reach the ingress replica itself)")
+    p.add_argument("--profile", choices=("default", "replicated", "isolated"), default="default",
+                   help="serve the graph under this layout profile, as `modelweave run --profile` does "
+                        "(isolated: the killed models are child processes of the ingress)")
     p.add_argument("--out", default=str(HERE / "results" / "reliability.json"), help="JSON report")
     return p.parse_args(argv)
 
@@ -624,6 +645,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Serves the graph (or joins ``--address``), runs every phase, prints the table, writes JSON."""
     import ray
 
+    from modelweave.cli_cluster import apply_profile
     from modelweave.prepare import DATA_DIR_ENV, data_dir, run_prepare_hooks
     from modelweave.serving import ServingSession, start_serving, stop_serving
     from modelweave.spec import load_graph
@@ -642,7 +664,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     opts = Options(duration_s=duration, warmup_s=min(5.0, max(2.0, duration / 4)),
                    levels=QUICK_LEVELS if args.quick else LEVELS,
                    kill_models=[m for m in kill_models.split(",") if m], recover_s=120.0)
-    spec = load_graph(args.graph)
+    (spec,), _ = apply_profile([load_graph(args.graph)], args.profile, args.num_cpus, echo=True)
     texts = Texts(held_out_texts())
     t0, load0 = time.monotonic(), os.getloadavg()[0]
     session: ServingSession | None = None
@@ -671,7 +693,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "cores": os.cpu_count(), "load_average_start": load0, "load_average_end": os.getloadavg()[0],
             "total_s": round(time.monotonic() - t0, 1), "deadline_ms": DEADLINE_MS,
             "retry_after_cap_s": RETRY_AFTER_CAP_S, "cluster": args.address or "embedded",
-            "direct_ingress": args.direct_ingress}
+            "direct_ingress": args.direct_ingress, "profile": args.profile}
     table = markdown(rows)
     print(table)
     print(f"\n{meta['cores']} cores, load average {load0:.1f} -> {meta['load_average_end']:.1f}; "

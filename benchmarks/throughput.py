@@ -19,6 +19,10 @@ turn under each layout and driven over HTTP:
   no hop, at the memory of one more copy of every model per replica. Not run by default
   (``--layouts ...,replicated``): it is how far the monolith goes, not a layout the mission
   recommends where models need their own scaling or GPUs;
+* **isolated** / **replicated-isolated**: ingress-only / replicated, except that the models the
+  file gives a deployment of their own (spaCy's redactor, the fine-tuned MiniLM) run in child
+  processes of each ingress replica (``deployment.inline: process``): no Serve hop, no
+  interpreter shared with the ingress, a crash that restarts the child only. Not run by default;
 * **scaled**: the file's own layout (as ``default``) with one ingress replica per core: the
   models inside the ingress get an interpreter per core, the heavy models keep their own
   deployments. Not run by default either.
@@ -72,7 +76,7 @@ from modelweave.spec import parse_graph  # noqa: E402
 
 LAYOUTS = ("per-model", "default", "colocated", "ingress-only")
 #: Layouts that run only when asked for (``--layouts``).
-EXTRA_LAYOUTS = ("replicated", "scaled")
+EXTRA_LAYOUTS = ("replicated", "scaled", "isolated", "replicated-isolated")
 
 
 def layout_graph(base: dict[str, Any], layout: str, groups: dict[str, str], transport: str = "grpc"
@@ -84,6 +88,9 @@ def layout_graph(base: dict[str, Any], layout: str, groups: dict[str, str], tran
     data = json.loads(json.dumps(base))
     if layout in ("ingress-only", "replicated"):  # what `modelweave run --profile replicated` does
         data = every_model_in_the_ingress(data, (os.cpu_count() or 1) if layout == "replicated" else None)
+    elif layout in ("isolated", "replicated-isolated"):  # `--profile isolated` / `replicated-isolated`
+        replicas = (os.cpu_count() or 1) if layout == "replicated-isolated" else None
+        data = every_model_in_the_ingress(data, replicas, isolate=True)
     elif layout == "scaled":  # the file's own layout, one ingress replica per core
         set_ingress_replicas(data, os.cpu_count() or 1)
     data["name"] = f"{base['name']}-{layout}"

@@ -26,7 +26,6 @@ Run as ``python -m modelweave.process_isolation <fd> <parent pid> <node name>``;
 
 from __future__ import annotations
 
-import atexit
 import hashlib
 import json
 import os
@@ -42,7 +41,7 @@ from typing import Any
 from google.protobuf.message import Message as ProtoMessage
 
 from modelweave.adapters.base import ModelAdapter, build_adapter
-from modelweave.errors import FailedPrecondition, ModelError, ModelweaveError, ReplicaLost
+from modelweave.errors import FailedPrecondition, ModelError, ReplicaLost
 from modelweave.messages import PART_CLASSES
 from modelweave.v1 import messages_pb2 as pb
 
@@ -180,10 +179,11 @@ class ProcessAdapter(ModelAdapter):
             child_end.close()
         conn = Connection(parent_end.detach())
         self._proc, self._conn = proc, conn
+        # Stops the child when the adapter is collected or the interpreter exits (finalizers
+        # run at exit); a killed ingress closes the socket, and the child exits on its own.
         self._finalizer.detach()
         self._finalizer = weakref.finalize(self, _stop, [proc, conn])
         self.starts += 1
-        _CHILDREN.add(self)
         try:
             conn.send(("load", self.impl, json.dumps(self.raw_params)))
             if not conn.poll(LOAD_TIMEOUT_S):
@@ -226,16 +226,6 @@ def _stop(handles: list[Any]) -> None:
         proc.wait()
 
 
-#: Adapters that started a child, so an exiting ingress stops them all.
-_CHILDREN: weakref.WeakSet[ProcessAdapter] = weakref.WeakSet()
-
-
-@atexit.register
-def _close_all() -> None:
-    for adapter in list(_CHILDREN):
-        adapter.close()
-
-
 # -- the child ----------------------------------------------------------------------------
 
 
@@ -270,12 +260,14 @@ def _serve(conn: Connection, parent_pid: int) -> None:
                 conn.send(("ok", None))
             else:
                 raise ModelError(f"unknown request {request[0]!r}")
-        except Exception as exc:  # typed, so it pickles and reads as it would in-process
-            error = typed_model_error(exc)
+        except Exception as exc:  # typed, so it reads in the parent as it would in-process
             if request[0] == "load":
                 conn.send(("error", f"{type(exc).__name__}: {exc}"))
-            else:
-                conn.send(("error", error if isinstance(error, ModelweaveError) else ModelError(str(error))))
+                continue
+            try:
+                conn.send(("error", typed_model_error(exc)))
+            except Exception:  # a typed error of the adapter's own that does not pickle
+                conn.send(("error", ModelError(f"model failed: {type(exc).__name__}: {exc}")))
 
 
 if __name__ == "__main__":
