@@ -90,7 +90,7 @@ class HandStep:
     """
 
     def __init__(self, nice: int = 0) -> None:
-        from deployments.model import lower_cpu_priority
+        from modelweave.process_isolation import lower_cpu_priority
 
         lower_cpu_priority(nice)
 

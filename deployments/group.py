@@ -15,13 +15,13 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-from deployments.model import lower_cpu_priority
 from modelweave.adapters.base import ModelAdapter, load_shared, resolve_adapter
 from modelweave.errors import ModelError, ModelweaveError
 from modelweave.executor import ModelReply
 from modelweave.group_calls import run_members
 from modelweave.messages import part_name
 from modelweave.model_calls import Outcome, predict_rows_async
+from modelweave.process_isolation import lower_cpu_priority
 from modelweave.spec import ModelNode
 from modelweave.trace import row_traces
 from modelweave.v1 import messages_pb2 as pb

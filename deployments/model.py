@@ -15,7 +15,6 @@ exactly as in the batch job.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from modelweave.adapters.base import build_adapter
@@ -23,6 +22,7 @@ from modelweave.errors import ModelweaveError
 from modelweave.executor import ModelReply
 from modelweave.inprocess_batching import InProcessBatcher
 from modelweave.model_calls import Outcome, predict_rows_async
+from modelweave.process_isolation import lower_cpu_priority
 from modelweave.spec import ModelNode
 from modelweave.v1 import messages_pb2 as pb
 
@@ -68,15 +68,3 @@ class ModelDeployment:
     def check_health(self) -> None:
         """Serve's health probe: delegates to the adapter."""
         self.adapter.health()
-
-
-def lower_cpu_priority(nice: int) -> None:
-    """Raises this process's niceness to ``nice`` (never lowers it; needs no privilege).
-
-    On a saturated machine the model threads would otherwise compete on equal terms with
-    Serve's proxy and the ingress, and a request that is only going to be refused still
-    waits seconds for a CPU slice to be refused.
-    """
-    current = os.nice(0)
-    if nice > current:
-        os.nice(nice - current)

@@ -10,7 +10,8 @@ with the same model and params share one loaded adapter, and a node that has
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from modelweave.adapters.base import ModelAdapter, load_shared, predict_measured
 from modelweave.checker import CheckedGraph
@@ -18,7 +19,7 @@ from modelweave.errors import ModelError, ModelweaveError
 from modelweave.executor import ModelReply
 from modelweave.inprocess_batching import InProcessBatcher
 from modelweave.model_calls import Outcome
-from modelweave.spec import ModelNode
+from modelweave.spec import BatchingSettings, ModelNode
 from modelweave.trace import request_deadline
 from modelweave.v1 import messages_pb2 as pb
 
@@ -46,10 +47,14 @@ class LocalCaller:
         # Serving, ``inline: process`` nodes run in child processes (one per distinct model and
         # params); elsewhere (evaluation, tests) they load here like any other node.
         isolated = [m for m in missing if serving and graph.models[m[0]].deployment.inline == "process"]
+        isolated_names = {name for name, _, _ in isolated}
         if isolated:
             from modelweave.process_isolation import ProcessAdapter
 
-            self.adapters.update(load_shared(isolated, factory=ProcessAdapter))
+            def child(impl: str, params: Mapping[str, Any], *, name: str) -> ModelAdapter:
+                return ProcessAdapter(impl, params, name=name, nice=graph.models[name].deployment.nice)
+
+            self.adapters.update(load_shared(isolated, factory=child))
             missing = [m for m in missing if m not in isolated]
         # Not serving: one load per node, so every node has its own copy.
         for share in [missing] if serving else [[m] for m in missing]:
@@ -60,9 +65,13 @@ class LocalCaller:
             by_adapter: dict[int, InProcessBatcher] = {}
             for name, node in graph.models.items():
                 adapter = self.adapters.get(name)
-                if adapter is None or not adapter.blocking or node.deployment.batching is None:
-                    continue
                 settings = node.deployment.batching
+                if settings is None and name in isolated_names:
+                    # A child answers one call at a time: its callers queue here, on the event loop,
+                    # not in worker threads (a child reloading its model would hold them all).
+                    settings = BatchingSettings(max_batch_size=1, batch_wait_timeout_s=0)
+                if adapter is None or not adapter.blocking or settings is None:
+                    continue
                 batcher = by_adapter.setdefault(
                     id(adapter), InProcessBatcher(adapter, settings.max_batch_size, settings.batch_wait_timeout_s))
                 batcher.max_batch_size = max(batcher.max_batch_size, settings.max_batch_size)

@@ -62,13 +62,15 @@ class ProcessAdapter(ModelAdapter):
         impl: The model node's ``impl`` (adapter class or function path).
         params: The node's ``params``.
         name: The model node's name (error messages, the child's process title).
+        nice: CPU priority of the child (the node's ``deployment.nice``, as its own replica
+            would have): under overload the ingress keeps the CPU to answer and shed.
     """
 
     blocking = True  # the calling thread waits on a socket (GIL released), never the event loop
 
-    def __init__(self, impl: str, params: Mapping[str, Any], *, name: str = "") -> None:  # noqa: D107
+    def __init__(self, impl: str, params: Mapping[str, Any], *, name: str = "", nice: int = 0) -> None:  # noqa: D107
         inner = build_adapter(impl, params)  # validates params here, loads nothing
-        self.impl, self.raw_params, self.name = impl, dict(params), name or impl
+        self.impl, self.raw_params, self.name, self.nice = impl, dict(params), name or impl, nice
         self.params = inner.params
         # The wrapped adapter's contract, per instance (ModelAdapter declares these per class).
         vars(self).update(consumes=inner.consumes, produces=inner.produces, idempotent=inner.idempotent)
@@ -185,7 +187,7 @@ class ProcessAdapter(ModelAdapter):
         self._finalizer = weakref.finalize(self, _stop, [proc, conn])
         self.starts += 1
         try:
-            conn.send(("load", self.impl, json.dumps(self.raw_params)))
+            conn.send(("load", self.impl, json.dumps(self.raw_params), self.nice))
             if not conn.poll(LOAD_TIMEOUT_S):
                 raise FailedPrecondition(f"model {self.name!r}: its process did not load within {LOAD_TIMEOUT_S:.0f} s")
             status, value = conn.recv()
@@ -210,6 +212,19 @@ class ProcessAdapter(ModelAdapter):
         proc, conn = self._proc, self._conn
         self._proc = self._conn = None
         _stop([proc, conn])
+
+
+def lower_cpu_priority(nice: int) -> None:
+    """Raises this process's niceness to ``nice`` (never lowers it; needs no privilege).
+
+    On a saturated machine the model threads would otherwise compete on equal terms with
+    Serve's proxy and the ingress, and a request that is only going to be refused still
+    waits seconds for a CPU slice to be refused. Model replicas and group replicas call it
+    with their ``deployment.nice``; a child process of the ingress with its node's.
+    """
+    current = os.nice(0)
+    if nice > current:
+        os.nice(nice - current)
 
 
 def _stop(handles: list[Any]) -> None:
@@ -245,6 +260,7 @@ def _serve(conn: Connection, parent_pid: int) -> None:
             return
         try:
             if request[0] == "load":
+                lower_cpu_priority(request[3])
                 adapter = build_adapter(request[1], json.loads(request[2]))
                 adapter.load()
                 conn.send(("ok", None))

@@ -29,7 +29,7 @@ class Crashy(ModelAdapter):
     """Text -> Classification labelled with the text; the process dies on ``"crash"``.
 
     ``"invalid"`` raises a typed error, ``"oops"`` a plain one, ``"pid"`` answers with the
-    process id; each call first burns ``busy_ms`` of CPU per row.
+    process id, ``"nice"`` with its niceness; each call first burns ``busy_ms`` of CPU per row.
     """
 
     consumes = ("Text",)
@@ -53,7 +53,7 @@ class Crashy(ModelAdapter):
                 raise InvalidArgument("text.content: 'invalid' is refused")
             if text == "oops":
                 raise ValueError("oops")
-            label = str(os.getpid()) if text == "pid" else text
+            label = {"pid": str(os.getpid()), "nice": str(os.nice(0))}.get(text, text)
             out.append(pb.Classification(label=label, confidence=1.0))
         return out
 

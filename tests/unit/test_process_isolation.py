@@ -72,6 +72,15 @@ def test_answers_match_the_in_process_adapter_and_cpu_is_the_childs(crashy: Proc
     assert crashy.consumes == ("Text",) and crashy.produces == "Classification" and crashy.blocking
 
 
+def test_the_child_runs_at_the_nodes_cpu_priority() -> None:
+    adapter = ProcessAdapter("process_fakes:Crashy", {}, name="nice", nice=7)
+    adapter.load()
+    try:
+        assert adapter.predict([message_from_text("nice")])[0].label == str(max(7, os.nice(0)))
+    finally:
+        adapter.close()
+
+
 def test_errors_arrive_typed_and_only_the_failing_row_fails(crashy: ProcessAdapter) -> None:
     with pytest.raises(InvalidArgument, match="text.content: 'invalid' is refused"):
         crashy.predict([message_from_text("invalid")])
@@ -183,6 +192,7 @@ def test_the_ingress_caller_runs_process_nodes_in_a_child_and_evaluation_runs_th
     adapter = serving.adapters["classify"]
     try:
         assert isinstance(adapter, ProcessAdapter)
+        assert adapter.nice == graph.models["classify"].deployment.nice == 5  # the default, as a replica's
         node = graph.models["classify"]
 
         async def calls() -> list[str]:
@@ -195,6 +205,26 @@ def test_the_ingress_caller_runs_process_nodes_in_a_child_and_evaluation_runs_th
         adapter.close()
     local = LocalCaller(graph)  # evaluation and tests: loaded in this process
     assert not isinstance(local.adapters["classify"], ProcessAdapter)
+
+
+def test_calls_to_a_child_without_batching_queue_on_the_event_loop_one_at_a_time() -> None:
+    data = yaml.safe_load(GRAPH)
+    data["flow"]["steps"][0]["deployment"] = {"inline": "process"}
+    graph = check_graph(parse_graph(data, "isolated"))
+    serving = LocalCaller(graph, serving=True)
+    try:
+        batcher = serving.batchers["classify"]  # not one worker thread per waiting call
+        assert batcher.max_batch_size == 1
+
+        async def calls() -> list[str]:
+            node = graph.models["classify"]
+            replies = await asyncio.gather(*(serving.call(node, message_from_text(f"t{i}")) for i in range(6)))
+            return [r.part.label for r in replies]
+
+        assert asyncio.run(calls()) == [f"t{i}" for i in range(6)]
+        assert batcher.batch_sizes == [1] * 6
+    finally:
+        serving.adapters["classify"].close()
 
 
 def test_a_process_node_cannot_also_be_in_a_group() -> None:
