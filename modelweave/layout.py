@@ -300,8 +300,12 @@ def every_model_in_the_ingress(data: dict[str, Any], replicas: int | None = None
     for node in model_node_dicts(out.get("flow")):
         settings = node.get("deployment")
         batching = settings.get("batching") if isinstance(settings, dict) else None
-        placement: bool | str = "process" if node.get("name") in deployed else True
-        node["deployment"] = {"inline": placement, **({"batching": batching} if batching is not None else {})}
+        kept = {"batching": batching} if batching is not None else {}
+        if node.get("name") in deployed:  # its own process: it keeps its replica's CPU priority
+            nice = settings.get("nice") if isinstance(settings, dict) else None
+            node["deployment"] = {"inline": "process", **kept, **({"nice": nice} if nice is not None else {})}
+        else:
+            node["deployment"] = {"inline": True, **kept}
     if replicas is not None:
         set_ingress_replicas(out, replicas)
     return out

@@ -237,14 +237,16 @@ def test_a_process_node_cannot_also_be_in_a_group() -> None:
 def test_isolate_places_the_deployed_blocking_models_in_child_processes() -> None:
     data = yaml.safe_load(GRAPH)
     steps = data["flow"]["steps"]
-    steps[0]["deployment"] = {"num_replicas": 2, "batching": {"max_batch_size": 4, "batch_wait_timeout_s": 0}}
+    steps[0]["deployment"] = {"num_replicas": 2, "nice": 9,
+                              "batching": {"max_batch_size": 4, "batch_wait_timeout_s": 0}}
     steps.append({"kind": "model", "name": "rule", "impl": "fakes:Label", "params": {"label": "x"},
                   "deployment": {"num_replicas": 2}})  # non-blocking glue with a deployment of its own
     steps.append({"kind": "model", "name": "inline-rule", "impl": "fakes:Tag", "params": {"suffix": "!"}})
     assert set(check_graph(parse_graph(data, "isolated")).layout.deployments) == {"classify", "rule"}
     out = every_model_in_the_ingress(data, 2, isolate=True)
     settings = {n["name"]: n["deployment"] for n in model_node_dicts(out["flow"])}
-    assert settings == {"classify": {"inline": "process", "batching": {"max_batch_size": 4, "batch_wait_timeout_s": 0}},
+    assert settings == {"classify": {"inline": "process", "nice": 9,
+                                     "batching": {"max_batch_size": 4, "batch_wait_timeout_s": 0}},
                         "rule": {"inline": True}, "inline-rule": {"inline": True}}
     assert out["ingress"]["num_replicas"] == 2
     assert check_graph(parse_graph(out, "isolated")).layout.deployments == {}  # no Serve hop left
