@@ -21,7 +21,8 @@ that), and one child serves one call at a time (its batcher, ``deployment.batchi
 the batches). A child exits when its socket closes, when its parent process is gone (checked
 every second while idle), or when :meth:`ProcessAdapter.close` runs.
 
-Run as ``python -m modelweave.process_isolation <fd> <parent pid> <node name>``; only :class:`ProcessAdapter` does that.
+Run as ``python -m modelweave.process_isolation <fd> <parent pid> <node name>``; only
+:class:`ProcessAdapter` does that.
 """
 
 from __future__ import annotations
@@ -246,9 +247,6 @@ def _stop(handles: list[Any]) -> None:
 
 def _serve(conn: Connection, parent_pid: int) -> None:
     """The child's loop: load one adapter, then answer predict and health calls until EOF."""
-    from modelweave.adapters.base import predict_measured
-    from modelweave.model_calls import typed_model_error
-
     adapter: ModelAdapter | None = None
     while True:
         while not conn.poll(1.0):
@@ -258,32 +256,42 @@ def _serve(conn: Connection, parent_pid: int) -> None:
             request = conn.recv()
         except (EOFError, OSError):
             return
-        try:
-            if request[0] == "load":
+        if request[0] == "load":
+            try:
                 lower_cpu_priority(request[3])
                 adapter = build_adapter(request[1], json.loads(request[2]))
                 adapter.load()
-                conn.send(("ok", None))
-                continue
-            if adapter is None:
-                raise FailedPrecondition("no model loaded")
-            if request[0] == "predict":
-                batch = [pb.Message.FromString(data) for data in request[1]]
-                outputs, cpu_per_item = predict_measured(adapter, batch)
-                conn.send(("ok", ([o.SerializeToString() for o in outputs], cpu_per_item * len(batch))))
-            elif request[0] == "health":
-                adapter.health()
-                conn.send(("ok", None))
-            else:
-                raise ModelError(f"unknown request {request[0]!r}")
-        except Exception as exc:  # typed, so it reads in the parent as it would in-process
-            if request[0] == "load":
-                conn.send(("error", f"{type(exc).__name__}: {exc}"))
-                continue
-            try:
-                conn.send(("error", typed_model_error(exc)))
-            except Exception:  # a typed error of the adapter's own that does not pickle
-                conn.send(("error", ModelError(f"model failed: {type(exc).__name__}: {exc}")))
+                reply: tuple[str, Any] = ("ok", None)
+            except Exception as exc:
+                reply = ("error", f"{type(exc).__name__}: {exc}")
+        else:
+            reply = _answer(adapter, request)
+        try:
+            conn.send(reply)
+        except OSError:  # the parent went away during the call
+            return
+        except Exception as exc:  # the reply did not pickle (an error type of the adapter's own)
+            conn.send(("error", ModelError(f"model failed: {type(reply[1]).__name__}: {reply[1]} ({exc})")))
+
+
+def _answer(adapter: ModelAdapter | None, request: tuple[Any, ...]) -> tuple[str, Any]:
+    """The reply to a predict or health call: ``("ok", value)`` or ``("error", typed error)``."""
+    from modelweave.adapters.base import predict_measured
+    from modelweave.model_calls import typed_model_error
+
+    try:
+        if adapter is None:
+            raise FailedPrecondition("no model loaded")
+        if request[0] == "predict":
+            batch = [pb.Message.FromString(data) for data in request[1]]
+            outputs, cpu_per_item = predict_measured(adapter, batch)
+            return "ok", ([o.SerializeToString() for o in outputs], cpu_per_item * len(batch))
+        if request[0] == "health":
+            adapter.health()
+            return "ok", None
+        raise ModelError(f"unknown request {request[0]!r}")
+    except Exception as exc:  # typed, so it reads in the parent as it would in-process
+        return "error", typed_model_error(exc)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,8 @@ class CrashyParams(BaseModel):
 class Crashy(ModelAdapter):
     """Text -> Classification labelled with the text; the process dies on ``"crash"``.
 
-    ``"invalid"`` raises a typed error, ``"oops"`` a plain one, ``"pid"`` answers with the
+    ``"invalid"`` raises a typed error, ``"oops"`` a plain one, ``"strange"`` a typed one that
+    does not pickle, ``"pid"`` answers with the
     process id, ``"nice"`` with its niceness; each call first burns ``busy_ms`` of CPU per row.
     """
 
@@ -53,6 +54,12 @@ class Crashy(ModelAdapter):
                 raise InvalidArgument("text.content: 'invalid' is refused")
             if text == "oops":
                 raise ValueError("oops")
+            if text == "strange":
+
+                class Strange(InvalidArgument):  # local, so it cannot be pickled back to the parent
+                    pass
+
+                raise Strange("strange input")
             label = {"pid": str(os.getpid()), "nice": str(os.nice(0))}.get(text, text)
             out.append(pb.Classification(label=label, confidence=1.0))
         return out

@@ -86,6 +86,8 @@ def test_errors_arrive_typed_and_only_the_failing_row_fails(crashy: ProcessAdapt
         crashy.predict([message_from_text("invalid")])
     with pytest.raises(ModelError, match="model failed: ValueError: oops"):
         crashy.predict([message_from_text("oops")])
+    with pytest.raises(ModelError, match="model failed: Strange: strange input"):
+        crashy.predict([message_from_text("strange")])  # an error type that does not pickle
     outcomes = predict_rows(crashy, [message_from_text(t) for t in ("a", "oops", "b")])
     assert [type(o).__name__ for o in outcomes] == ["ModelReply", "ModelError", "ModelReply"]
     assert crashy.starts == 1  # errors are answers: the child lives on
