@@ -25,9 +25,11 @@ def process_role(cmdline: str) -> str:
     deployment and ``replica <deployment>`` otherwise; a model in a child process of the ingress
     (``deployment.inline: process``) is ``ingress child <node>``.
     """
-    words = cmdline.split()
-    if "modelweave.process_isolation" in words:
-        return f"ingress child {words[-1]}"
+    from modelweave.process_isolation import child_node
+
+    node = child_node(cmdline.split())
+    if node is not None:
+        return f"ingress child {node}"
     title = cmdline.strip().split(" ", 1)[0]
     if title.startswith("ray::ServeReplica:"):
         deployment = title.removeprefix("ray::ServeReplica:").split(":", 1)[-1].split(".", 1)[0]

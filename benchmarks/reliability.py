@@ -527,9 +527,10 @@ def kill_child(node: str) -> tuple[str, int]:
     (``deployment.inline: process``; this machine only); returns its name and pid."""
     import psutil
 
+    from modelweave.process_isolation import child_node
+
     for proc in psutil.process_iter(["cmdline"]):
-        words = proc.info["cmdline"] or []
-        if "modelweave.process_isolation" in words and words[-1] == node:
+        if child_node(proc.info["cmdline"] or []) == node:
             os.kill(proc.pid, signal.SIGKILL)
             return f"child process {node}", proc.pid
     raise LookupError(f"no child process runs model {node!r}")

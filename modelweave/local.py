@@ -46,8 +46,9 @@ class LocalCaller:
                    if name in wanted and name not in self.adapters]
         # Serving, ``inline: process`` nodes run in child processes (one per distinct model and
         # params); elsewhere (evaluation, tests) they load here like any other node.
-        isolated = [m for m in missing if serving and graph.models[m[0]].deployment.inline == "process"]
-        isolated_names = {name for name, _, _ in isolated}
+        isolated_names = {name for name, _, _ in missing
+                          if serving and graph.models[name].deployment.inline == "process"}
+        isolated = [m for m in missing if m[0] in isolated_names]
         if isolated:
             from modelweave.process_isolation import ProcessAdapter
 
@@ -55,7 +56,7 @@ class LocalCaller:
                 return ProcessAdapter(impl, params, name=name, nice=graph.models[name].deployment.nice)
 
             self.adapters.update(load_shared(isolated, factory=child))
-            missing = [m for m in missing if m not in isolated]
+            missing = [m for m in missing if m[0] not in isolated_names]
         # Not serving: one load per node, so every node has its own copy.
         for share in [missing] if serving else [[m] for m in missing]:
             self.adapters.update(load_shared(share))

@@ -46,6 +46,8 @@ from modelweave.errors import FailedPrecondition, ModelError, ReplicaLost
 from modelweave.messages import PART_CLASSES
 from modelweave.v1 import messages_pb2 as pb
 
+#: What a child runs (``python -m``), with the arguments ``<fd> <parent pid> <node name>``.
+CHILD_MODULE = "modelweave.process_isolation"
 #: Longest wait for a child to import and load its model (spaCy: ~3 s; an ONNX encoder: ~1 s).
 LOAD_TIMEOUT_S = 600.0
 #: How long :meth:`ProcessAdapter.close` waits for a child to exit before killing it.
@@ -54,6 +56,14 @@ EXIT_TIMEOUT_S = 5.0
 POISON_KILLS = 2
 #: Inputs whose kills are remembered (the oldest are forgotten first).
 POISON_MEMORY = 1024
+
+
+def child_node(argv: Sequence[str]) -> str | None:
+    """The model node a child process runs, from its command line (``argv``, split on spaces);
+    None for any other process. Benchmarks use it to find and name the children."""
+    if CHILD_MODULE in argv[:-1]:
+        return argv[-1]
+    return None
 
 
 class ProcessAdapter(ModelAdapter):
@@ -175,7 +185,7 @@ class ProcessAdapter(ModelAdapter):
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
         try:
             proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-                [sys.executable, "-m", "modelweave.process_isolation", str(child_end.fileno()), str(os.getpid()),
+                [sys.executable, "-m", CHILD_MODULE, str(child_end.fileno()), str(os.getpid()),
                  self.name],  # the name only labels the process (ps, benchmarks/process_cpu.py)
                 pass_fds=(child_end.fileno(),), env=env, stdin=subprocess.DEVNULL)
         finally:
