@@ -352,6 +352,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--num-cpus", type=int, default=8, help="logical CPUs of the local Ray (more than cores is fine)")
     p.add_argument("--batch-rows", type=int, default=2000, help="held-out texts for the batch job (0: skip)")
     p.add_argument("--loop-rows", type=int, default=300, help="texts for the plain loop baseline (0: skip)")
+    p.add_argument("--batch-row-by-row", action="store_true",
+                   help="also run the batch job with its stages row by row (columnar is the default)")
     p.add_argument("--transport", choices=("grpc", "actor"), default="grpc",
                    help="Serve's transport, proxy -> ingress (RAY_SERVE_PROXY_USE_GRPC) and ingress -> models "
                         "(ingress.transport): gRPC (modelweave's default) or Ray actor calls (Serve's)")
@@ -438,6 +440,9 @@ def run_batch(base: dict[str, Any], texts: list[str], opts: argparse.Namespace) 
     if opts.batch_rows:
         print(f"[batch] {opts.batch_rows} rows through a Ray Data job ...", flush=True)
         out.append(batch_job(spec, texts[:opts.batch_rows]))
+        if opts.batch_row_by_row:
+            print(f"[batch] {opts.batch_rows} rows through a Ray Data job, row by row ...", flush=True)
+            out.append(batch_job(spec, texts[:opts.batch_rows], row_by_row=True))
     if opts.loop_rows:
         print(f"[batch] {opts.loop_rows} rows through a plain loop ...", flush=True)
         out.append(plain_loop(spec, texts[:opts.loop_rows]))

@@ -48,8 +48,12 @@ def _model_ms(trace: dict[str, Any]) -> float:
     return sum(float(s.get("cpuMs", 0.0)) for s in trace.get("spans", []))
 
 
-def batch_job(spec: Any, texts: list[str]) -> BatchResult:
-    """Runs ``texts`` through the graph as a Ray Data job (Ray must be initialised)."""
+def batch_job(spec: Any, texts: list[str], *, row_by_row: bool = False) -> BatchResult:
+    """Runs ``texts`` through the graph as a Ray Data job (Ray must be initialised).
+
+    Args:
+        row_by_row: Run the graph stages row by row instead of columnar (the default).
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -60,7 +64,8 @@ def batch_job(spec: Any, texts: list[str]) -> BatchResult:
         folder.mkdir()
         for part in range(4):  # a few files, so reading streams like a real input
             pq.write_table(pa.table({"text": texts[part::4]}), folder / f"part-{part}.parquet")
-        job = BatchJob(spec)
+        job = BatchJob(spec, row_by_row=row_by_row)
+        how = "columnar" if job.row_by_row is None else "row by row"
         try:
             start = time.perf_counter()
             out = pathlib.Path(tmp) / "out"
@@ -71,7 +76,7 @@ def batch_job(spec: Any, texts: list[str]) -> BatchResult:
             job.shutdown()
         traces = [json.loads(t) for t in pq.read_table(out, columns=["trace_json"]).column(0).to_pylist() if t]
     model = sum(_model_ms(t) for t in traces) / max(len(traces), 1)
-    return BatchResult("batch job (Ray Data, defaults)", summary.rows, seconds, summary.steady_rows_per_s,
+    return BatchResult(f"batch job (Ray Data, defaults, {how})", summary.rows, seconds, summary.steady_rows_per_s,
                        model, summary.failures, summary.startup_s)
 
 

@@ -297,8 +297,8 @@ def call(graph_name: str, text: str, http_url: str, grpc_addr: str | None, strea
 @click.option("--column", "columns", multiple=True, metavar="PART=COLUMN",
               help="map an input part to a column: Text=body, Embedding=features, Tensor[.NAME]=pixels (repeatable)")
 @click.option("--message-column", default=None, help="column holding the whole input message as protobuf JSON")
-@click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=1),
-              help="rows per Ray Data batch (also a model pool's largest micro-batch, unless batch.batch_size says)")
+@click.option("--batch-size", default=1024, show_default=True, type=click.IntRange(min=1),
+              help="rows per Ray Data batch (a model pool's micro-batches: at most 256, unless batch.batch_size says)")
 @click.option("--concurrency", default=None, type=click.IntRange(min=1),
               help="graph stage actors (default: CPUs/4; CPUs/2 when every model runs inside the stages)")
 @click.option("--timeout-s", default=None, type=click.FloatRange(min=0, min_open=True), help="per-row deadline")
@@ -309,10 +309,12 @@ def call(graph_name: str, text: str, http_url: str, grpc_addr: str | None, strea
 @click.option("--num-cpus", default=None, type=int, help="logical CPUs of the embedded Ray (default max(4, cores))")
 @click.option("--inline", type=click.Choice(["none", "cheap"]), default="cheap", show_default=True,
               help="cheap: run rule-based (non-blocking) models inside the graph stage; none: a pool for each")
+@click.option("--row-by-row", is_flag=True,
+              help="run each row as its own graph run (as online) instead of each batch through the graph together")
 def batch(graph: str, input_path: str, output_path: str, fmt: str | None, output_format: str | None,
           text_column: str | None, columns: tuple[str, ...], message_column: str | None, batch_size: int,
           concurrency: int | None, timeout_s: float | None, prefix: str, include_trace: bool, overwrite: bool,
-          address: str | None, num_cpus: int | None, inline: str) -> None:
+          address: str | None, num_cpus: int | None, inline: str, row_by_row: bool) -> None:
     """Run GRAPH over every row of --input as a streaming Ray Data job; write rows plus results.
 
     Input columns map to the graph's input parts (derived from the graph and the input's
@@ -328,7 +330,7 @@ def batch(graph: str, input_path: str, output_path: str, fmt: str | None, output
                              text_column=text_column, columns=parse_column_flags(columns),
                              message_column=message_column, batch_size=batch_size, concurrency=concurrency,
                              timeout_s=timeout_s, prefix=prefix, include_trace=include_trace, overwrite=overwrite,
-                             address=address, num_cpus=num_cpus, inline=inline)
+                             address=address, num_cpus=num_cpus, inline=inline, row_by_row=row_by_row)
         summary = run_job(graph, options, log=lambda m: click.echo(m, err=True))
     except InvalidArgument as exc:
         click.echo(f"error: {exc}", err=True)

@@ -95,6 +95,27 @@ class LocalCaller:
             raise ModelError(f"adapter returned {len(outputs)} outputs for 1 input")
         return ModelReply(outputs[0], cpu_ms)
 
+    async def call_batch(self, model: ModelNode, messages: Sequence[pb.Message]) -> list[Any]:
+        """Runs ``model`` on many envelopes: a :class:`ModelReply` or the exception of each, in order.
+
+        An adapter without a batcher gets them in one ``predict``; when that fails, each
+        envelope is retried alone, so one bad row fails alone, as it would row by row. Batched
+        adapters go through their batcher, which already shares calls between rows.
+        """
+        adapter = self.adapters[model.name]
+        if model.name in self.batchers or len(messages) == 1:
+            return list(await asyncio.gather(*(self.call(model, m) for m in messages), return_exceptions=True))
+        try:
+            if adapter.blocking:
+                outputs, cpu_ms = await asyncio.to_thread(predict_measured, adapter, messages)
+            else:
+                outputs, cpu_ms = predict_measured(adapter, messages)
+        except Exception:
+            outputs = []
+        if len(outputs) != len(messages):  # failed, or answered the wrong count: find the row(s) alone
+            return list(await asyncio.gather(*(self.call(model, m) for m in messages), return_exceptions=True))
+        return [ModelReply(out, cpu_ms) for out in outputs]
+
     async def call_many(self, models: Sequence[ModelNode], message: pb.Message) -> list[Outcome]:
         """Runs a co-located run of model nodes in order, as a group replica does."""
         from modelweave.group_calls import run_members  # it imports the executor, as this module does

@@ -12,7 +12,8 @@ inline in the stage process instead, which saves one inter-process hop per step.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable
+import asyncio
+from collections.abc import Hashable, Iterable, Sequence
 from typing import Any
 
 from modelweave.batch.coalesce import Coalescer
@@ -92,6 +93,17 @@ class StageCaller:
         if self._inline is not None and model.name in self._inline.adapters:
             return await self._inline.call(model, message)
         return await self._pools.call(model, message)
+
+
+    async def call_batch(self, model: ModelNode, messages: Sequence[pb.Message]) -> list[Any]:
+        """Runs ``model`` on many envelopes: a reply or the exception of each, in order.
+
+        Inline models run as one ``predict`` (see :meth:`LocalCaller.call_batch`); pooled
+        ones join their pool's queue row by row, where the coalescer forms the micro-batches.
+        """
+        if self._inline is not None and model.name in self._inline.adapters:
+            return await self._inline.call_batch(model, messages)
+        return list(await asyncio.gather(*(self._pools.call(model, m) for m in messages), return_exceptions=True))
 
 
 def _transport_error(name: str, exc: BaseException) -> ModelweaveError:

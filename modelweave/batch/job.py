@@ -43,6 +43,7 @@ from typing import Any
 import pyarrow as pa
 
 from actors.shared_state import NAMESPACE
+from modelweave.batch.columnar import columnar_unsupported
 from modelweave.batch.inputs import ColumnChoice, InputMapping
 from modelweave.batch.pools import RESERVED_CPUS, ModelPools, cheap_models, fit_plans, plan_pool
 from modelweave.batch.rows import check_result_columns
@@ -53,10 +54,17 @@ from modelweave.errors import InvalidArgument, ResourceExhausted
 from modelweave.spec import GraphSpec, dump_graph
 
 #: Rows per Ray Data batch by default. Each batch costs the stage a fixed ~10 ms (a Ray task
-#: call, Arrow conversion, one event-loop run, the state actor's calls): at 64 rows that was
-#: a third of a rule-based graph's CPU. Measured on the demo graph, 20,000 rows, 2 cores:
-#: 937 / 1,362 / 1,191 / 1,087 rows/s at 64 / 256 / 512 / 1,024; triage 70 -> 82 rows/s.
-DEFAULT_BATCH_SIZE = 256
+#: call, Arrow conversion, one event-loop run, the state actor's calls), and a columnar stage
+#: pays each node's fixed cost once per batch. Row by row, on the demo graph (20,000 rows, 2
+#: cores): 937 / 1,362 / 1,191 / 1,087 rows/s at 64 / 256 / 512 / 1,024. Columnar (40,000
+#: rows, steady state against a plain loop, 2026-12-05): 0.80-0.88x at 256, 1.07x at 512,
+#: 1.01-1.14x at 1,024, 1.16x at 2,048; over the whole job 0.54-0.60x / 0.68x / 0.63-0.67x / 0.69x.
+DEFAULT_BATCH_SIZE = 1024
+
+#: Largest micro-batch a model pool gets by default (``batch.batch_size`` overrides it). Not
+#: the Ray Data batch: a pool worker answers one micro-batch at a time, so a column of 1,024
+#: rows for one model goes out as four calls that the pool's workers share.
+POOL_BATCH_SIZE = 256
 
 #: Ray Data block size cap: small blocks keep the job streaming (RAY_NOTES).
 TARGET_MAX_BLOCK_SIZE = 8 * 1024 * 1024
@@ -173,7 +181,8 @@ class BatchJob:
 
     Args:
         graph: The graph (checked here when given as a spec).
-        batch_size: Rows per Ray Data batch, and the default micro-batch size per model.
+        batch_size: Rows per Ray Data batch; a model pool's largest micro-batch is the smaller
+            of it and :data:`POOL_BATCH_SIZE` unless the node's ``batch.batch_size`` says.
         concurrency: Graph stage actors (default: :func:`default_concurrency`).
         stage_num_cpus: Logical CPUs per graph stage actor.
         pools: Reuse pools started for an identical set of model nodes (not shut down
@@ -185,11 +194,15 @@ class BatchJob:
             process hop per step, which costs more than such a model), ``"none"`` (every
             model node gets a pool, as online every one may get a deployment), or
             explicit node names.
+        row_by_row: Run every row as its own graph run in the stages, as online; by default
+            each Ray Data batch runs through the graph together (columnar,
+            :mod:`modelweave.batch.columnar`) when the graph's node kinds allow it.
     """
 
     def __init__(self, graph: GraphSpec | CheckedGraph, *, batch_size: int = DEFAULT_BATCH_SIZE,
                  concurrency: int | None = None, stage_num_cpus: float = 0.25, pools: ModelPools | None = None,
-                 max_wait_s: float = 0.005, inline: str | Collection[str] = "cheap") -> None:
+                 max_wait_s: float = 0.005, inline: str | Collection[str] = "cheap",
+                 row_by_row: bool = False) -> None:
         import ray
 
         start = time.monotonic()
@@ -199,6 +212,8 @@ class BatchJob:
         self.batch_size = batch_size
         self.max_wait_s = max_wait_s
         self.inline = _inline_set(self.graph, inline)
+        #: Why the stages run row by row (None: columnar).
+        self.row_by_row = "asked for (--row-by-row)" if row_by_row else columnar_unsupported(self.graph)
         pooled = set(self.graph.models) - self.inline
         self.concurrency = concurrency or default_concurrency(float(ray.cluster_resources().get("CPU", 1)),
                                                               pools=bool(pooled))
@@ -208,7 +223,7 @@ class BatchJob:
                 raise InvalidArgument("the given pools do not run this graph's pooled model nodes")
             self.pools, self._owns_pools = pools, False
         else:
-            wanted = [plan_pool(self.graph.models[n], batch_size) for n in sorted(pooled)]
+            wanted = [plan_pool(self.graph.models[n], min(batch_size, POOL_BATCH_SIZE)) for n in sorted(pooled)]
             stage_cpus = self.concurrency * stage_num_cpus
             available = _wait_for_cpus(RESERVED_CPUS + stage_cpus + sum(p.total_cpus for p in wanted))
             plans = fit_plans(wanted, available_cpus=float(available.get("CPU", 0.0)),
@@ -288,6 +303,7 @@ class BatchJob:
                 "include_trace": include_trace,
                 "max_wait_s": self.max_wait_s,
                 "inline": sorted(self.inline),
+                "columnar": self.row_by_row is None,
             },
             batch_size=self.batch_size,
             batch_format="pyarrow",
@@ -358,13 +374,13 @@ def run_batch(graph: GraphSpec | CheckedGraph, dataset: Any, *, text_column: str
               columns: Mapping[str, str] | None = None, message_column: str | None = None,
               batch_size: int = DEFAULT_BATCH_SIZE,
               concurrency: int | None = None, timeout_s: float | None = None, prefix: str = "",
-              include_trace: bool = False, inline: str | Collection[str] = "cheap") -> Any:
+              include_trace: bool = False, inline: str | Collection[str] = "cheap", row_by_row: bool = False) -> Any:
     """Runs ``graph`` over ``dataset`` as a streaming batch job; returns the lazy result dataset.
 
     Starts the model pools now (they live until the driver exits; use :class:`BatchJob`
     to stop them earlier or to read the job's summary). See :meth:`BatchJob.run` for the
     output columns.
     """
-    job = BatchJob(graph, batch_size=batch_size, concurrency=concurrency, inline=inline)
+    job = BatchJob(graph, batch_size=batch_size, concurrency=concurrency, inline=inline, row_by_row=row_by_row)
     return job.run(dataset, text_column=text_column, columns=columns, message_column=message_column,
                    timeout_s=timeout_s, prefix=prefix, include_trace=include_trace)

@@ -38,6 +38,7 @@ class JobOptions:
             :func:`modelweave.serving.embedded_num_cpus`, as ``modelweave run`` and ``eval``).
         inline: ``"cheap"`` (default: rule-based non-blocking models run inside the graph
             stages) or ``"none"`` (every model node gets an actor pool).
+        row_by_row: Run each row as its own graph run instead of each batch together.
     """
 
     input_path: str
@@ -56,6 +57,7 @@ class JobOptions:
     address: str | None = None
     num_cpus: int | None = None
     inline: str = "cheap"
+    row_by_row: bool = False
 
 
 def run_job(graph_path: str, options: JobOptions, *, log: Callable[[str], None] = print) -> BatchSummary:
@@ -88,9 +90,11 @@ def run_job(graph_path: str, options: JobOptions, *, log: Callable[[str], None] 
         started_ray = True
     job: BatchJob | None = None
     try:
-        job = BatchJob(graph, batch_size=options.batch_size, concurrency=options.concurrency, inline=options.inline)
+        job = BatchJob(graph, batch_size=options.batch_size, concurrency=options.concurrency, inline=options.inline,
+                       row_by_row=options.row_by_row)
         log(f"modelweave: {len(job.pools.plans)} model pools ready in {job.load_s:.1f} s ({job.pools.cpus:g} CPUs, "
-            f"{len(job.inline)} model(s) inline, {job.concurrency} graph stage(s))")
+            f"{len(job.inline)} model(s) inline, {job.concurrency} graph stage(s), "
+            f"{'columnar' if job.row_by_row is None else 'row by row: ' + job.row_by_row})")
         start = time.monotonic()
         dataset = read_input(options.input_path, options.fmt)
         results = job.run(dataset, mapping=checked.mapping, timeout_s=options.timeout_s,

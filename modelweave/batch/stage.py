@@ -11,6 +11,7 @@ fails the batch.
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections import Counter
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import pyarrow as pa
 
 from modelweave.batch.caller import InlineCaller, PoolCaller, StageCaller
+from modelweave.batch.columnar import ColumnarRunner, columnar_unsupported
 from modelweave.batch.inputs import ColumnChoice, InputMapping, messages_from_table
 from modelweave.batch.rows import append_columns, error_row, result_row
 from modelweave.batch.shared import BatchedCache, BatchedState, SharedStateClient
@@ -100,12 +102,15 @@ class GraphStage:
         include_trace: Also add ``trace_json`` with each row's full trace.
         max_wait_s: Longest wait of a model call for its micro-batch to fill.
         inline: Model node names to load and run inside this stage instead of a pool.
+        columnar: Run each Ray Data batch's rows through the graph together
+            (:mod:`modelweave.batch.columnar`) when the graph allows it; False: row by row.
     """
 
     def __init__(self, *, graph: dict[str, Any], pools: dict[str, list[Any]], batch_sizes: dict[str, int],
                  state_actor: Any, choice: ColumnChoice | None = None, mapping: InputMapping | None = None,
                  timeout_s: float | None = None, prefix: str = "",
-                 include_trace: bool = False, max_wait_s: float = 0.005, inline: list[str] | None = None) -> None:
+                 include_trace: bool = False, max_wait_s: float = 0.005, inline: list[str] | None = None,
+                 columnar: bool = True) -> None:
         self.graph = check_graph(parse_graph(graph, "batch job"))
         self.choice = choice or ColumnChoice()
         self.mapping = mapping
@@ -126,7 +131,15 @@ class GraphStage:
         caller = StageCaller(PoolCaller(pools, batch_sizes, max_wait_s=max_wait_s),
                              InlineCaller(self.graph, inline) if inline else None)
         self.executor = Executor(self.graph, caller, cache_factory=cache_factory, state=self._state)
+        self.columnar = (ColumnarRunner(self.executor)
+                         if columnar and columnar_unsupported(self.graph) is None else None)
         self._loop = asyncio.new_event_loop()
+        # Everything loaded so far (Ray, Arrow, the models) lives as long as the stage: move it out
+        # of the collector's way, so its full collections scan only what the batches create. The
+        # collector took ~10 % of a columnar stage's CPU on the demo graph (in-process, 1,024-row
+        # batches, 0.145-0.158 -> 0.127-0.133 ms per row with the heap frozen).
+        gc.collect()
+        gc.freeze()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         """Runs every row of ``batch``; returns it with the result columns appended."""
@@ -140,11 +153,37 @@ class GraphStage:
     async def _run_all(self, inputs: list[pb.Message | InvalidArgument]) -> list[dict[str, Any]]:
         self._state.begin()
         await self._state.prefetch(self.graph.states.values())
-        rows = list(await asyncio.gather(*(self._run_row(m) for m in inputs)))
+        if self.columnar is not None:
+            rows = await self._run_columnar(inputs)
+        else:
+            rows = list(await asyncio.gather(*(self._run_row(m) for m in inputs)))
         # The batch's cache stores and feedback adjustments reach the job's actor before the
         # batch is handed on: between batches this stage's event loop does not run.
         await asyncio.gather(self._state.drain(), *(cache.drain() for cache in self._caches))
         return rows
+
+    async def _run_columnar(self, inputs: list[pb.Message | InvalidArgument]) -> list[dict[str, Any]]:
+        assert self.columnar is not None
+        start = time.monotonic()
+        rows: list[dict[str, Any] | None] = [None] * len(inputs)
+        valid: list[int] = []
+        messages: list[pb.Message] = []
+        for i, message in enumerate(inputs):
+            try:
+                if isinstance(message, InvalidArgument):  # the row's columns did not convert
+                    raise message
+                # The same checks and limits as the online ingress, declared input parts included.
+                check_request(svc.InferRequest(input=message), self.graph.spec.limits, self.graph.spec.input)
+            except Exception as exc:
+                rows[i] = error_row(exc, (time.monotonic() - start) * 1000.0, include_trace=self.include_trace)
+                continue
+            valid.append(i)
+            messages.append(message)
+        outcomes = await self.columnar.run(messages, timeout_s=self.timeout_s)
+        for i, outcome in zip(valid, outcomes, strict=True):
+            rows[i] = (error_row(outcome, (time.monotonic() - start) * 1000.0, include_trace=self.include_trace)
+                       if isinstance(outcome, BaseException) else result_row(outcome, include_trace=self.include_trace))
+        return [r for r in rows if r is not None]
 
     async def _run_row(self, message: pb.Message | InvalidArgument) -> dict[str, Any]:
         start = time.monotonic()

@@ -192,9 +192,9 @@ async def _lookup(get: Awaitable[bytes | None], path: str) -> bytes | None:
         return None
 
 
-def _answer_hit(msg: pb.Message, hit: bytes, writes: frozenset[str], ctx: RequestContext, path: str, attempt: int,
-                start: float, detail: str = "") -> pb.Message:
-    copy_parts(pb.Message.FromString(hit), msg, writes)
+def _answer_hit(msg: pb.Message, hit: bytes | pb.Message, writes: frozenset[str], ctx: RequestContext, path: str,
+                attempt: int, start: float, detail: str = "") -> pb.Message:
+    copy_parts(hit if isinstance(hit, pb.Message) else pb.Message.FromString(hit), msg, writes)
     ctx.record(pb.Span(node=path, kind="cache", attempt=attempt, start_ms=ctx.elapsed_ms(), cache_hit=True,
                        detail=detail, latency_ms=(time.monotonic() - start) * 1000.0))
     return msg

@@ -140,29 +140,56 @@ class ModelKind(NodeKind):
 async def _call_model(ex: Executor, node: ModelNode, msg: pb.Message, ctx: RequestContext, path: str,
                       attempt: int, retry: int) -> pb.Message:
     start = time.monotonic()
-    span = pb.Span(node=path, kind="model", model=node.impl, attempt=attempt, start_ms=ctx.elapsed_ms(),
-                   retry=retry)
+    span = model_span(node, ctx, path, attempt, retry)
     try:
-        reply = await ex.caller.call(node, msg)
-        if isinstance(reply, ModelReply):
-            part, span.cpu_ms = reply.part, reply.cpu_ms
-        else:
-            part = reply
-    except ModelweaveError as exc:
-        exc.node = exc.node or path
-        span.error = exc.status.value
-        span.detail = exc.message[:300]
-        raise
+        reply: Any = await ex.caller.call(node, msg)
     except asyncio.CancelledError:
         raise
-    except Exception as exc:  # a model bug must surface as a typed error, not a hang
-        span.error = ModelError.status.value
-        span.detail = f"{type(exc).__name__}: {exc}"[:300]
-        raise ModelError(f"model failed: {type(exc).__name__}: {exc}", node=path) from exc
-    finally:
-        span.latency_ms = (time.monotonic() - start) * 1000.0
-        if span.error:
+    except Exception as exc:  # typed (or wrapped) by finish_model_call
+        reply = exc
+    return finish_model_call(ex, node, msg, ctx, path, span, start, reply)
+
+
+def model_span(node: ModelNode, ctx: RequestContext, path: str, attempt: int, retry: int) -> pb.Span:
+    """The span of one model call, started now."""
+    return pb.Span(node=path, kind="model", model=node.impl, attempt=attempt, start_ms=ctx.elapsed_ms(),
+                   retry=retry)
+
+
+def finish_model_call(ex: Executor, node: ModelNode, msg: pb.Message, ctx: RequestContext, path: str,
+                      span: pb.Span, start: float, reply: Any, *, observe: bool = True) -> pb.Message:
+    """Records a finished model call and merges its part into ``msg``.
+
+    The one place that types a call's outcome, for the row-by-row executor and the batch
+    stage's columnar runner alike.
+
+    Args:
+        reply: What the caller answered: a :class:`~modelweave.executor.ModelReply`, a bare
+            part, or the exception the call raised.
+        observe: Fold the call's latency into the node's typical latency (a caller that
+            answered many rows in one call folds it in once).
+
+    Raises:
+        ModelweaveError: the call failed (a plain exception becomes ``ModelError``), or the
+            model returned another part type than its node declares.
+    """
+    span.latency_ms = (time.monotonic() - start) * 1000.0
+    if isinstance(reply, BaseException):
+        if isinstance(reply, ModelweaveError):
+            reply.node = reply.node or path
+            span.error = reply.status.value
+            span.detail = reply.message[:300]
             ctx.record(span)
+            raise reply
+        # A model bug must surface as a typed error, not a hang.
+        span.error = ModelError.status.value
+        span.detail = f"{type(reply).__name__}: {reply}"[:300]
+        ctx.record(span)
+        raise ModelError(f"model failed: {type(reply).__name__}: {reply}", node=path) from reply
+    if isinstance(reply, ModelReply):
+        part, span.cpu_ms = reply.part, reply.cpu_ms
+    else:
+        part = reply
     expected = ex.graph.info(node).produces
     if not isinstance(part, ProtoMessage) or part.DESCRIPTOR.name != expected:
         got = part.DESCRIPTOR.full_name if isinstance(part, ProtoMessage) else type(part).__name__
@@ -173,5 +200,6 @@ async def _call_model(ex: Executor, node: ModelNode, msg: pb.Message, ctx: Reque
     if isinstance(part, pb.Verdict):
         span.verdict = "passed" if part.passed else "failed"
     ctx.record(span)
-    ex.observe_hop(node.name, span.latency_ms / 1000.0)
+    if observe:
+        ex.observe_hop(node.name, span.latency_ms / 1000.0)
     return msg

@@ -153,45 +153,59 @@ class ParallelKind(NodeKind):
 
     async def run(self, ex: Executor, node: ParallelNode, msg: pb.Message, ctx: RequestContext, path: str,
                   attempt: int) -> pb.Message:
-        from modelweave.aggregate import aggregate
-
         start = time.monotonic()
         span = pb.Span(node=path, kind="parallel", attempt=attempt, start_ms=ctx.elapsed_ms())
         outcomes = await asyncio.gather(
             *(ex.run_node(b, clone(msg), ctx, path, attempt) for b in node.branches), return_exceptions=True
         )
-        results: list[pb.Message | None] = []
-        errors: list[BaseException] = []
         for outcome in outcomes:
-            if isinstance(outcome, BaseException):
-                if isinstance(outcome, asyncio.CancelledError):
-                    raise outcome
-                errors.append(outcome)
-                results.append(None)
-            else:
-                results.append(outcome)
-        needed = node.aggregate.min_successful or len(node.branches)
-        succeeded = len(node.branches) - len(errors)
-        if succeeded < needed:
-            first = errors[0]
-            span.error = first.status.value if isinstance(first, ModelweaveError) else ModelError.status.value
-            span.detail = f"{succeeded}/{len(node.branches)} branches succeeded, {needed} needed"
-            span.latency_ms = (time.monotonic() - start) * 1000.0
-            ctx.record(span)
-            raise first
-        weights = node.aggregate.weights or [1.0] * len(node.branches)
-        try:
-            writes = ([ex.graph.info(b).writes for b in node.branches]
-                      if node.aggregate.strategy == "merge" else None)
-            out, detail = aggregate(node.aggregate, msg, results, weights, writes=writes)
-        except ModelweaveError as exc:
-            exc.node = exc.node or path
-            span.error = exc.status.value
-            span.detail = exc.message[:300]
-            span.latency_ms = (time.monotonic() - start) * 1000.0
-            ctx.record(span)
-            raise
-        span.detail = detail + (f"; {len(errors)} branch(es) failed" if errors else "")
+            if isinstance(outcome, asyncio.CancelledError):
+                raise outcome
+        return join_branches(ex, node, msg, list(outcomes), ctx, path, span, start)
+
+
+def join_branches(ex: Executor, node: ParallelNode, msg: pb.Message, outcomes: list[Any], ctx: RequestContext,
+                  path: str, span: pb.Span, start: float) -> pb.Message:
+    """Aggregates the branches' outcomes (an envelope or the exception of each) into one envelope.
+
+    Shared by the row-by-row executor and the batch stage's columnar runner; records ``span``.
+
+    Raises:
+        BaseException: the first branch error, when fewer branches succeeded than needed.
+        ModelweaveError: the aggregation failed.
+    """
+    from modelweave.aggregate import aggregate
+
+    results: list[pb.Message | None] = []
+    errors: list[BaseException] = []
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            errors.append(outcome)
+            results.append(None)
+        else:
+            results.append(outcome)
+    needed = node.aggregate.min_successful or len(node.branches)
+    succeeded = len(node.branches) - len(errors)
+    if succeeded < needed:
+        first = errors[0]
+        span.error = first.status.value if isinstance(first, ModelweaveError) else ModelError.status.value
+        span.detail = f"{succeeded}/{len(node.branches)} branches succeeded, {needed} needed"
         span.latency_ms = (time.monotonic() - start) * 1000.0
         ctx.record(span)
-        return out
+        raise first
+    weights = node.aggregate.weights or [1.0] * len(node.branches)
+    try:
+        writes = ([ex.graph.info(b).writes for b in node.branches]
+                  if node.aggregate.strategy == "merge" else None)
+        out, detail = aggregate(node.aggregate, msg, results, weights, writes=writes)
+    except ModelweaveError as exc:
+        exc.node = exc.node or path
+        span.error = exc.status.value
+        span.detail = exc.message[:300]
+        span.latency_ms = (time.monotonic() - start) * 1000.0
+        ctx.record(span)
+        raise
+    span.detail = detail + (f"; {len(errors)} branch(es) failed" if errors else "")
+    span.latency_ms = (time.monotonic() - start) * 1000.0
+    ctx.record(span)
+    return out

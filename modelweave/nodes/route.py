@@ -147,40 +147,15 @@ class RouteKind(NodeKind):
         start = time.monotonic()
         if node.router is not None:
             msg = await ex.run_node(node.router, msg, ctx, path, attempt)
-        chosen, reason = node.default, "default"
-        for i, rule in enumerate(node.rules):
-            tests = []
-            adaptive = []  # "state=value" of the adaptive thresholds this rule read, for the trace
-            for cond in rule.when:
-                threshold = None
-                if cond.value_from is not None:
-                    threshold = await ex.threshold(cond.value_from)
-                    adaptive.append(f"{cond.value_from.state}={threshold:.3f}")
-                tests.append(evaluate(cond, msg, threshold))
-            if (all(tests) if rule.match == "all" else any(tests)):
-                chosen, reason = rule.branch, f"rules[{i}]"
-                if adaptive:
-                    reason += f" ({', '.join(adaptive)})"
-                break
-        else:
-            if node.router is not None and msg.classification.label in node.branches:
-                chosen, reason = msg.classification.label, f"router label {msg.classification.label!r}"
+        chosen, reason = choose_branch(node, msg, await read_thresholds(ex, node))
         ctx.record(pb.Span(node=path, kind="route", attempt=attempt, start_ms=ctx.elapsed_ms(), route=chosen,
                            detail=reason, latency_ms=(time.monotonic() - start) * 1000.0))
         branch = node.branches[chosen]
         if branch is None:
             return msg
-        watched = [fb for fb in node.feedback if fb.branches is None or chosen in fb.branches]
-        before = [read_field(msg, fb.field) for fb in watched]
+        before = watched_fields(node, chosen, msg)
         out = await ex.run_node(branch, msg, ctx, path, attempt)
-        for fb, old in zip(watched, before, strict=True):
-            changed = read_field(out, fb.field) != old
-            delta = fb.on_changed if changed else fb.on_unchanged
-            value = await ex.adjust(fb.state, delta)
-            if value is not None:
-                ctx.record(pb.Span(node=path, kind="feedback", attempt=attempt, start_ms=ctx.elapsed_ms(),
-                                   route=chosen, detail=f"{fb.state} {delta:+.4f} -> {value:.4f} "
-                                   f"({fb.field} {'changed' if changed else 'unchanged'})"))
+        await route_feedback(ex, node, chosen, before, out, ctx, path, attempt)
         return out
 
     def draw_lines(self, node: RouteNode, info: NodeInfo, graph: CheckedGraph) -> list[str]:
@@ -209,6 +184,56 @@ class RouteKind(NodeKind):
             for choices, hops in (alts(branch) if branch is not None else [((), ())]):
                 tails.append(((f"{node.name}={label}", *choices), hops))
         return product([head, tails], limit)
+
+
+async def read_thresholds(ex: Executor, node: RouteNode) -> dict[str, float]:
+    """The current value of every feedback variable the route's rules compare against."""
+    return {cond.value_from.state: await ex.threshold(cond.value_from)
+            for rule in node.rules for cond in rule.when if cond.value_from is not None}
+
+
+def choose_branch(node: RouteNode, msg: pb.Message, thresholds: dict[str, float]) -> tuple[str, str]:
+    """The branch a route takes for ``msg`` and why (the route span's ``detail``).
+
+    Args:
+        thresholds: Values of the adaptive thresholds, by state (:func:`read_thresholds`).
+    """
+    for i, rule in enumerate(node.rules):
+        tests = []
+        adaptive = []  # "state=value" of the adaptive thresholds this rule read, for the trace
+        for cond in rule.when:
+            threshold = None
+            if cond.value_from is not None:
+                threshold = thresholds[cond.value_from.state]
+                adaptive.append(f"{cond.value_from.state}={threshold:.3f}")
+            tests.append(evaluate(cond, msg, threshold))
+        if (all(tests) if rule.match == "all" else any(tests)):
+            reason = f"rules[{i}]"
+            if adaptive:
+                reason += f" ({', '.join(adaptive)})"
+            return rule.branch, reason
+    if node.router is not None and msg.classification.label in node.branches:
+        return msg.classification.label, f"router label {msg.classification.label!r}"
+    return node.default, "default"
+
+
+def watched_fields(node: RouteNode, chosen: str, msg: pb.Message) -> list[Any]:
+    """The fields the branch's feedback watches, as they are before the branch runs."""
+    return [read_field(msg, fb.field) for fb in node.feedback if fb.branches is None or chosen in fb.branches]
+
+
+async def route_feedback(ex: Executor, node: RouteNode, chosen: str, before: list[Any], out: pb.Message,
+                         ctx: RequestContext, path: str, attempt: int) -> None:
+    """Moves the feedback variables by whether the branch changed the watched fields."""
+    watched = [fb for fb in node.feedback if fb.branches is None or chosen in fb.branches]
+    for fb, old in zip(watched, before, strict=True):
+        changed = read_field(out, fb.field) != old
+        delta = fb.on_changed if changed else fb.on_unchanged
+        value = await ex.adjust(fb.state, delta)
+        if value is not None:
+            ctx.record(pb.Span(node=path, kind="feedback", attempt=attempt, start_ms=ctx.elapsed_ms(),
+                               route=chosen, detail=f"{fb.state} {delta:+.4f} -> {value:.4f} "
+                               f"({fb.field} {'changed' if changed else 'unchanged'})"))
 
 
 def draw_branches(builder: DrawingBuilder, path: str, source: str, available: frozenset[str],

@@ -127,18 +127,9 @@ class SplitKind(NodeKind):
     async def run(self, ex: Executor, node: SplitNode, msg: pb.Message, ctx: RequestContext, path: str,
                   attempt: int) -> pb.Message:
         start = time.monotonic()
-        how = "random"
-        draw = random.random()
-        if node.sticky is not None:
-            value = read_field(msg, node.sticky)
-            if value not in (None, ""):
-                draw, how = sticky_draw(node.salt, path, value), f"sticky by {node.sticky}"
-            else:
-                how = f"random ({node.sticky} missing)"
-        chosen = pick_branch(node, draw)
+        chosen, detail = choose_split(node, msg, path)
         ctx.record(pb.Span(node=path, kind="split", attempt=attempt, start_ms=ctx.elapsed_ms(), route=chosen,
-                           detail=f"{how}; weights " + ", ".join(f"{k}={v:g}" for k, v in node.weights.items()),
-                           latency_ms=(time.monotonic() - start) * 1000.0))
+                           detail=detail, latency_ms=(time.monotonic() - start) * 1000.0))
         branch = node.branches[chosen]
         return msg if branch is None else await ex.run_node(branch, msg, ctx, path, attempt)
 
@@ -163,3 +154,16 @@ class SplitKind(NodeKind):
             for choices, hops in (alts(branch) if branch is not None else [((), ())]):
                 out.append(((f"{node.name}={label}", *choices), hops))
         return out[:limit]
+
+
+def choose_split(node: SplitNode, msg: pb.Message, path: str) -> tuple[str, str]:
+    """The branch a split sends ``msg`` to, and the span's detail (how it drew, the weights)."""
+    how = "random"
+    draw = random.random()
+    if node.sticky is not None:
+        value = read_field(msg, node.sticky)
+        if value not in (None, ""):
+            draw, how = sticky_draw(node.salt, path, value), f"sticky by {node.sticky}"
+        else:
+            how = f"random ({node.sticky} missing)"
+    return pick_branch(node, draw), f"{how}; weights " + ", ".join(f"{k}={v:g}" for k, v in node.weights.items())

@@ -107,38 +107,20 @@ class ValidateKind(NodeKind):
         start = time.monotonic()
         base = clone(msg)
         last: pb.Message | None = None
-        attempts = 1 if node.on_failure == "escalate" else node.max_attempts
+        attempts = attempt_count(node)
         for n in range(1, attempts + 1):
-            work = clone(base)
-            work.metadata["attempt"] = str(n)
-            if node.on_failure == "refine" and last is not None:
-                work.verdict.CopyFrom(last.verdict)
-            out = await ex.run_node(node.target, work, ctx, path, n)
+            out = await ex.run_node(node.target, attempt_input(node, base, n, last), ctx, path, n)
             out.ClearField("verdict")
             out = await ex.run_node(node.validator, out, ctx, path, n)
+            await validation_feedback(ex, node, passed=out.verdict.passed)
             if out.verdict.passed:
-                await _feedback(ex, node, passed=True)
-                ctx.record(pb.Span(node=path, kind="validate", attempt=n, start_ms=ctx.elapsed_ms(),
-                                   verdict="passed", latency_ms=(time.monotonic() - start) * 1000.0))
+                record_passed(ctx, path, n, start)
                 return out
-            await _feedback(ex, node, passed=False)
             last = out
         assert last is not None
-        reason = last.verdict.reason or "validator said no"
-        if node.escalate is not None:
-            ctx.record(pb.Span(node=path, kind="validate", attempt=attempts, start_ms=ctx.elapsed_ms(),
-                               verdict="failed", route="escalate", detail=f"escalating: {reason}"[:300],
-                               latency_ms=(time.monotonic() - start) * 1000.0))
-            work = clone(base)
-            work.verdict.CopyFrom(last.verdict)
-            work.metadata["escalated"] = path
-            return await ex.run_node(node.escalate, work, ctx, path, attempts + 1)
-        ctx.record(pb.Span(node=path, kind="validate", attempt=attempts, start_ms=ctx.elapsed_ms(),
-                           verdict="failed", detail=f"exhausted: {reason}"[:300],
-                           latency_ms=(time.monotonic() - start) * 1000.0))
-        if node.on_exhausted == "error":
-            raise FailedPrecondition(f"validation failed after {attempts} attempt(s): {reason}", node=path)
-        ctx.degraded += 1
+        escalation = exhausted(node, base, last, ctx, path, start)
+        if escalation is not None:
+            return await ex.run_node(node.escalate, escalation, ctx, path, attempts + 1)  # type: ignore[arg-type]
         return last
 
     def draw_lines(self, node: ValidateNode, info: NodeInfo, graph: CheckedGraph) -> list[str]:
@@ -177,9 +159,60 @@ class ValidateKind(NodeKind):
         return [((f"{node.name}=passed", *c), h) for c, h in passed] + escalated
 
 
-async def _feedback(ex: Executor, node: ValidateNode, *, passed: bool) -> None:
+async def validation_feedback(ex: Executor, node: ValidateNode, *, passed: bool) -> None:
+    """Moves the node's feedback variables after one attempt passed or failed."""
     for update in node.feedback:
         delta = update.on_pass if passed else update.on_fail
         if not delta:
             continue
         await ex.adjust(update.state, delta)
+
+
+def attempt_count(node: ValidateNode) -> int:
+    """How many times the target runs before the node escalates or gives up."""
+    return 1 if node.on_failure == "escalate" else node.max_attempts
+
+
+def attempt_input(node: ValidateNode, base: pb.Message, n: int, last: pb.Message | None) -> pb.Message:
+    """The target's input for attempt ``n``: the node's input, plus the last verdict when refining."""
+    work = clone(base)
+    work.metadata["attempt"] = str(n)
+    if node.on_failure == "refine" and last is not None:
+        work.verdict.CopyFrom(last.verdict)
+    return work
+
+
+def record_passed(ctx: RequestContext, path: str, n: int, start: float) -> None:
+    """The node's span when attempt ``n`` passed."""
+    ctx.record(pb.Span(node=path, kind="validate", attempt=n, start_ms=ctx.elapsed_ms(), verdict="passed",
+                       latency_ms=(time.monotonic() - start) * 1000.0))
+
+
+def exhausted(node: ValidateNode, base: pb.Message, last: pb.Message, ctx: RequestContext, path: str,
+              start: float) -> pb.Message | None:
+    """Ends a validation whose every attempt failed: records its span.
+
+    Returns:
+        The escalation's input when the node escalates; None when the last attempt's
+        answer stands (the request is then degraded).
+
+    Raises:
+        FailedPrecondition: ``on_exhausted: error``.
+    """
+    attempts = attempt_count(node)
+    reason = last.verdict.reason or "validator said no"
+    if node.escalate is not None:
+        ctx.record(pb.Span(node=path, kind="validate", attempt=attempts, start_ms=ctx.elapsed_ms(),
+                           verdict="failed", route="escalate", detail=f"escalating: {reason}"[:300],
+                           latency_ms=(time.monotonic() - start) * 1000.0))
+        work = clone(base)
+        work.verdict.CopyFrom(last.verdict)
+        work.metadata["escalated"] = path
+        return work
+    ctx.record(pb.Span(node=path, kind="validate", attempt=attempts, start_ms=ctx.elapsed_ms(),
+                       verdict="failed", detail=f"exhausted: {reason}"[:300],
+                       latency_ms=(time.monotonic() - start) * 1000.0))
+    if node.on_exhausted == "error":
+        raise FailedPrecondition(f"validation failed after {attempts} attempt(s): {reason}", node=path)
+    ctx.degraded += 1
+    return None

@@ -288,6 +288,13 @@ def test_cli_batch_command(ray_cluster: None, tmp_path: pathlib.Path) -> None:
         ("broken", "negative", None), ("great, thanks", "positive", None)]
     again = CliRunner().invoke(main, args)
     assert again.exit_code == 2 and "already exists" in again.output
+    assert "columnar" in result.output  # the log line says how the stages run
+    rowwise = tmp_path / "rowwise.jsonl"
+    by_row = CliRunner().invoke(main, [*args[:5], str(rowwise), *args[6:], "--row-by-row"])
+    assert by_row.exit_code == 0 and "row by row: asked for" in by_row.output, by_row.output
+    same = [json.loads(line) for p in sorted(rowwise.iterdir()) for line in p.read_text().splitlines()]
+    assert sorted((r["body"], r["mw_label"], r["mw_error"]) for r in same) == sorted(
+        (r["body"], r["mw_label"], r["mw_error"]) for r in rows)
 
 
 # -- planning and paths (no Ray needed) ----------------------------------------------------

@@ -93,11 +93,13 @@ def test_deployment_inline_false_keeps_a_model_in_its_pool(demo: GraphSpec) -> N
     assert _inline_set(graph, "cheap") == set(graph.models) - {"normalise"}
 
 
-def test_fused_stage_equals_the_in_process_executor_row_by_row(demo: GraphSpec) -> None:
+@pytest.mark.parametrize("columnar", [True, False])
+def test_fused_stage_equals_the_in_process_executor_row_by_row(demo: GraphSpec, columnar: bool) -> None:
     texts = [*_texts(150), ""]
     graph = check_graph(demo)
     stage = GraphStage(graph=dump_graph(demo), pools={}, batch_sizes={}, state_actor=InProcessActor(JobState()),
-                       inline=sorted(graph.models))
+                       inline=sorted(graph.models), columnar=columnar)
+    assert (stage.columnar is not None) == columnar
     rows: list[dict[str, Any]] = []
     for start in range(0, len(texts), 32):
         chunk = texts[start:start + 32]
@@ -123,6 +125,7 @@ def test_fused_stage_equals_the_in_process_executor_row_by_row(demo: GraphSpec) 
         assert got["error"] is None, (i, got["error"])
         assert json.loads(got["result_json"]) == json.loads(ref["result_json"]), i
         assert (got["route"], got["attempts"], got["verdict"]) == (ref["route"], ref["attempts"], ref["verdict"]), i
+        assert got["cache_hit"] == ref["cache_hit"], i  # the first of a repeated text computes, the rest hit
     assert sum(bool(r["cache_hit"]) for r in rows) > 0  # repeats were answered from the shared cache
 
 
