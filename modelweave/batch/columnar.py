@@ -24,10 +24,11 @@ What differs, on purpose:
 * **Feedback reaches the next batch**: routes read feedback variables once per batch (the
   stage already read them once per batch row by row).
 
-Graphs with a node this runner does not cover (``shadow``, a semantic or
-speculative cache, a per-node ``timeout_s``) run row by row: :func:`columnar_unsupported`
-says why. Co-located groups (``deployment.group``) do not matter here: a graph stage calls
-each model node on its own (its caller has no ``call_many``).
+A node this runner does not walk itself (``shadow``, a semantic or speculative cache, any
+node with its own ``timeout_s``) is run by the executor's ``run_node``, one row at a time and
+all rows at once, inside the columnar walk: :func:`row_by_row_parts` lists them. Co-located
+groups (``deployment.group``) do not matter here: a graph stage calls each model node on its
+own (its caller has no ``call_many``).
 """
 
 from __future__ import annotations
@@ -56,17 +57,30 @@ from modelweave.v1 import messages_pb2 as pb
 _KINDS = frozenset({"model", "chain", "route", "split", "cache", "parallel", "validate"})
 
 
-def columnar_unsupported(graph: CheckedGraph) -> str | None:
-    """Why ``graph`` cannot run columnar (None: it can)."""
-    for path, info in graph.nodes.items():
-        node = info.node
-        if node.kind not in _KINDS:
-            return f"{path}: a {node.kind} node runs row by row"
-        if node.timeout_s is not None:
-            return f"{path}: a per-node timeout_s runs row by row"
-        if isinstance(node, CacheNode) and (node.key != "exact" or node.speculate):
-            return f"{path}: a semantic or speculative cache runs row by row"
-    return None
+def runs_columnar(node: Node) -> bool:
+    """Whether this runner walks ``node`` itself (else the executor runs it, row by row)."""
+    if node.kind not in _KINDS or node.timeout_s is not None:
+        return False
+    return not (isinstance(node, CacheNode) and (node.key != "exact" or node.speculate))
+
+
+def row_by_row_parts(graph: CheckedGraph) -> list[str]:
+    """The outermost nodes of ``graph`` that a columnar run hands to the executor row by row.
+
+    Returns:
+        ``"<node path> (<why>)"`` for each, e.g. ``"g/main/expensive (a shadow node)"``.
+    """
+    outermost: list[str] = []
+    parts: list[str] = []
+    for path in sorted(graph.nodes, key=len):  # a parent's path is a prefix of its children's
+        node = graph.nodes[path].node
+        if runs_columnar(node) or any(path.startswith(p + "/") for p in outermost):
+            continue
+        outermost.append(path)
+        why = (f"a {node.kind} node" if node.kind not in _KINDS
+               else "timeout_s" if node.timeout_s is not None else "a semantic or speculative cache")
+        parts.append(f"{path} ({why})")
+    return parts
 
 
 class ColumnarRunner(CacheColumns):
@@ -78,12 +92,10 @@ class ColumnarRunner(CacheColumns):
     """
 
     def __init__(self, executor: Executor) -> None:
-        reason = columnar_unsupported(executor.graph)
-        if reason is None and executor.runs:
+        if executor.runs:
             # A caller that serves co-located runs in one call (online); a graph stage has none.
-            reason = "co-located runs of model nodes go out row by row"
-        if reason is not None:
-            raise ValueError(f"graph {executor.graph.spec.name!r} cannot run columnar: {reason}")
+            raise ValueError(f"graph {executor.graph.spec.name!r} cannot run columnar: its caller serves "
+                             "co-located runs of model nodes (call_many), which go out row by row")
         self.ex = executor
         self._ctx: list[RequestContext] = []
         self._budget = 0.0
@@ -139,6 +151,8 @@ class ColumnarRunner(CacheColumns):
         """Runs one node on ``rows`` (the executor's ``run_node``): succeeded rows, failed rows."""
         if not rows:
             return [], []
+        if not runs_columnar(node):
+            return await self._row_by_row(node, rows, parent, attempt)
         path = f"{parent}/{node.name}"
         if node.fallback is None:
             return await self._kind(node, rows, path, attempt)
@@ -162,6 +176,21 @@ class ColumnarRunner(CacheColumns):
         saved, still = await self.node(node.fallback, again, path, attempt)
         return done + saved, lost + still
 
+    async def _row_by_row(self, node: Node, rows: Rows, parent: str, attempt: int) -> tuple[Rows, Failures]:
+        """The executor's own run of ``node`` for each row, all rows at once (timeouts, fallback included)."""
+        outcomes = await asyncio.gather(*(self.ex.run_node(node, msg, self._ctx[i], parent, attempt)
+                                          for i, msg in rows), return_exceptions=True)
+        done: Rows = []
+        failed: Failures = []
+        for (i, _), outcome in zip(rows, outcomes, strict=True):
+            if isinstance(outcome, asyncio.CancelledError):
+                raise outcome
+            if isinstance(outcome, BaseException):
+                failed.append((i, outcome))
+            else:
+                done.append((i, outcome))
+        return done, failed
+
     async def _kind(self, node: Node, rows: Rows, path: str, attempt: int) -> tuple[Rows, Failures]:
         if isinstance(node, ModelNode):
             return await self._model(node, rows, path, attempt)
@@ -181,7 +210,7 @@ class ColumnarRunner(CacheColumns):
             return await self._parallel(node, rows, path, attempt)
         if isinstance(node, ValidateNode):
             return await self._validate(node, rows, path, attempt)
-        raise ValueError(f"{path}: a {node.kind} node cannot run columnar")  # columnar_unsupported refuses it
+        raise ValueError(f"{path}: a {node.kind} node cannot run columnar")  # node() sends it row by row
 
     # -- kinds ----------------------------------------------------------------------------
 

@@ -1,9 +1,12 @@
 """Run any graph as a streaming Ray Data batch job, with the same semantics as online serving.
 
 Design: one graph stage (a ``map_batches`` callable class on an actor pool) runs the
-*same* :class:`modelweave.executor.Executor` that the online ingress runs, over a
-caller that sends model calls to per-model-node actor pools in micro-batches
-(:mod:`modelweave.batch.pools`, :mod:`modelweave.batch.caller`).
+graph with the online ingress's :class:`modelweave.executor.Executor` (its caches,
+feedback state, callers and node rules), over a caller that sends model calls to
+per-model-node actor pools in micro-batches (:mod:`modelweave.batch.pools`,
+:mod:`modelweave.batch.caller`). By default a stage walks the graph once per Ray Data
+batch for all its rows (:mod:`modelweave.batch.columnar`), applying each node kind's rules
+from the same functions the executor calls; ``row_by_row=True`` runs the executor per row.
 
 Why not one Ray Data operator per model node: the flow is dynamic. Routes send each
 row to a different branch, validate nodes loop a data-dependent number of times,
@@ -13,7 +16,7 @@ executor (and keep it in step with it), so batch and online would drift. Instead
 models still get their own pools and real batches (the per-operator benefit), and the
 flow logic exists exactly once. The cost of this choice: Ray Data sees one operator,
 so its per-operator progress and autoscaling do not apply to the model pools (they are
-sized from the graph file), and each step of a row is a hop from the stage to a pool.
+sized from the graph file), and each step is a hop from the stage to a pool.
 By default (``inline="cheap"``) rule-based glue runs in the stage process instead: its
 adapters take microseconds, so a pool would cost far more in the hop than it saves
 (the batch analogue of operator fusion; the demo graph, all rules, then needs no pool).
@@ -43,7 +46,7 @@ from typing import Any
 import pyarrow as pa
 
 from actors.shared_state import NAMESPACE
-from modelweave.batch.columnar import columnar_unsupported
+from modelweave.batch.columnar import row_by_row_parts
 from modelweave.batch.inputs import ColumnChoice, InputMapping
 from modelweave.batch.pools import RESERVED_CPUS, ModelPools, cheap_models, fit_plans, plan_pool
 from modelweave.batch.rows import check_result_columns
@@ -196,7 +199,7 @@ class BatchJob:
             explicit node names.
         row_by_row: Run every row as its own graph run in the stages, as online; by default
             each Ray Data batch runs through the graph together (columnar,
-            :mod:`modelweave.batch.columnar`) when the graph's node kinds allow it.
+            :mod:`modelweave.batch.columnar`).
     """
 
     def __init__(self, graph: GraphSpec | CheckedGraph, *, batch_size: int = DEFAULT_BATCH_SIZE,
@@ -213,7 +216,9 @@ class BatchJob:
         self.max_wait_s = max_wait_s
         self.inline = _inline_set(self.graph, inline)
         #: Why the stages run row by row (None: columnar).
-        self.row_by_row = "asked for (--row-by-row)" if row_by_row else columnar_unsupported(self.graph)
+        self.row_by_row = "asked for (--row-by-row)" if row_by_row else None
+        #: Nodes a columnar stage hands to the executor row by row ("<path> (<why>)").
+        self.row_by_row_parts = [] if row_by_row else row_by_row_parts(self.graph)
         pooled = set(self.graph.models) - self.inline
         self.concurrency = concurrency or default_concurrency(float(ray.cluster_resources().get("CPU", 1)),
                                                               pools=bool(pooled))

@@ -94,7 +94,7 @@ def run_job(graph_path: str, options: JobOptions, *, log: Callable[[str], None] 
                        row_by_row=options.row_by_row)
         log(f"modelweave: {len(job.pools.plans)} model pools ready in {job.load_s:.1f} s ({job.pools.cpus:g} CPUs, "
             f"{len(job.inline)} model(s) inline, {job.concurrency} graph stage(s), "
-            f"{'columnar' if job.row_by_row is None else 'row by row: ' + job.row_by_row})")
+            f"{_how(job)})")
         start = time.monotonic()
         dataset = read_input(options.input_path, options.fmt)
         results = job.run(dataset, mapping=checked.mapping, timeout_s=options.timeout_s,
@@ -106,3 +106,12 @@ def run_job(graph_path: str, options: JobOptions, *, log: Callable[[str], None] 
             job.shutdown()
         if started_ray:
             ray.shutdown()
+
+
+def _how(job: BatchJob) -> str:
+    """How the graph stages run, for the job's log line."""
+    if job.row_by_row is not None:
+        return f"row by row: {job.row_by_row}"
+    if job.row_by_row_parts:
+        return f"columnar; row by row inside {', '.join(job.row_by_row_parts)}"
+    return "columnar"

@@ -2,10 +2,12 @@
 
 One stage actor holds one :class:`modelweave.executor.Executor` over a
 :class:`modelweave.batch.caller.PoolCaller`, the per-job shared cache and the feedback
-state. For each Ray Data batch it runs all rows concurrently (``asyncio.gather``), so
-calls to the same model coalesce into micro-batches, and returns the input columns
-plus result, trace and error columns. A failing row gets an ``error`` value; it never
-fails the batch.
+state. For each Ray Data batch it walks the graph once for all rows
+(:mod:`modelweave.batch.columnar`: a model node gets every row that reaches it in one call),
+or, row by row, runs every row as its own graph run, all concurrently (``asyncio.gather``,
+so calls to the same model coalesce into micro-batches). It returns the input columns plus
+result, trace and error columns. A failing row gets an ``error`` value; it never fails the
+batch.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 import pyarrow as pa
 
 from modelweave.batch.caller import InlineCaller, PoolCaller, StageCaller
-from modelweave.batch.columnar import ColumnarRunner, columnar_unsupported
+from modelweave.batch.columnar import ColumnarRunner
 from modelweave.batch.inputs import ColumnChoice, InputMapping, messages_from_table
 from modelweave.batch.rows import append_columns, error_row, result_row
 from modelweave.batch.shared import BatchedCache, BatchedState, SharedStateClient
@@ -103,7 +105,7 @@ class GraphStage:
         max_wait_s: Longest wait of a model call for its micro-batch to fill.
         inline: Model node names to load and run inside this stage instead of a pool.
         columnar: Run each Ray Data batch's rows through the graph together
-            (:mod:`modelweave.batch.columnar`) when the graph allows it; False: row by row.
+            (:mod:`modelweave.batch.columnar`); False: each row as its own graph run.
     """
 
     def __init__(self, *, graph: dict[str, Any], pools: dict[str, list[Any]], batch_sizes: dict[str, int],
@@ -131,8 +133,7 @@ class GraphStage:
         caller = StageCaller(PoolCaller(pools, batch_sizes, max_wait_s=max_wait_s),
                              InlineCaller(self.graph, inline) if inline else None)
         self.executor = Executor(self.graph, caller, cache_factory=cache_factory, state=self._state)
-        self.columnar = (ColumnarRunner(self.executor)
-                         if columnar and columnar_unsupported(self.graph) is None else None)
+        self.columnar = ColumnarRunner(self.executor) if columnar else None
         self._loop = asyncio.new_event_loop()
         # Everything loaded so far (Ray, Arrow, the models) lives as long as the stage: move it out
         # of the collector's way, so its full collections scan only what the batches create. The

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from fakes import build, graph, model, text
 
-from modelweave.batch.columnar import ColumnarRunner, columnar_unsupported
+from modelweave.batch.columnar import ColumnarRunner, row_by_row_parts
 from modelweave.checker import check_graph
 from modelweave.errors import DeadlineExceeded, ModelweaveError, ReplicaLost
 from modelweave.executor import Executor, ModelReply, Result
@@ -57,6 +57,11 @@ GRAPHS: dict[str, dict[str, Any]] = {
     "a model answering the wrong count": chain(model("many", "TooMany")),
     "a model answering the wrong part type": chain(model("wrong", "WrongPart")),
     "a blocking model": chain(model("slow", "Sleep", seconds=0.0), fake("echo", "Echo")),
+    "a shadow node": chain({"kind": "shadow", "name": "s", "primary": fake("first", "FailOn"),
+                            "candidates": [fake("other", "FailOn", marker="zzz")]}, fake("echo", "Echo")),
+    "a node with its own timeout": chain({**fake("first", "FailOn"), "timeout_s": 5.0}, fake("echo", "Echo")),
+    "a speculative cache": chain({"kind": "cache", "name": "c", "speculate": True,
+                                  "body": chain(fake("first", "FailOn"), fake("echo", "Echo"), name="body")}),
     "sticky split": chain(fake("first", "FailOn"), {
         "kind": "split", "name": "ab", "sticky": "text.content", "weights": {"a": 1, "b": 1},
         "branches": {"a": fake("echo", "Echo"), "b": None}}),
@@ -109,7 +114,10 @@ def ending(outcome: Result | BaseException) -> tuple[Any, ...]:
     return ("ok", outcome.message.SerializeToString(deterministic=True), timeless(outcome.trace))
 
 
-async def row_by_row(ex: Executor, messages: list[pb.Message]) -> list[Result | BaseException]:
+async def row_by_row(ex: Executor, messages: list[pb.Message], *, at_once: bool = False,
+                     ) -> list[Result | BaseException]:
+    if at_once:  # as a row-by-row stage runs a batch: every row in flight together
+        return list(await asyncio.gather(*(ex.run(m) for m in messages), return_exceptions=True))
     outcomes: list[Result | BaseException] = []
     for message in messages:
         try:
@@ -119,9 +127,10 @@ async def row_by_row(ex: Executor, messages: list[pb.Message]) -> list[Result | 
     return outcomes
 
 
-async def both(data: dict[str, Any], messages: list[pb.Message]) -> tuple[list[Any], list[Any]]:
+async def both(data: dict[str, Any], messages: list[pb.Message], *, at_once: bool = False,
+               ) -> tuple[list[Any], list[Any]]:
     reference, _ = build(data)
-    expected = [ending(o) for o in await row_by_row(reference, messages)]
+    expected = [ending(o) for o in await row_by_row(reference, messages, at_once=at_once)]
     ex, _ = build(data)
     got = [ending(o) for o in await ColumnarRunner(ex).run(messages)]
     return expected, got
@@ -129,7 +138,9 @@ async def both(data: dict[str, Any], messages: list[pb.Message]) -> tuple[list[A
 
 @pytest.mark.parametrize("name", sorted(GRAPHS))
 async def test_every_row_ends_as_row_by_row(name: str) -> None:
-    expected, got = await both(graph(GRAPHS[name]), rows())
+    # A speculative cache runs row by row inside the columnar walk, all rows at once: repeats in a
+    # batch miss together, as in a row-by-row stage (the reference one row after another hits).
+    expected, got = await both(graph(GRAPHS[name]), rows(), at_once="speculative" in name)
     if name.startswith("parallel"):  # branches' spans come in the order the branches end, row by row too
         expected, got = ([(*e[:-1], sorted(e[-1])) for e in side] for side in (expected, got))
     assert [e[:2] for e in got] == [e[:2] for e in expected]  # first the outcome, for a readable diff
@@ -240,24 +251,24 @@ async def test_a_row_without_the_input_part_is_refused_by_name() -> None:
     assert isinstance(outcomes[1], Result)
 
 
-@pytest.mark.parametrize(("flow", "reason"), [
-    ({"kind": "shadow", "name": "s", "primary": model("a", "Label"), "candidates": [model("b", "Label")]},
-     "a shadow node"),
-    (chain({**model("a", "Label"), "timeout_s": 1.0}), "timeout_s"),
-    (chain({"kind": "cache", "name": "c", "speculate": True, "body": model("a", "Label")}), "speculative"),
-])
-def test_graphs_it_does_not_cover_run_row_by_row(flow: dict[str, Any], reason: str) -> None:
-    checked = check_graph(parse_graph(graph(flow)))
-    why = columnar_unsupported(checked)
-    assert why is not None and reason in why
-    with pytest.raises(ValueError, match="cannot run columnar"):
-        ColumnarRunner(Executor(checked, LocalCaller(checked)))
+def test_the_nodes_it_hands_to_the_executor_are_named(demo_path: Path) -> None:
+    assert row_by_row_parts(check_graph(load_graph(demo_path))) == []
+    shadow = check_graph(parse_graph(graph(GRAPHS["a shadow node"])))
+    assert row_by_row_parts(shadow) == ["g/main/s (a shadow node)"]  # its children are inside it
+    timed = check_graph(parse_graph(graph(GRAPHS["a node with its own timeout"])))
+    assert row_by_row_parts(timed) == ["g/main/first (timeout_s)"]
+    cached = check_graph(parse_graph(graph(GRAPHS["a speculative cache"])))
+    assert row_by_row_parts(cached) == ["g/main/c (a semantic or speculative cache)"]
 
 
-def test_the_reference_graphs_run_columnar(demo_path: Path) -> None:
-    assert columnar_unsupported(check_graph(load_graph(demo_path))) is None
-    for flow in GRAPHS.values():
-        assert columnar_unsupported(check_graph(parse_graph(graph(flow)))) is None
+def test_a_caller_with_co_located_runs_is_refused() -> None:
+    data = graph(chain(fake("first", "FailOn"), fake("echo", "Echo")))
+    for step in data["flow"]["steps"]:
+        step["deployment"] = {"group": "prep"}
+    ex, _ = build(data)
+    assert ex.runs  # LocalCaller serves a group's run in one call, as a group replica does
+    with pytest.raises(ValueError, match="co-located"):
+        ColumnarRunner(ex)
 
 
 async def test_rows_of_two_batches_share_the_cache() -> None:
