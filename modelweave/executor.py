@@ -38,6 +38,7 @@ from modelweave.v1 import messages_pb2 as pb
 
 __all__ = [
     "CacheFactory", "Caller", "Executor", "ModelReply", "Result", "SemanticCacheFactory", "memory_semantic_cache",
+    "take_fallback",
 ]
 
 logger = logging.getLogger("modelweave.executor")
@@ -74,6 +75,21 @@ class Result:
 
     message: pb.Message
     trace: pb.Trace
+
+
+def take_fallback(node: Node, exc: BaseException, ctx: RequestContext, path: str, attempt: int) -> bool:
+    """Whether ``node``'s fallback answers after ``exc``; records the fallback span when it does.
+
+    A fallback runs after a typed error while the request still has budget; the answer it
+    gives is degraded (cache nodes do not store it).
+    """
+    if node.fallback is None or not isinstance(exc, ModelweaveError) or ctx.remaining_s() <= 0:
+        return False
+    ctx.record(pb.Span(node=f"{path}/{node.fallback.name}", kind="fallback", attempt=attempt,
+                       start_ms=ctx.elapsed_ms(), error=exc.status.value,
+                       detail=f"fallback after {exc.status.value}: {exc.message}"[:300]))
+    ctx.degraded += 1
+    return True
 
 
 class Executor:
@@ -228,12 +244,9 @@ class Executor:
                 raise DeadlineExceeded(f"node timeout of {node.timeout_s * 1000:.0f} ms exceeded",
                                        node=path) from None
         except ModelweaveError as exc:
-            if node.fallback is None or ctx.remaining_s() <= 0:
+            if not take_fallback(node, exc, ctx, path, attempt):
                 raise
-            ctx.record(pb.Span(node=f"{path}/{node.fallback.name}", kind="fallback", attempt=attempt,
-                               start_ms=ctx.elapsed_ms(), error=exc.status.value,
-                               detail=f"fallback after {exc.status.value}: {exc.message}"[:300]))
-            ctx.degraded += 1
+            assert node.fallback is not None
             return await self.run_node(node.fallback, msg, ctx, path, attempt)
 
     def observe_hop(self, name: str, seconds: float) -> None:

@@ -42,7 +42,7 @@ from typing import Any
 from modelweave.batch.columnar_cache import CacheColumns, Failures, Rows
 from modelweave.checker import CheckedGraph
 from modelweave.errors import DeadlineExceeded, ModelweaveError, ReplicaLost
-from modelweave.executor import Executor, Result
+from modelweave.executor import Executor, Result, take_fallback
 from modelweave.messages import clone
 from modelweave.nodes.model import finish_model_call, model_span
 from modelweave.nodes.parallel import join_branches
@@ -98,7 +98,6 @@ class ColumnarRunner(CacheColumns):
                              "co-located runs of model nodes (call_many), which go out row by row")
         self.ex = executor
         self._ctx: list[RequestContext] = []
-        self._budget = 0.0
 
     async def run(self, messages: list[pb.Message], *, timeout_s: float | None = None,
                   request_ids: list[str] | None = None) -> list[Result | BaseException]:
@@ -113,7 +112,6 @@ class ColumnarRunner(CacheColumns):
                    request_ids: list[str] | None) -> list[Result | BaseException]:
         ex = self.ex
         budget = timeout_s if timeout_s else ex.graph.spec.timeout_s
-        self._budget = budget
         now = time.monotonic()
         ids = request_ids or [""] * len(messages)
         self._ctx = [RequestContext(request_id=rid or new_request_id(), deadline=now + budget, started=now)
@@ -134,7 +132,7 @@ class ColumnarRunner(CacheColumns):
                 done, failed = await self.node(ex.graph.spec.flow, rows, ex.graph.spec.name, 1)
         except TimeoutError:
             done, failed = [], [(i, DeadlineExceeded(f"request deadline of {budget * 1000:.0f} ms exceeded"))
-                                for i, _ in rows if outcomes[i] is None]
+                                for i, _ in rows]
         finally:
             request_deadline.reset(token)
         for i, msg in done:
@@ -164,15 +162,10 @@ class ColumnarRunner(CacheColumns):
         again: Rows = []
         lost: Failures = []
         for i, exc in failed:
-            ctx = self._ctx[i]
-            if not isinstance(exc, ModelweaveError) or ctx.remaining_s() <= 0:
+            if take_fallback(node, exc, self._ctx[i], path, attempt):
+                again.append((i, inputs[i]))
+            else:
                 lost.append((i, exc))
-                continue
-            ctx.record(pb.Span(node=f"{path}/{node.fallback.name}", kind="fallback", attempt=attempt,
-                               start_ms=ctx.elapsed_ms(), error=exc.status.value,
-                               detail=f"fallback after {exc.status.value}: {exc.message}"[:300]))
-            ctx.degraded += 1
-            again.append((i, inputs[i]))
         saved, still = await self.node(node.fallback, again, path, attempt)
         return done + saved, lost + still
 

@@ -171,30 +171,33 @@ class GraphStage:
         messages: list[pb.Message] = []
         for i, message in enumerate(inputs):
             try:
-                if isinstance(message, InvalidArgument):  # the row's columns did not convert
-                    raise message
-                # The same checks and limits as the online ingress, declared input parts included.
-                check_request(svc.InferRequest(input=message), self.graph.spec.limits, self.graph.spec.input)
+                messages.append(self._checked(message))
             except Exception as exc:
                 rows[i] = error_row(exc, (time.monotonic() - start) * 1000.0, include_trace=self.include_trace)
                 continue
             valid.append(i)
-            messages.append(message)
         outcomes = await self.columnar.run(messages, timeout_s=self.timeout_s)
         for i, outcome in zip(valid, outcomes, strict=True):
             rows[i] = (error_row(outcome, (time.monotonic() - start) * 1000.0, include_trace=self.include_trace)
                        if isinstance(outcome, BaseException) else result_row(outcome, include_trace=self.include_trace))
         return [r for r in rows if r is not None]
 
+    def _checked(self, message: pb.Message | InvalidArgument) -> pb.Message:
+        """The row's envelope, through the online ingress's checks and limits (declared input parts too).
+
+        Raises:
+            InvalidArgument: the row's columns did not convert, or the envelope breaks a limit.
+        """
+        if isinstance(message, InvalidArgument):
+            raise message
+        request = svc.InferRequest(input=message)
+        check_request(request, self.graph.spec.limits, self.graph.spec.input)
+        return request.input
+
     async def _run_row(self, message: pb.Message | InvalidArgument) -> dict[str, Any]:
         start = time.monotonic()
         try:
-            if isinstance(message, InvalidArgument):  # the row's columns did not convert
-                raise message
-            request = svc.InferRequest(input=message)
-            # The same checks and limits as the online ingress, declared input parts included.
-            check_request(request, self.graph.spec.limits, self.graph.spec.input)
-            result = await self.executor.run(request.input, timeout_s=self.timeout_s)
+            result = await self.executor.run(self._checked(message), timeout_s=self.timeout_s)
         except Exception as exc:  # a failing row never fails the job
             return error_row(exc, (time.monotonic() - start) * 1000.0, include_trace=self.include_trace)
         return result_row(result, include_trace=self.include_trace)
