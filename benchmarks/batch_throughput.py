@@ -279,7 +279,7 @@ def batch_run(spec: GraphSpec, texts: list[str], work: pathlib.Path, label: str,
     if not folder.exists():
         write_inputs(texts, folder)
     job = BatchJob(spec, batch_size=batch_size, inline=inline, concurrency=stages, row_by_row=row_by_row)
-    how = "columnar" if job.row_by_row is None else "row by row"
+    how = "row by row" if job.row_by_row else "columnar"
     label = f"{label}, inline={inline}, {job.concurrency} stage(s), {how}"
     startup = job.load_s
     try:

@@ -65,7 +65,7 @@ def batch_job(spec: Any, texts: list[str], *, row_by_row: bool = False) -> Batch
         for part in range(4):  # a few files, so reading streams like a real input
             pq.write_table(pa.table({"text": texts[part::4]}), folder / f"part-{part}.parquet")
         job = BatchJob(spec, row_by_row=row_by_row)
-        how = "columnar" if job.row_by_row is None else "row by row"
+        how = "row by row" if job.row_by_row else "columnar"
         try:
             start = time.perf_counter()
             out = pathlib.Path(tmp) / "out"

@@ -103,18 +103,17 @@ class LocalCaller:
         adapters go through their batcher, which already shares calls between rows.
         """
         adapter = self.adapters[model.name]
-        if model.name in self.batchers or len(messages) == 1:
-            return list(await asyncio.gather(*(self.call(model, m) for m in messages), return_exceptions=True))
-        try:
-            if adapter.blocking:
-                outputs, cpu_ms = await asyncio.to_thread(predict_measured, adapter, messages)
-            else:
-                outputs, cpu_ms = predict_measured(adapter, messages)
-        except Exception:
-            outputs = []
-        if len(outputs) != len(messages):  # failed, or answered the wrong count: find the row(s) alone
-            return list(await asyncio.gather(*(self.call(model, m) for m in messages), return_exceptions=True))
-        return [ModelReply(out, cpu_ms) for out in outputs]
+        if model.name not in self.batchers and len(messages) > 1:
+            try:
+                if adapter.blocking:
+                    outputs, cpu_ms = await asyncio.to_thread(predict_measured, adapter, messages)
+                else:
+                    outputs, cpu_ms = predict_measured(adapter, messages)
+                if len(outputs) == len(messages):
+                    return [ModelReply(out, cpu_ms) for out in outputs]
+            except Exception:
+                pass  # failed, or answered the wrong count: find the row(s) alone, below
+        return list(await asyncio.gather(*(self.call(model, m) for m in messages), return_exceptions=True))
 
     async def call_many(self, models: Sequence[ModelNode], message: pb.Message) -> list[Outcome]:
         """Runs a co-located run of model nodes in order, as a group replica does."""

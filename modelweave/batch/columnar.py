@@ -41,7 +41,7 @@ from typing import Any
 
 from modelweave.batch.columnar_cache import CacheColumns, Failures, Rows
 from modelweave.checker import CheckedGraph
-from modelweave.errors import DeadlineExceeded, ModelweaveError, ReplicaLost
+from modelweave.errors import DeadlineExceeded, ModelError, ModelweaveError, ReplicaLost
 from modelweave.executor import Executor, Result, take_fallback
 from modelweave.messages import clone
 from modelweave.nodes.model import finish_model_call, model_span
@@ -209,6 +209,7 @@ class ColumnarRunner(CacheColumns):
 
     async def _model(self, node: ModelNode, rows: Rows, path: str, attempt: int) -> tuple[Rows, Failures]:
         ex = self.ex
+        idempotent = ex.graph.info(node).idempotent
         done: Rows = []
         failed: Failures = []
         retry = 0
@@ -229,7 +230,7 @@ class ColumnarRunner(CacheColumns):
                     done.append((i, finish_model_call(ex, node, msg, ctx, path, span, start, reply, observe=False)))
                     answered = True
                 except ReplicaLost as exc:  # the executor's retry of a lost replica, where it may retry
-                    if ex.graph.info(node).idempotent and ctx.remaining_s() > pause and ex.retry_budget.try_spend():
+                    if idempotent and ctx.remaining_s() > pause and ex.retry_budget.try_spend():
                         rows.append((i, msg))
                     else:
                         failed.append((i, exc))
@@ -386,7 +387,5 @@ class ColumnarRunner(CacheColumns):
 
 
 def _lost() -> BaseException:
-    from modelweave.errors import ModelError
-
     return ModelError("internal error: the row got no outcome")
 

@@ -215,8 +215,8 @@ class BatchJob:
         self.batch_size = batch_size
         self.max_wait_s = max_wait_s
         self.inline = _inline_set(self.graph, inline)
-        #: Why the stages run row by row (None: columnar).
-        self.row_by_row = "asked for (--row-by-row)" if row_by_row else None
+        #: Whether the stages run each row as its own graph run (else columnar).
+        self.row_by_row = row_by_row
         #: Nodes a columnar stage hands to the executor row by row ("<path> (<why>)").
         self.row_by_row_parts = [] if row_by_row else row_by_row_parts(self.graph)
         pooled = set(self.graph.models) - self.inline
@@ -308,7 +308,7 @@ class BatchJob:
                 "include_trace": include_trace,
                 "max_wait_s": self.max_wait_s,
                 "inline": sorted(self.inline),
-                "columnar": self.row_by_row is None,
+                "columnar": not self.row_by_row,
             },
             batch_size=self.batch_size,
             batch_format="pyarrow",

@@ -110,8 +110,8 @@ def run_job(graph_path: str, options: JobOptions, *, log: Callable[[str], None] 
 
 def _how(job: BatchJob) -> str:
     """How the graph stages run, for the job's log line."""
-    if job.row_by_row is not None:
-        return f"row by row: {job.row_by_row}"
+    if job.row_by_row:
+        return "row by row: asked for (--row-by-row)"
     if job.row_by_row_parts:
         return f"columnar; row by row inside {', '.join(job.row_by_row_parts)}"
     return "columnar"

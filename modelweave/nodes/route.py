@@ -217,16 +217,20 @@ def choose_branch(node: RouteNode, msg: pb.Message, thresholds: dict[str, float]
     return node.default, "default"
 
 
+def _watched(node: RouteNode, chosen: str) -> list[ChangeFeedback]:
+    """The route's feedback entries that apply when it takes branch ``chosen``."""
+    return [fb for fb in node.feedback if fb.branches is None or chosen in fb.branches]
+
+
 def watched_fields(node: RouteNode, chosen: str, msg: pb.Message) -> list[Any]:
     """The fields the branch's feedback watches, as they are before the branch runs."""
-    return [read_field(msg, fb.field) for fb in node.feedback if fb.branches is None or chosen in fb.branches]
+    return [read_field(msg, fb.field) for fb in _watched(node, chosen)]
 
 
 async def route_feedback(ex: Executor, node: RouteNode, chosen: str, before: list[Any], out: pb.Message,
                          ctx: RequestContext, path: str, attempt: int) -> None:
     """Moves the feedback variables by whether the branch changed the watched fields."""
-    watched = [fb for fb in node.feedback if fb.branches is None or chosen in fb.branches]
-    for fb, old in zip(watched, before, strict=True):
+    for fb, old in zip(_watched(node, chosen), before, strict=True):
         changed = read_field(out, fb.field) != old
         delta = fb.on_changed if changed else fb.on_unchanged
         value = await ex.adjust(fb.state, delta)
