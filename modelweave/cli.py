@@ -300,8 +300,11 @@ def call(graph_name: str, text: str, http_url: str, grpc_addr: str | None, strea
 @click.option("--batch-size", default=1024, show_default=True, type=click.IntRange(min=1),
               help="rows per Ray Data batch (a model pool's micro-batches: at most 256, unless batch.batch_size says)")
 @click.option("--concurrency", default=None, type=click.IntRange(min=1),
-              help="graph stage actors (default: CPUs/4; CPUs/2 when every model runs inside the stages)")
-@click.option("--timeout-s", default=None, type=click.FloatRange(min=0, min_open=True), help="per-row deadline")
+              help="graph stage actors (default: CPUs/2 when the stages run models that do real work; "
+                   "CPUs/4 when they run only rule-based glue beside the pools)")
+@click.option("--timeout-s", default=None, type=click.FloatRange(min=0, min_open=True),
+              help="per-row deadline (default: the graph's timeout_s); it covers the walk of the row's chunk, "
+                   "sized to take at most a quarter of it")
 @click.option("--prefix", default="", help="prefix for the added result column names")
 @click.option("--trace", "include_trace", is_flag=True, help="add a trace_json column with each row's full trace")
 @click.option("--overwrite", is_flag=True, help="replace an existing output")

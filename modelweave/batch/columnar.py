@@ -19,8 +19,10 @@ What differs, on purpose:
   first one's answer and count as hits (row by row, the single-flight cache gives the same
   result). When that answer is not stored (degraded, or the row failed), the other rows run
   the body themselves, together.
-* **A batch shares its deadline**: every row's budget starts with the batch. A row whose
-  remaining budget cannot cover a model's typical latency is not started, as row by row.
+* **A walk shares its deadline**: every row's budget starts with the walk. A row whose
+  remaining budget cannot cover a model's typical latency is not started, as row by row. The
+  stage walks a big batch in chunks sized to take at most a quarter of the budget
+  (:mod:`modelweave.batch.chunks`), so the deadline measures a slow model, not the batch.
 * **Feedback reaches the next batch**: routes read feedback variables once per batch (the
   stage already read them once per batch row by row).
 

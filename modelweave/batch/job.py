@@ -48,7 +48,14 @@ import pyarrow as pa
 from actors.shared_state import NAMESPACE
 from modelweave.batch.columnar import row_by_row_parts
 from modelweave.batch.inputs import ColumnChoice, InputMapping
-from modelweave.batch.pools import RESERVED_CPUS, ModelPools, cheap_models, fit_plans, plan_pool
+from modelweave.batch.pools import (
+    RESERVED_CPUS,
+    ModelPools,
+    blocking_models,
+    cheap_models,
+    fit_plans,
+    plan_pool,
+)
 from modelweave.batch.rows import check_result_columns
 from modelweave.batch.shared import JobState
 from modelweave.batch.stage import GraphStage
@@ -93,8 +100,9 @@ class BatchSummary:
         errors: Count of each error code among failed rows.
         elapsed_s: Wall time of the data processing (reading, the graph, writing).
         startup_s: Wall time spent starting the model pools before that.
-        steady_rows_per_s: Rows/s between the first and the last finished batch (leaves
-            out the graph stage's own start-up); None with fewer than two batches.
+        steady_rows_per_s: Rows/s from the moment every graph stage had finished a batch to
+            the last finished batch (leaves out the stages' start-up); None when no batch
+            finished after that moment.
     """
 
     rows: int
@@ -128,16 +136,31 @@ class BatchSummary:
         return "\n".join(lines)
 
 
-def default_concurrency(cpus: float, *, pools: bool) -> int:
+def default_concurrency(cpus: float, *, stages_run_models: bool) -> int:
     """Graph stage actors for a cluster of ``cpus`` logical CPUs (at least 1).
 
-    One per 4 CPUs when model pools share the cluster (the pools do the heavy work; on 2
-    cores the triage graph ran 84-91 rows/s with one stage, 74-84 with two and 63-78 with
-    three), one per 2 when every model runs inside the stages, which then do all the work
-    (demo graph, 2 cores declared as 4 CPUs: 1,665-1,781 rows/s with one stage, 2,445-2,509
-    with two, 2,389-2,591 with three, 1,879-2,167 with four).
+    One per 2 CPUs when the stages run models that do the work: every model inline (demo
+    graph, 2 cores declared as 4 CPUs: 1,665-1,781 rows/s with one stage, 2,445-2,509 with
+    two, 2,389-2,591 with three, 1,879-2,167 with four), or blocking models inline beside the
+    pools (triage, its embedder, TF-IDF and grounding models in the stages, spaCy and MiniLM
+    in pools, 11,319 rows, columnar: 95-102 rows/s with one stage, 143-149 with two, 134 with
+    three). One per 4 when the stages run only rule-based glue and the pools do the model work.
     """
-    return max(1, int(cpus) // (4 if pools else 2))
+    return max(1, int(cpus) // (2 if stages_run_models else 4))
+
+
+def default_stage_count(graph: GraphSpec | CheckedGraph, cpus: float, inline: str | Collection[str] = "cheap") -> int:
+    """Graph stages a job of ``graph`` gets by default on ``cpus`` logical CPUs (:func:`default_concurrency`).
+
+    Args:
+        graph: The graph.
+        cpus: Logical CPUs of the cluster.
+        inline: The job's ``inline`` option.
+    """
+    checked = _as_checked(graph)
+    chosen = _inline_set(checked, inline)
+    pooled = set(checked.models) - chosen
+    return default_concurrency(cpus, stages_run_models=not pooled or bool(blocking_models(checked, chosen)))
 
 
 def _as_checked(graph: GraphSpec | CheckedGraph) -> CheckedGraph:
@@ -220,8 +243,8 @@ class BatchJob:
         #: Nodes a columnar stage hands to the executor row by row ("<path> (<why>)").
         self.row_by_row_parts = [] if row_by_row else row_by_row_parts(self.graph)
         pooled = set(self.graph.models) - self.inline
-        self.concurrency = concurrency or default_concurrency(float(ray.cluster_resources().get("CPU", 1)),
-                                                              pools=bool(pooled))
+        self.concurrency = concurrency or default_stage_count(
+            self.graph, float(ray.cluster_resources().get("CPU", 1)), self.inline)
         self.stage_num_cpus = stage_num_cpus
         if pools is not None:
             if not pools.covers(self.graph, pooled):

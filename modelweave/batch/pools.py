@@ -20,7 +20,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -144,6 +144,11 @@ def cheap_models(graph: CheckedGraph) -> set[str]:
                               and not build_adapter(node.impl, node.params).blocking):
             cheap.add(name)
     return cheap
+
+
+def blocking_models(graph: CheckedGraph, names: Collection[str]) -> set[str]:
+    """Those of ``names`` whose adapter is ``blocking``: real work per call, run in a thread."""
+    return {n for n in names if build_adapter(graph.models[n].impl, graph.models[n].params).blocking}
 
 
 class ModelWorker:

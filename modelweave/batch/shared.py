@@ -41,6 +41,7 @@ class JobState(GraphStateStore):
         self._first: float | None = None
         self._first_rows = 0
         self._last: float | None = None
+        self._stages: set[str] = set()
 
     def cache_get_many(self, path: str, keys: list[str]) -> list[bytes | None]:
         """Cached values (or None) for several keys of one cache node."""
@@ -53,10 +54,15 @@ class JobState(GraphStateStore):
         return [None] * len(items)
 
     def record(self, counts: dict[str, Any]) -> None:
-        """Adds one Ray Data batch's counters."""
+        """Adds one Ray Data batch's counters (``stage``: the reporting stage's id, if any)."""
         now = time.time()
-        if self._first is None:
-            self._first, self._first_rows = now, counts["rows"]
+        stage = str(counts.get("stage", ""))
+        if self._first is None or stage not in self._stages:
+            # Steady state starts once every stage has finished a batch: until then some stage is
+            # still loading, and counting another stage's rows against that time overstated the
+            # rate (four triage stages: 246 "steady" rows/s, 1.4x what the models' CPU allows).
+            self._stages.add(stage)
+            self._first, self._first_rows = now, self._rows + counts["rows"]
         self._last = now
         self._rows += counts["rows"]
         self._failures += counts["failures"]

@@ -5,9 +5,10 @@ One stage actor holds one :class:`modelweave.executor.Executor` over a
 state. For each Ray Data batch it walks the graph once for all rows
 (:mod:`modelweave.batch.columnar`: a model node gets every row that reaches it in one call),
 or, row by row, runs every row as its own graph run, all concurrently (``asyncio.gather``,
-so calls to the same model coalesce into micro-batches). It returns the input columns plus
-result, trace and error columns. A failing row gets an ``error`` value; it never fails the
-batch.
+so calls to the same model coalesce into micro-batches). A batch too slow to finish well
+inside the row deadline is walked in chunks, one after another (:mod:`modelweave.batch.chunks`).
+It returns the input columns plus result, trace and error columns. A failing row gets an
+``error`` value; it never fails the batch.
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
+import uuid
 from collections import Counter
 from typing import Any
 
 import pyarrow as pa
 
 from modelweave.batch.caller import InlineCaller, PoolCaller, StageCaller
+from modelweave.batch.chunks import DeadlineChunks
 from modelweave.batch.columnar import ColumnarRunner
 from modelweave.batch.inputs import ColumnChoice, InputMapping, messages_from_table
 from modelweave.batch.rows import append_columns, error_row, result_row
@@ -99,7 +102,8 @@ class GraphStage:
         state_actor: The job's state actor (shared cache, feedback variables, counters).
         choice: The user's input column choices; derive the mapping when ``mapping`` is None.
         mapping: Input columns per input part (derived from the first batch when None).
-        timeout_s: Per-row deadline; defaults to the graph's ``timeout_s``.
+        timeout_s: Per-row deadline; defaults to the graph's ``timeout_s``. It covers the walk
+            of the row's chunk (:class:`~modelweave.batch.chunks.DeadlineChunks`).
         prefix: Prefix of the added column names.
         include_trace: Also add ``trace_json`` with each row's full trace.
         max_wait_s: Longest wait of a model call for its micro-batch to fill.
@@ -120,6 +124,7 @@ class GraphStage:
         self.prefix = prefix
         self.include_trace = include_trace
         self._state_actor = state_actor
+        self._stage_id = uuid.uuid4().hex
 
         shared = SharedStateClient(state_actor, max_wait_s=max_wait_s)
         self._caches: list[BatchedCache] = []
@@ -134,6 +139,7 @@ class GraphStage:
                              InlineCaller(self.graph, inline) if inline else None)
         self.executor = Executor(self.graph, caller, cache_factory=cache_factory, state=self._state)
         self.columnar = ColumnarRunner(self.executor) if columnar else None
+        self.chunks = DeadlineChunks(timeout_s or self.graph.spec.timeout_s)
         self._loop = asyncio.new_event_loop()
         # Everything loaded so far (Ray, Arrow, the models) lives as long as the stage: move it out
         # of the collector's way, so its full collections scan only what the batches create. The
@@ -154,10 +160,15 @@ class GraphStage:
     async def _run_all(self, inputs: list[pb.Message | InvalidArgument]) -> list[dict[str, Any]]:
         self._state.begin()
         await self._state.prefetch(self.graph.states.values())
-        if self.columnar is not None:
-            rows = await self._run_columnar(inputs)
-        else:
-            rows = list(await asyncio.gather(*(self._run_row(m) for m in inputs)))
+        rows: list[dict[str, Any]] = []
+        while len(rows) < len(inputs):  # each chunk gets its own deadline (modelweave.batch.chunks)
+            chunk = inputs[len(rows):len(rows) + self.chunks.next_size(len(inputs) - len(rows))]
+            start = time.monotonic()
+            if self.columnar is not None:
+                rows += await self._run_columnar(chunk)
+            else:
+                rows += await asyncio.gather(*(self._run_row(m) for m in chunk))
+            self.chunks.observe(len(chunk), time.monotonic() - start)
         # The batch's cache stores and feedback adjustments reach the job's actor before the
         # batch is handed on: between batches this stage's event loop does not run.
         await asyncio.gather(self._state.drain(), *(cache.drain() for cache in self._caches))
@@ -206,6 +217,7 @@ class GraphStage:
         """Sends this batch's counters to the job's state actor (fire and forget)."""
         failures = [r["error"] for r in rows if r["error"] is not None]
         self._state_actor.record.remote({
+            "stage": self._stage_id,
             "rows": len(rows),
             "failures": len(failures),
             "cache_hits": sum(1 for r in rows if r["cache_hit"]),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -84,3 +86,30 @@ class PassOnSecond(ModelAdapter):
             ok = m.generation.text.endswith("#2") and self.params.never not in m.text.content
             out.append(pb.Verdict(passed=ok, validator="second", reason="" if ok else "first try"))
         return out
+
+
+class PerRowSleepParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    seconds: float = 0.005
+
+
+class PerRowSleep(ModelAdapter):
+    """Blocking Text -> Classification that takes ``seconds`` per row of each call, one call at a
+    time: a batch's walk lasts in proportion to its rows, as a CPU-bound model's does."""
+
+    consumes = ("Text",)
+    produces = "Classification"
+    blocking: ClassVar[bool] = True
+    Params = PerRowSleepParams
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self.batches: list[int] = []
+        self._busy = threading.Lock()
+
+    def predict(self, batch: Sequence[pb.Message]) -> list[ProtoMessage]:
+        with self._busy:
+            self.batches.append(len(batch))
+            time.sleep(self.params.seconds * len(batch))
+        return [pb.Classification(label="slow", confidence=1.0) for _ in batch]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from modelweave.batch.shared import BatchedCache, BatchedState, JobState, SharedStateClient
 from modelweave.spec import AdaptiveValue, CacheNode
 from tests.unit.fake_actor import Handle
@@ -95,3 +97,21 @@ def test_a_batch_s_stores_reach_the_actor_in_one_call_and_its_variables_are_read
     assert [round(v, 6) for v in asyncio.run(run())] == [0.51, 0.52, 0.53, 0.54]
     assert actor.calls.count("cache_put_many") == 1
     assert [actor.target.cache_get("g/c", f"k{i}") for i in range(3)] == [b"v0", b"v1", b"v2"]
+
+
+def test_steady_state_starts_when_every_stage_has_finished_a_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    import modelweave.batch.shared as shared
+
+    clock = iter([10.0, 11.0, 12.0, 14.0, 16.0])
+    monkeypatch.setattr(shared.time, "time", lambda: next(clock))
+    state = JobState()
+    batch = {"failures": 0, "cache_hits": 0, "routes": {}, "errors": {}}
+    state.record({**batch, "stage": "a", "rows": 100})  # t=10: stage a's first batch
+    state.record({**batch, "stage": "a", "rows": 100})  # t=11: a again, while b still loads
+    state.record({**batch, "stage": "b", "rows": 100})  # t=12: b's first batch: steady starts here
+    assert state.counters()["steady_rows_per_s"] is None
+    state.record({**batch, "stage": "a", "rows": 100})  # t=14
+    state.record({**batch, "stage": "b", "rows": 100})  # t=16
+    counters = state.counters()
+    assert counters["rows"] == 500
+    assert counters["steady_rows_per_s"] == 200 / 4.0  # not 400 rows over 6 s from a's first batch

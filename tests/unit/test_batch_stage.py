@@ -129,10 +129,22 @@ def test_fused_stage_equals_the_in_process_executor_row_by_row(demo: GraphSpec, 
     assert sum(bool(r["cache_hit"]) for r in rows) > 0  # repeats were answered from the shared cache
 
 
-def test_default_concurrency_gives_all_inline_graphs_more_stages() -> None:
+def test_default_concurrency_gives_stages_that_run_models_more_stages() -> None:
     from modelweave.batch.job import default_concurrency
 
-    assert default_concurrency(4, pools=False) == 2  # the CLI's local Ray on 2 cores: both cores busy
-    assert default_concurrency(4, pools=True) == 1  # the pools do the heavy work
-    assert default_concurrency(16, pools=True) == 4
-    assert default_concurrency(1, pools=False) == default_concurrency(2, pools=True) == 1
+    assert default_concurrency(4, stages_run_models=True) == 2  # the CLI's local Ray on 2 cores: both cores busy
+    assert default_concurrency(4, stages_run_models=False) == 1  # rules only in the stages: the pools do the work
+    assert default_concurrency(16, stages_run_models=False) == 4
+    assert default_concurrency(1, stages_run_models=True) == default_concurrency(2, stages_run_models=False) == 1
+
+
+def test_stages_run_models_when_a_blocking_model_is_inline(demo: GraphSpec) -> None:
+    from modelweave.batch.pools import blocking_models
+
+    data = demo.model_dump(mode="json")
+    data["flow"]["steps"].append({"kind": "model", "name": "slow", "impl": "fakes:Sleep", "params": {"seconds": 0.0},
+                                  "deployment": {"inline": True}})
+    graph = check_graph(GraphSpec.model_validate(data))
+    assert blocking_models(graph, graph.models) == {"slow"}
+    assert blocking_models(graph, _inline_set(graph, "cheap")) == {"slow"}  # inline: true puts it in the stages
+    assert blocking_models(graph, set(graph.models) - {"slow"}) == set()
