@@ -31,6 +31,18 @@ class SlowLabel(ModelAdapter):
         return [pb.Classification(label="slow", confidence=1.0) for _ in batch]
 
 
+class PerRowSlow(ModelAdapter):
+    """Sleeps ``seconds`` per row of each call: a call lasts in proportion to its rows."""
+
+    consumes = ("Text",)
+    produces = "Classification"
+    Params = SleepParams
+
+    def predict(self, batch: Sequence[pb.Message]) -> list[pb.Classification]:
+        time.sleep(self.params.seconds * len(batch))
+        return [pb.Classification(label="slow", confidence=1.0) for _ in batch]
+
+
 class Broken(ModelAdapter):
     """Always raises, to check that model bugs come back typed."""
 

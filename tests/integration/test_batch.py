@@ -241,6 +241,25 @@ def test_several_stages_share_an_input_of_one_block(ray_cluster: None) -> None:
     assert len(per_stage) == 2, per_stage  # 12 blocks of 256 rows went to both stages
 
 
+def test_a_batch_slower_than_the_row_deadline_runs_in_chunks_and_no_row_fails(ray_cluster: None) -> None:
+    """600 rows at 4 ms each, one Ray Data batch: walked at once 2.4 s, past the graph's 1 s deadline."""
+    import ray
+
+    spec = GraphSpec.model_validate({
+        "name": "slow-rows", "timeout_s": 1.0, "input": ["Text"], "output": ["Classification"],
+        "flow": {"kind": "model", "name": "slow", "impl": "slow_models:PerRowSlow", "params": {"seconds": 0.004}}})
+    table = pa.table({"i": list(range(600)), "text": [f"row {i}" for i in range(600)]})
+    job = BatchJob(spec, batch_size=600, concurrency=1, inline=["slow"])
+    try:
+        rows = job.run(ray.data.from_arrow(table)).take_all()
+        summary = job.summary()
+    finally:
+        job.shutdown()
+    assert sorted(r["i"] for r in rows) == list(range(600))
+    assert [r["error"] for r in rows if r["error"]] == []
+    assert summary.rows == 600 and summary.failures == 0
+
+
 def test_duplicates_in_a_job_hit_the_shared_cache(ray_cluster: None, pools_job: BatchJob, demo: GraphSpec) -> None:
     import ray
 
