@@ -143,7 +143,7 @@ def default_concurrency(cpus: float, *, stages_run_models: bool) -> int:
     graph, 2 cores declared as 4 CPUs: 1,665-1,781 rows/s with one stage, 2,445-2,509 with
     two, 2,389-2,591 with three, 1,879-2,167 with four), or blocking models inline beside the
     pools (triage, its embedder, TF-IDF and grounding models in the stages, spaCy and MiniLM
-    in pools, 11,319 rows, columnar: 95-102 rows/s with one stage, 143-149 with two, 134 with
+    in pools, 11,319 rows, columnar: 95-102 rows/s with one stage, 124-149 with two, 134 with
     three). One per 4 when the stages run only rule-based glue and the pools do the model work.
     """
     return max(1, int(cpus) // (2 if stages_run_models else 4))
