@@ -48,13 +48,12 @@ def _model_ms(trace: dict[str, Any]) -> float:
     return sum(float(s.get("cpuMs", 0.0)) for s in trace.get("spans", []))
 
 
-def batch_job(spec: Any, texts: list[str], *, row_by_row: bool = False, inline: Any = "cheap",
+def batch_job(spec: Any, texts: list[str], *, row_by_row: bool = False,
               concurrency: int | None = None) -> BatchResult:
     """Runs ``texts`` through the graph as a Ray Data job (Ray must be initialised).
 
     Args:
         row_by_row: Run the graph stages row by row instead of columnar (the default).
-        inline: :class:`~modelweave.batch.BatchJob`'s ``inline`` option.
         concurrency: Graph stages (default: what the job picks for this Ray's CPUs).
     """
     import pyarrow as pa
@@ -67,7 +66,7 @@ def batch_job(spec: Any, texts: list[str], *, row_by_row: bool = False, inline: 
         folder.mkdir()
         for part in range(4):  # a few files, so reading streams like a real input
             pq.write_table(pa.table({"text": texts[part::4]}), folder / f"part-{part}.parquet")
-        job = BatchJob(spec, row_by_row=row_by_row, inline=inline, concurrency=concurrency)
+        job = BatchJob(spec, row_by_row=row_by_row, concurrency=concurrency)
         how = "row by row" if job.row_by_row else "columnar"
         try:
             start = time.perf_counter()

@@ -140,15 +140,18 @@ def cheap_models(graph: CheckedGraph) -> set[str]:
         gpus = node.batch.num_gpus if node.batch.num_gpus is not None else node.deployment.ray_actor_options.num_gpus
         own = node.batch.pool_size is not None or node.batch.num_cpus is not None
         choice = getattr(node.deployment, "inline", "auto")  # the online layout's per-node choice
-        if choice is True or (choice is not False and not gpus and not own
-                              and not build_adapter(node.impl, node.params).blocking):
+        if choice is True or (choice is not False and not gpus and not own and not _blocking(node)):
             cheap.add(name)
     return cheap
 
 
 def blocking_models(graph: CheckedGraph, names: Collection[str]) -> set[str]:
     """Those of ``names`` whose adapter is ``blocking``: real work per call, run in a thread."""
-    return {n for n in names if build_adapter(graph.models[n].impl, graph.models[n].params).blocking}
+    return {n for n in names if _blocking(graph.models[n])}
+
+
+def _blocking(node: ModelNode) -> bool:
+    return bool(build_adapter(node.impl, node.params).blocking)
 
 
 class ModelWorker:

@@ -161,8 +161,10 @@ class GraphStage:
         self._state.begin()
         await self._state.prefetch(self.graph.states.values())
         rows: list[dict[str, Any]] = []
-        while len(rows) < len(inputs):  # each chunk gets its own deadline (modelweave.batch.chunks)
-            chunk = inputs[len(rows):len(rows) + self.chunks.next_size(len(inputs) - len(rows))]
+        first = 0
+        while first < len(inputs):  # each chunk gets its own deadline (modelweave.batch.chunks)
+            chunk = inputs[first:first + self.chunks.next_size(len(inputs) - first)]
+            first += len(chunk)
             start = time.monotonic()
             if self.columnar is not None:
                 rows += await self._run_columnar(chunk)

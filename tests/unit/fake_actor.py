@@ -1,9 +1,10 @@
-"""An in-process stand-in for a Ray actor handle (unit tests of the state-actor clients, no Ray)."""
+"""In-process stand-ins for a Ray actor handle (unit tests of the state-actor clients and the graph stage, no Ray)."""
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+from collections.abc import Generator
 from typing import Any
 
 
@@ -43,3 +44,36 @@ class Handle:
             raise RuntimeError("The actor died unexpectedly before finishing this task.")
         result = getattr(self.target, method)(*args)
         return await result if inspect.isawaitable(result) else result
+
+
+class _Done:
+    """An already finished awaitable, like an ``ObjectRef`` whose task has run."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __await__(self) -> Generator[None, None, Any]:
+        return self.value
+        yield  # makes this a generator (never reached)
+
+
+class _Method:
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+
+    def remote(self, *args: Any) -> _Done:
+        return _Done(self.fn(*args))
+
+
+class InProcessActor:
+    """Stands in for an actor handle: ``handle.method.remote(...)`` runs the method here, at once.
+
+    Unlike :class:`Handle`, a call runs even when nobody awaits it, as a fire-and-forget
+    ``.remote`` does (the graph stage's counters).
+    """
+
+    def __init__(self, body: Any) -> None:
+        self.body = body
+
+    def __getattr__(self, name: str) -> _Method:
+        return _Method(getattr(self.body, name))

@@ -6,8 +6,8 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
+from fake_actor import InProcessActor
 from fakes import graph
-from test_batch_stage import InProcessActor
 
 from modelweave.batch.chunks import DEADLINE_SHARE, FIRST_CHUNK_ROWS, GROWTH, DeadlineChunks
 from modelweave.batch.shared import JobState

@@ -11,12 +11,12 @@ import asyncio
 import inspect
 import json
 import random
-from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pytest
+from fake_actor import InProcessActor
 
 from modelweave.batch import BatchJob, run_batch
 from modelweave.batch.job import _inline_set
@@ -28,35 +28,6 @@ from modelweave.codecs import message_from_text
 from modelweave.executor import Executor
 from modelweave.local import LocalCaller
 from modelweave.spec import DeploymentSettings, GraphSpec, dump_graph, load_graph
-
-
-class _Done:
-    """An already finished awaitable, like an ``ObjectRef`` whose task has run."""
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-    def __await__(self) -> Generator[None, None, Any]:
-        return self.value
-        yield  # makes this a generator (never reached)
-
-
-class _Method:
-    def __init__(self, fn: Any) -> None:
-        self.fn = fn
-
-    def remote(self, *args: Any) -> _Done:
-        return _Done(self.fn(*args))
-
-
-class InProcessActor:
-    """Stands in for an actor handle: ``handle.method.remote(...)`` runs the method here."""
-
-    def __init__(self, body: Any) -> None:
-        self.body = body
-
-    def __getattr__(self, name: str) -> _Method:
-        return _Method(getattr(self.body, name))
 
 
 def _texts(n: int) -> list[str]:
