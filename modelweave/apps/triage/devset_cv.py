@@ -151,7 +151,8 @@ def _fold_predictions(recipe: dict[str, Any], train: list[data.Tweet], head_trai
         finetune.export_onnx(model, fp32)
         # prepare keeps int8 (manifest "precision"); the fold models are scored the same way.
         finetune.quantize_int8(fp32, int8)
-        onnx = OnnxLogits(int8, tuned["max_length"], threads=finetune.train_threads(), batch_size=32)
+        onnx = OnnxLogits(int8, tuned["max_length"], threads=finetune.train_threads(),
+                          batch_size=tuned["texts_per_run"]["int8"])
         onnx.load()
         expensive = onnx.proba(texts)
     return cheap, expensive

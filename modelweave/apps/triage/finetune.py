@@ -271,7 +271,7 @@ def check_export(model: Any, path: Path, texts: Sequence[str], max_length: int) 
 def build(
     out_dir: Path,
     train_set: tuple[Sequence[str], Sequence[int]],
-    proba_of: Callable[[Path], Any],
+    proba_of: Callable[[Path, str], Any],
     y_val: Any,
     recipe: dict[str, Any],
     progress: bool,
@@ -281,7 +281,8 @@ def build(
     Args:
         out_dir: Build directory; gets :data:`~modelweave.apps.triage.artifacts.FINETUNED_MODEL`.
         train_set: ``(texts, label indices)`` of the training subset.
-        proba_of: Runs an ONNX file on the validation subset (the serving code path).
+        proba_of: Runs an ONNX file of the given precision (``fp32``/``int8``) on the validation
+            subset (the serving code path).
         y_val: Validation label indices, aligned with ``proba_of``'s rows.
         recipe: ``prepare.RECIPE["finetune"]``.
         progress: Show progress bars.
@@ -309,20 +310,50 @@ def build(
         quantize_int8(fp32, int8)
         timings["export_s"] = round(time.perf_counter() - started, 2)
         started = time.perf_counter()
-        proba = {"fp32": proba_of(fp32), "int8": proba_of(int8)}
+        proba = {"fp32": proba_of(fp32, "fp32"), "int8": proba_of(int8, "int8")}
         timings["validate_s"] = round(time.perf_counter() - started, 2)
-        accuracy = {k: float((p.argmax(axis=1) == np.asarray(y_val)).mean()) for k, p in proba.items()}
+        right = {k: p.argmax(axis=1) == np.asarray(y_val) for k, p in proba.items()}
+        accuracy = {k: float(r.mean()) for k, r in right.items()}
         sizes = {"fp32": fp32.stat().st_size, "int8": int8.stat().st_size}
-        keep = "int8" if accuracy["int8"] >= accuracy["fp32"] - recipe["int8_tolerance"] else "fp32"
+        paired = precision_comparison(right["fp32"], right["int8"])
+        keep = choose_precision(accuracy, paired["p"], recipe)
         (int8 if keep == "int8" else fp32).replace(out_dir / art.FINETUNED_MODEL)
     return {
         "precision": keep,
         "validation_accuracy": accuracy,
+        "validation_paired": paired,
         "bytes": sizes,
         "export_max_logit_diff": export_diff,
         "timings": timings,
         "proba": proba[keep],
     }
+
+
+def precision_comparison(fp32_right: Any, int8_right: Any) -> dict[str, Any]:
+    """The paired validation comparison of the two exports: tweets only one of them gets right,
+    and the exact McNemar p-value of that difference (:func:`modelweave.eval_stats.mcnemar_exact_p`)."""
+    import numpy as np
+
+    from modelweave.eval_stats import mcnemar_exact_p
+
+    only_fp32 = int(np.sum(fp32_right & ~int8_right))
+    only_int8 = int(np.sum(int8_right & ~fp32_right))
+    return {"only_fp32": only_fp32, "only_int8": only_int8, "p": mcnemar_exact_p(only_fp32, only_int8)}
+
+
+def choose_precision(accuracy: dict[str, float], p_value: float, recipe: dict[str, Any]) -> str:
+    """``int8`` unless fp32 is ahead on validation by more than ``recipe["int8_tolerance"]`` *and*
+    the paired difference is significant (McNemar ``p_value`` below ``recipe["int8_significance"]``).
+
+    int8 is a quarter of the bytes and about 40 % of the CPU per text (4.2 ms on 2 cores against
+    ~11 for a MiniLM of the same size computing in fp32, the embedder); a gap the validation split
+    cannot tell from chance is not worth that. (The rule was the tolerance alone until the int8
+    model was scored one text per run: .7697 against fp32's .7753 on 3,000 tweets, 58 tweets
+    right only for fp32 and 41 only for int8, p = .11; the tolerance alone would have swapped in
+    the fp32 model on that.)
+    """
+    ahead = accuracy["fp32"] - accuracy["int8"]
+    return "fp32" if ahead > recipe["int8_tolerance"] and p_value < recipe["int8_significance"] else "int8"
 
 
 def training_rows(train: Sequence[Any], support: Sequence[Any], repeats: int) -> tuple[list[str], list[int]]:
@@ -371,5 +402,5 @@ def reuse_previous(previous: Path | None, inputs: dict[str, Any], out: Path) -> 
     if section.get("inputs") != inputs or not source.is_file() or art.file_sha256(source) != digest:
         return None
     shutil.copyfile(source, out / art.FINETUNED_MODEL)
-    keep = ("precision", "validation_accuracy", "bytes", "export_max_logit_diff")
+    keep = ("precision", "validation_accuracy", "validation_paired", "bytes", "export_max_logit_diff")
     return {k: section[k] for k in keep if k in section}

@@ -39,6 +39,7 @@ from modelweave.adapters.onnx import resolve_path
 from modelweave.apps.triage import artifacts as art
 from modelweave.apps.triage import calibration as cal
 from modelweave.apps.triage import data, finetune, router, tfidf_training
+from modelweave.apps.triage.sentiment import TEXTS_PER_RUN, texts_per_run
 from modelweave.artifacts import swap_in
 
 #: Training recipe; part of the cache key, so editing it retrains.
@@ -51,7 +52,8 @@ RECIPE: dict[str, Any] = {
     # The fine-tuned tier (finetune.py): the same 8k training tweets as the head, one epoch
     # (2 cores: ~6-9 min). Learning rate chosen on validation (3,000 tweets, fp32): 5e-5 .766,
     # 1e-4 .780 (`python -m modelweave.apps.triage.finetune_sweep 1e-4`). int8 replaces fp32
-    # unless it loses more than int8_tolerance validation accuracy.
+    # unless fp32 is ahead by more than int8_tolerance validation accuracy and the paired
+    # difference is significant (exact McNemar p < int8_significance; finetune.choose_precision).
     # support_repeats: the support development set (435 messages) joins the 8k tweets, each message
     # repeated this many times (2,175 rows, 21 % of the training rows): the expensive tier gets the
     # same domain data as the `support` cheap tier, so "graph vs the fine-tuned model alone" compares
@@ -59,7 +61,10 @@ RECIPE: dict[str, Any] = {
     "finetune": {
         "lr": 1e-4, "epochs": 1, "batch_size": 32, "max_length": 128, "warmup": 0.1,
         "weight_decay": 0.01, "dropout": 0.1, "seed": 20240611, "int8_tolerance": 0.005,
-        "support_repeats": 5,
+        "int8_significance": 0.05, "support_repeats": 5,
+        # Texts per ONNX run by precision, as served (sentiment.TEXTS_PER_RUN): the validation
+        # probabilities, the int8-vs-fp32 choice and the temperature come from the same runs.
+        "texts_per_run": TEXTS_PER_RUN,
     },
     "grounding_negative_seed": 20240611,
     # The `support` cheap tier: TF-IDF trained on the training tweets plus the support
@@ -342,8 +347,9 @@ def _finetuned(
     if classes != list(data.LABELS):
         raise RuntimeError(f"TF-IDF classes {classes} != {list(data.LABELS)}")
 
-    def proba_of(path: Path) -> Any:
-        model = OnnxLogits(path, recipe["max_length"], threads=finetune.train_threads(), batch_size=32)
+    def proba_of(path: Path, precision: str) -> Any:
+        model = OnnxLogits(path, recipe["max_length"], threads=finetune.train_threads(),
+                           batch_size=texts_per_run(precision))
         model.load()
         return model.proba([x.text for x in validation])
 
@@ -351,7 +357,8 @@ def _finetuned(
     reused = finetune.reuse_previous(previous, inputs, out)
     if reused is not None:
         started = time.perf_counter()
-        reused["proba"] = proba_of(out / art.FINETUNED_MODEL)
+        precision = str(reused.get("precision", "int8"))
+        reused["proba"] = proba_of(out / art.FINETUNED_MODEL, precision)
         reused["timings"] = {"reused_validate_s": round(time.perf_counter() - started, 2)}
         tuned = reused
     else:
