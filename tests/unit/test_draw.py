@@ -85,7 +85,7 @@ def test_triage_branches_merge_back_into_the_next_step(triage: CheckedGraph) -> 
     # Parallel branches meet at the join (the aggregate), not at the next step.
     assert sources_into(drawing, f"{ensemble}#join") == {
         f"{ensemble}/minilm": "flow", f"{ensemble}/tfidf-second-opinion": "flow"}
-    assert drawing.nodes[f"{ensemble}#join"].lines == ["mean 0.55/0.45"]
+    assert drawing.nodes[f"{ensemble}#join"].lines == ["mean 0.6/0.4"]
     assert sources_into(drawing, f"{base}/answer-path") == {f"{merge}#join": "flow"}
     answer = f"{base}/answer-path/answer/grounded"
     assert set(sources_into(drawing, "output")) == {

@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Out-of-fold study of the sentiment cascade on the support dev set.")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--data-dir", type=Path, default=None)
-    parser.add_argument("--current-weight", type=float, default=0.55, help="the graph's TF-IDF weight now")
+    parser.add_argument("--current-weight", type=float, default=0.40, help="the graph's TF-IDF weight now")
     parser.add_argument("--current-cap", type=float, default=0.72, help="the route threshold's cap now")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
