@@ -357,8 +357,7 @@ def _finetuned(
     reused = finetune.reuse_previous(previous, inputs, out)
     if reused is not None:
         started = time.perf_counter()
-        precision = str(reused.get("precision", "int8"))
-        reused["proba"] = proba_of(out / art.FINETUNED_MODEL, precision)
+        reused["proba"] = proba_of(out / art.FINETUNED_MODEL, str(reused["precision"]))
         reused["timings"] = {"reused_validate_s": round(time.perf_counter() - started, 2)}
         tuned = reused
     else:

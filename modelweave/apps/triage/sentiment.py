@@ -282,8 +282,8 @@ class FineTunedParams(art.TriageParams):
 #: in a run of several texts each text's logits move with its run-mates (11 of 300 held-out
 #: tweets got another label alone than in a run of 64): one text per run is the only way a
 #: text gets the same answer online, in a batch job and in a local run, and on 2 cores it is
-#: also the cheapest (4.24 ms per text, against 4.89 in runs of 16). fp32 has no such scale
-#: (byte-identical logits at any run size), so it keeps runs of 16.
+#: also the cheapest (4.24 ms per text, against 4.89 in runs of 16). fp32 has no per-run scale
+#: (the fp32 MiniLM embedder gives byte-identical vectors at any run size), so it keeps runs of 16.
 TEXTS_PER_RUN: dict[str, int] = {"int8": 1, "fp32": 16}
 
 
@@ -379,8 +379,7 @@ class FineTunedSentiment(_EncoderSentiment):
         p = self.params
         self.temperature = p.temperature or arts.calibration("finetuned_temperature")
         section = arts.manifest["finetune"]
-        # Artifacts built before the manifest named a precision were int8 (prepare's only choice then).
-        per_run = p.batch_size or texts_per_run(str(section.get("precision", "int8")))
+        per_run = p.batch_size or texts_per_run(str(section["precision"]))
         self._model = OnnxLogits(arts.path(art.FINETUNED_MODEL), int(section["max_length"]), p.threads, per_run)
         self._model.load()
         if p.ensemble:

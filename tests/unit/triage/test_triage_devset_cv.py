@@ -62,3 +62,20 @@ def test_report_applies_prepares_rules() -> None:
     # threshold_within: the smallest threshold within 0.003 of the best accuracy.
     assert result["chosen"]["rule_cap"] == 0.81 and result["chosen"]["at_rule_cap"] == (1.0, 0.75)
     assert result["current"]["at_current_cap"][1] == 0.5
+
+
+def test_scoring_is_part_of_what_the_fine_tuned_model_and_the_fold_cache_depend_on() -> None:
+    import copy
+
+    from modelweave.apps.triage import finetune
+    from modelweave.apps.triage.devset_cv import cache_key
+    from modelweave.apps.triage.prepare import RECIPE
+    from modelweave.apps.triage.sentiment import TEXTS_PER_RUN
+
+    # prepare scores, chooses the precision and calibrates with the runs the adapter serves, so
+    # changing them must rebuild the fine-tuned tier and invalidate cached fold predictions.
+    assert RECIPE["finetune"]["texts_per_run"] == TEXTS_PER_RUN
+    other = copy.deepcopy(RECIPE)
+    other["finetune"]["texts_per_run"] = {**TEXTS_PER_RUN, "int8": 16}
+    assert finetune.cache_inputs(other["finetune"], None, 8000) != finetune.cache_inputs(RECIPE["finetune"], None, 8000)
+    assert cache_key(other, 5, 8000) != cache_key(RECIPE, 5, 8000)
