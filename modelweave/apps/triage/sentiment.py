@@ -13,6 +13,7 @@ cascade; its threshold is in the manifest (``cascade_threshold``).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -28,6 +29,8 @@ from modelweave.v1 import messages_pb2 as pb
 
 if TYPE_CHECKING:
     import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 class VaderParams(BaseModel):
@@ -379,7 +382,11 @@ class FineTunedSentiment(_EncoderSentiment):
         p = self.params
         self.temperature = p.temperature or arts.calibration("finetuned_temperature")
         section = arts.manifest["finetune"]
-        per_run = p.batch_size or texts_per_run(str(section["precision"]))
+        precision = str(section["precision"])
+        per_run = p.batch_size or texts_per_run(precision)
+        if per_run > TEXTS_PER_RUN.get(precision, per_run):
+            log.warning("FineTunedSentiment: batch_size %d on the %s model: a text's label can depend on the "
+                        "others in its ONNX run, so batch, online and local answers may differ", per_run, precision)
         self._model = OnnxLogits(arts.path(art.FINETUNED_MODEL), int(section["max_length"]), p.threads, per_run)
         self._model.load()
         if p.ensemble:

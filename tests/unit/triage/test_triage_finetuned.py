@@ -58,11 +58,14 @@ def test_serves_calibrated_batches_in_order(data_dir: Path) -> None:
     assert accuracy > 0.45
 
 
-def test_runs_of_several_int8_texts_answer_close_but_not_alike(data_dir: Path) -> None:
+def test_runs_of_several_int8_texts_answer_close_but_not_alike(data_dir: Path,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
     if art.read_manifest(art.artifacts_dir(data_dir))["finetune"]["precision"] != "int8":
         pytest.skip("the fp32 model answers alike at any run size")
     model = FineTunedSentiment(data_dir=str(data_dir), threads=1, batch_size=8)
-    model.load()
+    with caplog.at_level("WARNING", logger="modelweave.apps.triage.sentiment"):
+        model.load()
+    assert "batch_size 8 on the int8 model" in caplog.text
     texts = [t.text for t in data.tweets("test", 24)]
     batch = model.predict([message_from_text(t) for t in texts])
     single = [model.predict([message_from_text(t)])[0] for t in texts]
