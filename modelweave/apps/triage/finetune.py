@@ -331,14 +331,12 @@ def build(
 
 def precision_comparison(fp32_right: Any, int8_right: Any) -> dict[str, Any]:
     """The paired validation comparison of the two exports: tweets only one of them gets right,
-    and the exact McNemar p-value of that difference (:func:`modelweave.eval_stats.mcnemar_exact_p`)."""
-    import numpy as np
+    and the exact McNemar p-value of that difference (``modelweave eval``'s paired comparison,
+    :func:`modelweave.eval_stats.paired_comparison`)."""
+    from modelweave.eval_stats import paired_comparison
 
-    from modelweave.eval_stats import mcnemar_exact_p
-
-    only_fp32 = int(np.sum(fp32_right & ~int8_right))
-    only_int8 = int(np.sum(int8_right & ~fp32_right))
-    return {"only_fp32": only_fp32, "only_int8": only_int8, "p": mcnemar_exact_p(only_fp32, only_int8)}
+    paired = paired_comparison(fp32_right, int8_right, name="fp32", reference="int8")
+    return {"only_fp32": paired.only_this_right, "only_int8": paired.only_reference_right, "p": paired.p_value}
 
 
 def choose_precision(accuracy: dict[str, float], p_value: float, recipe: dict[str, Any]) -> str:

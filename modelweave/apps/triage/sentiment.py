@@ -383,8 +383,9 @@ class FineTunedSentiment(_EncoderSentiment):
         self.temperature = p.temperature or arts.calibration("finetuned_temperature")
         section = arts.manifest["finetune"]
         precision = str(section["precision"])
-        per_run = p.batch_size or texts_per_run(precision)
-        if per_run > TEXTS_PER_RUN.get(precision, per_run):
+        served = texts_per_run(precision)
+        per_run = p.batch_size or served
+        if per_run > served:
             log.warning("FineTunedSentiment: batch_size %d on the %s model: a text's label can depend on the "
                         "others in its ONNX run, so batch, online and local answers may differ", per_run, precision)
         self._model = OnnxLogits(arts.path(art.FINETUNED_MODEL), int(section["max_length"]), p.threads, per_run)
