@@ -87,6 +87,15 @@ class RequestContext:
         """Milliseconds since the request started."""
         return (time.monotonic() - self.started) * 1000.0
 
+    def offset_ms(self, at: float) -> float:
+        """Milliseconds from the request's start to ``at`` (a ``time.monotonic()`` reading).
+
+        A span whose record is written when its node ends (cache, route, validate, ...)
+        gives its node's start here, so that ``start_ms`` + ``latency_ms`` is where it ended
+        and an exported trace nests its children inside it.
+        """
+        return (at - self.started) * 1000.0
+
     def remaining_s(self) -> float:
         """Seconds left before the deadline (may be negative)."""
         return self.deadline - time.monotonic()

@@ -312,7 +312,7 @@ class ColumnarRunner(CacheColumns):
         for i, msg in rows:
             chosen, detail = choose(msg)
             ctx = self._ctx[i]
-            ctx.record(pb.Span(node=path, kind=kind, attempt=attempt, start_ms=ctx.elapsed_ms(), route=chosen,
+            ctx.record(pb.Span(node=path, kind=kind, attempt=attempt, start_ms=ctx.offset_ms(start), route=chosen,
                                detail=detail, latency_ms=(time.monotonic() - start) * 1000.0))
             branch = branches[chosen]
             if branch is None:

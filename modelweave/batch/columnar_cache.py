@@ -91,6 +91,6 @@ class CacheColumns:
             if not detail:  # stored: the rows waiting for this key answer from it
                 stored = answered[keys[i]] = pb.Message()
                 copy_parts(out, stored, writes)
-            ctx.record(pb.Span(node=path, kind="cache", attempt=attempt, start_ms=ctx.elapsed_ms(), cache_hit=False,
+            ctx.record(pb.Span(node=path, kind="cache", attempt=attempt, start_ms=ctx.offset_ms(start), cache_hit=False,
                                detail=detail, latency_ms=(time.monotonic() - start) * 1000.0))
         return outs, lost

@@ -179,7 +179,7 @@ class CacheKind(NodeKind):
             return _answer_hit(msg, hit, info.writes, ctx, path, attempt, start)
         out = await ex.run_node(node.body, msg, ctx, path, attempt)
         detail = await _store(ex, out, info.writes, ctx, path, key, degraded_before)
-        ctx.record(pb.Span(node=path, kind="cache", attempt=attempt, start_ms=ctx.elapsed_ms(), cache_hit=False,
+        ctx.record(pb.Span(node=path, kind="cache", attempt=attempt, start_ms=ctx.offset_ms(start), cache_hit=False,
                            detail=detail, latency_ms=(time.monotonic() - start) * 1000.0))
         return out
 
@@ -195,7 +195,7 @@ async def _lookup(get: Awaitable[bytes | None], path: str) -> bytes | None:
 def _answer_hit(msg: pb.Message, hit: bytes | pb.Message, writes: frozenset[str], ctx: RequestContext, path: str,
                 attempt: int, start: float, detail: str = "") -> pb.Message:
     copy_parts(hit if isinstance(hit, pb.Message) else pb.Message.FromString(hit), msg, writes)
-    ctx.record(pb.Span(node=path, kind="cache", attempt=attempt, start_ms=ctx.elapsed_ms(), cache_hit=True,
+    ctx.record(pb.Span(node=path, kind="cache", attempt=attempt, start_ms=ctx.offset_ms(start), cache_hit=True,
                        detail=detail, latency_ms=(time.monotonic() - start) * 1000.0))
     return msg
 
@@ -243,7 +243,7 @@ async def _run_speculative(ex: Executor, node: CacheNode, msg: pb.Message, ctx: 
         # A body that failed after a hit: its error is not this request's; retrieve it quietly.
         body.add_done_callback(_quiet)
     detail = await _store(ex, out, writes, ctx, path, key, degraded_before)
-    ctx.record(pb.Span(node=path, kind="cache", attempt=attempt, start_ms=ctx.elapsed_ms(), cache_hit=False,
+    ctx.record(pb.Span(node=path, kind="cache", attempt=attempt, start_ms=ctx.offset_ms(start), cache_hit=False,
                        detail=detail or "speculative: body started with the lookup",
                        latency_ms=(time.monotonic() - start) * 1000.0))
     return out
@@ -273,7 +273,7 @@ async def _run_semantic(ex: Executor, node: CacheNode, msg: pb.Message, ctx: Req
     if found is not None and found.hit is not None:
         copy_parts(pb.Message.FromString(found.hit.value), msg, answer_parts)
         # Never the cached text in the trace: it is another client's input.
-        ctx.record(pb.Span(node=path, kind="cache", attempt=attempt, start_ms=ctx.elapsed_ms(), cache_hit=True,
+        ctx.record(pb.Span(node=path, kind="cache", attempt=attempt, start_ms=ctx.offset_ms(start), cache_hit=True,
                            detail=f"semantic hit: similarity {found.hit.score:.3f}, age {found.hit.age_s:.0f} s",
                            latency_ms=(time.monotonic() - start) * 1000.0))
         return msg
@@ -294,7 +294,7 @@ async def _run_semantic(ex: Executor, node: CacheNode, msg: pb.Message, ctx: Req
             await backend.store(vector, text, stored.SerializeToString(deterministic=True))
         except Exception:
             logger.warning("semantic cache %s store failed", path, exc_info=True)
-    ctx.record(pb.Span(node=path, kind="cache", attempt=attempt, start_ms=ctx.elapsed_ms(), cache_hit=False,
+    ctx.record(pb.Span(node=path, kind="cache", attempt=attempt, start_ms=ctx.offset_ms(start), cache_hit=False,
                        detail=detail, latency_ms=(time.monotonic() - start) * 1000.0))
     return out
 

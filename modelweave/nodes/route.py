@@ -148,7 +148,7 @@ class RouteKind(NodeKind):
         if node.router is not None:
             msg = await ex.run_node(node.router, msg, ctx, path, attempt)
         chosen, reason = choose_branch(node, msg, await read_thresholds(ex, node))
-        ctx.record(pb.Span(node=path, kind="route", attempt=attempt, start_ms=ctx.elapsed_ms(), route=chosen,
+        ctx.record(pb.Span(node=path, kind="route", attempt=attempt, start_ms=ctx.offset_ms(start), route=chosen,
                            detail=reason, latency_ms=(time.monotonic() - start) * 1000.0))
         branch = node.branches[chosen]
         if branch is None:

@@ -128,7 +128,7 @@ class ShadowKind(NodeKind):
         primary.set_result(snapshot(out, node.compare, (time.monotonic() - start) * 1000.0))
         if tasks and mirrors.inline:
             await asyncio.wait(tasks)  # mirrors never raise; see Mirrors._mirror
-        ctx.record(pb.Span(node=path, kind="shadow", attempt=attempt, start_ms=ctx.elapsed_ms(), route=route,
+        ctx.record(pb.Span(node=path, kind="shadow", attempt=attempt, start_ms=ctx.offset_ms(start), route=route,
                            detail=detail, latency_ms=(time.monotonic() - start) * 1000.0))
         return out
 

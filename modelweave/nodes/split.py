@@ -128,7 +128,7 @@ class SplitKind(NodeKind):
                   attempt: int) -> pb.Message:
         start = time.monotonic()
         chosen, detail = choose_split(node, msg, path)
-        ctx.record(pb.Span(node=path, kind="split", attempt=attempt, start_ms=ctx.elapsed_ms(), route=chosen,
+        ctx.record(pb.Span(node=path, kind="split", attempt=attempt, start_ms=ctx.offset_ms(start), route=chosen,
                            detail=detail, latency_ms=(time.monotonic() - start) * 1000.0))
         branch = node.branches[chosen]
         return msg if branch is None else await ex.run_node(branch, msg, ctx, path, attempt)

@@ -184,7 +184,7 @@ def attempt_input(node: ValidateNode, base: pb.Message, n: int, last: pb.Message
 
 def record_passed(ctx: RequestContext, path: str, n: int, start: float) -> None:
     """The node's span when attempt ``n`` passed."""
-    ctx.record(pb.Span(node=path, kind="validate", attempt=n, start_ms=ctx.elapsed_ms(), verdict="passed",
+    ctx.record(pb.Span(node=path, kind="validate", attempt=n, start_ms=ctx.offset_ms(start), verdict="passed",
                        latency_ms=(time.monotonic() - start) * 1000.0))
 
 
@@ -202,14 +202,14 @@ def exhausted(node: ValidateNode, base: pb.Message, last: pb.Message, ctx: Reque
     attempts = attempt_count(node)
     reason = last.verdict.reason or "validator said no"
     if node.escalate is not None:
-        ctx.record(pb.Span(node=path, kind="validate", attempt=attempts, start_ms=ctx.elapsed_ms(),
+        ctx.record(pb.Span(node=path, kind="validate", attempt=attempts, start_ms=ctx.offset_ms(start),
                            verdict="failed", route="escalate", detail=f"escalating: {reason}"[:300],
                            latency_ms=(time.monotonic() - start) * 1000.0))
         work = clone(base)
         work.verdict.CopyFrom(last.verdict)
         work.metadata["escalated"] = path
         return work
-    ctx.record(pb.Span(node=path, kind="validate", attempt=attempts, start_ms=ctx.elapsed_ms(),
+    ctx.record(pb.Span(node=path, kind="validate", attempt=attempts, start_ms=ctx.offset_ms(start),
                        verdict="failed", detail=f"exhausted: {reason}"[:300],
                        latency_ms=(time.monotonic() - start) * 1000.0))
     if node.on_exhausted == "error":

@@ -933,6 +933,41 @@ async def test_one_span_per_hop_over_every_kind():
     assert list(streamed) == list(result.trace.spans)  # streamed in the same order, as each hop finished
 
 
+async def test_span_times_nest_children_inside_their_node():
+    """A node's span starts when the node starts, though it is recorded when it ends.
+
+    Exporters (OTLP) draw ``start_ms`` .. ``start_ms + latency_ms``; a cache, validate or
+    route span stamped with its end time would start after the models it ran.
+    """
+    flow = chain(
+        model("first", "Tag"),
+        cache(model("tagger", "Tag", language="en"), name="k"),
+        route({"en": parallel("vote", model("x", "Label"), model("y", "Label")), "other": None}, default="other",
+              router=model("rt", "Label", confidence=0.9), rules=[rule("en", cond("text.language", value="en"))]),
+        validate(model("reply", "Reply"), model("judge", "Judge", require="second")),
+    )
+    ex, _ = build(graph(flow))
+    spans = list((await run(ex)).trace.spans)
+
+    def end(s: pb.Span) -> float:
+        return s.start_ms + s.latency_ms
+
+    by_node = {s.node: s for s in spans if s.kind != "model"}
+    assert {by_node[n].kind for n in ("g/main/k", "g/main/r", "g/main/r/p", "g/main/v")} == {
+        "cache", "route", "parallel", "validate"}
+    first = next(s for s in spans if s.node == "g/main/first")
+    for parent in (by_node["g/main/k"], by_node["g/main/r/p"], by_node["g/main/v"]):
+        children = [s for s in spans if s.kind == "model" and s.node.startswith(parent.node + "/")]
+        assert children, parent.node
+        assert parent.start_ms >= end(first)  # it started after the chain's earlier step
+        for child in children:
+            assert parent.start_ms <= child.start_ms and end(child) <= end(parent) + 1e-6, (parent, child)
+    # A route's span is its decision (the router's call included), not the branch it chose.
+    r, router = by_node["g/main/r"], next(s for s in spans if s.node == "g/main/r/rt")
+    assert r.start_ms <= router.start_ms and end(router) <= end(r) + 1e-6
+    assert end(r) <= by_node["g/main/r/p"].start_ms + 1e-6
+
+
 async def test_on_span_streams_as_hops_finish():
     seen_during_run: list[tuple[str, int]] = []
     ex, caller = build(graph(chain(model("a", "Tag"), model("b", "Tag"), model("c", "Label"))))
