@@ -137,6 +137,8 @@ class Result:
     #: Triage has a short path (handoff, ~5 ms of models) and a long one (answer, ~16 ms) in
     #: about equal shares, so the two medians of ``latency_ratio`` can fall on different requests.
     request_ratio: float = 0.0
+    #: The same ratio per path (the model nodes a request ran) taken by at least a tenth of them.
+    paths: list[dict[str, Any]] = field(default_factory=list)
     pss_mb: float = 0.0
     rss_mb: float = 0.0
     loadgen_cpu: float = 0.0
@@ -195,17 +197,48 @@ def node_ms(answer: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-async def sequential(client: LeanClient, texts: Iterator[str], n: int) -> tuple[list[float], list[float], list[str]]:
-    """Latency, model milliseconds and answer (result JSON) of ``n`` requests sent one at a time."""
-    latencies, models, answers = [], [], []
+def path_key(answer: dict[str, Any]) -> str:
+    """The model nodes one answer's request ran, sorted: its path through the graph."""
+    return " + ".join(sorted({str(s.get("node", "")).rsplit("/", 1)[-1]
+                              for s in answer.get("trace", {}).get("spans", []) if s.get("kind") == "model"}))
+
+
+@dataclass
+class Sequential:
+    """What the sequential phase measured, one entry per answered request (answers: every request)."""
+
+    latencies: list[float] = field(default_factory=list)
+    models: list[float] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
+    answers: list[str] = field(default_factory=list)
+
+
+async def sequential(client: LeanClient, texts: Iterator[str], n: int) -> Sequential:
+    """Latency, model milliseconds, path and answer (result JSON) of ``n`` requests sent one at a time."""
+    out = Sequential()
     for _ in range(n):
         start = time.monotonic()
         r = await client.post_json({"input": {"text": {"content": next(texts)}}}, 60)
         if r.status == 200:
-            latencies.append((time.monotonic() - start) * 1000)
-            models.append(path_model_ms(r.json()))
-        answers.append(json.dumps(r.json().get("result") if r.status == 200 else r.status, sort_keys=True))
-    return latencies, models, answers
+            out.latencies.append((time.monotonic() - start) * 1000)
+            out.models.append(path_model_ms(r.json()))
+            out.paths.append(path_key(r.json()))
+        out.answers.append(json.dumps(r.json().get("result") if r.status == 200 else r.status, sort_keys=True))
+    return out
+
+
+def path_ratios(seq: Sequential, min_share: float = 0.1) -> list[dict[str, Any]]:
+    """p50 latency over p50 model time of each path taken by at least ``min_share`` of the requests."""
+    out = []
+    for path in sorted(set(seq.paths), key=seq.paths.count, reverse=True):
+        picked = [i for i, p in enumerate(seq.paths) if p == path]
+        if len(picked) < min_share * len(seq.paths):
+            continue
+        lat = statistics.median(seq.latencies[i] for i in picked)
+        model = statistics.median(seq.models[i] for i in picked)
+        out.append({"path": path, "requests": len(picked), "p50_ms": round(lat, 2), "p50_model_ms": round(model, 2),
+                    "ratio": round(lat / model, 3) if model else float("nan")})
+    return out
 
 
 async def concurrent(url: str, texts: Iterator[str], clients: int, duration_s: float,
@@ -279,15 +312,15 @@ async def measure(name: str, url: str, texts: list[str], opts: argparse.Namespac
     """Warm-up, sequential and concurrent phases against one deployed graph."""
     client = LeanClient(url)
     stream = texts_from(texts)
-    _, _, warm = await sequential(client, stream, opts.warmup)
-    latencies, seq_models, answers = await sequential(client, stream, opts.sequential)
+    warm = await sequential(client, stream, opts.warmup)
+    seq = await sequential(client, stream, opts.sequential)
     await client.aclose()
     cpu0, t0, before = time.process_time(), time.monotonic(), snapshot()
     ok, errors, models = await concurrent(url, stream, opts.clients, opts.duration, result.statuses,
                                           result.node_cpu_ms)
     result.process_cpu_ms = per_request_ms(cpu_by_role(before, snapshot()), ok)
     loadgen = (time.process_time() - cpu0) / (time.monotonic() - t0)
-    return latencies, seq_models, warm + answers, ok, errors, models, loadgen
+    return seq, warm.answers + seq.answers, ok, errors, models, loadgen
 
 
 def run_layout(layout: str, data: dict[str, Any], http: str, texts: list[str], opts: argparse.Namespace) -> Result:
@@ -306,7 +339,7 @@ def run_layout(layout: str, data: dict[str, Any], http: str, texts: list[str], o
     print(f"[{layout}] deploying {result.deployments} model deployments ...", flush=True)
     serve.run(graph_app(spec), name=spec.name, route_prefix=f"/{spec.name}")
     try:
-        latencies, seq_models, result.answers, ok, errors, models, loadgen = asyncio.run(
+        seq, result.answers, ok, errors, models, loadgen = asyncio.run(
             measure(spec.name, f"{http}/{spec.name}", texts, opts, result))
         result.pss_mb, result.rss_mb = ray_memory_mb()
     finally:
@@ -318,12 +351,13 @@ def run_layout(layout: str, data: dict[str, Any], http: str, texts: list[str], o
     result.node_cpu_ms = {k: round(v / max(ok, 1), 3) for k, v in sorted(result.node_cpu_ms.items())}
     result.floor_req_s = cores * 1000 / result.model_cpu_ms if models else float("nan")
     result.efficiency = result.req_s / result.floor_req_s if models else float("nan")
-    if latencies:
-        result.p50_ms = statistics.median(latencies)
-        result.p50_model_ms = statistics.median(seq_models)
+    if seq.latencies:
+        result.p50_ms = statistics.median(seq.latencies)
+        result.p50_model_ms = statistics.median(seq.models)
         result.latency_ratio = result.p50_ms / result.p50_model_ms if result.p50_model_ms else float("nan")
-        own = [lat / model for lat, model in zip(latencies, seq_models, strict=True) if model > 0]
+        own = [lat / model for lat, model in zip(seq.latencies, seq.models, strict=True) if model > 0]
         result.request_ratio = statistics.median(own) if own else float("nan")
+        result.paths = path_ratios(seq)
     print(f"[{layout}] {result.req_s:.1f} req/s, efficiency {result.efficiency:.0%}, p50 {result.p50_ms:.1f} ms",
           flush=True)
     return result
@@ -424,6 +458,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for r in results:
         nodes = ", ".join(f"{k} {v:.2f}" for k, v in sorted(r.node_cpu_ms.items(), key=lambda kv: -kv[1]))
         print(f"{r.layout}: answers by status {r.statuses}; model CPU ms per request by node: {nodes}")
+    print("\nSequential p50 over the model time on the path, per path taken by a tenth of the requests or more:")
+    for r in results:
+        for path in r.paths:
+            print(f"{r.layout}: {path['ratio']:.2f}x ({path['p50_ms']:.1f} / {path['p50_model_ms']:.1f} ms, "
+                  f"{path['requests']} requests): {path['path']}")
     print("\nCPU ms per answered request by process (concurrent phase, all Ray processes of this run; "
           "inline models count in the ingress):")
     for r in results:
