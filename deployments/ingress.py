@@ -276,7 +276,7 @@ class GraphIngress:
         limit = self.spec.limits.max_request_bytes
         declared = request.headers.get("content-length")
         if declared is not None:
-            if not declared.isdigit():
+            if not (declared.isascii() and declared.isdigit()):  # "²".isdigit() is True; int() refuses it
                 raise InvalidArgument("content-length header is not a number")
             if int(declared) > limit:
                 raise ResourceExhausted(f"request body of {declared} bytes exceeds the limit of {limit} bytes")

@@ -36,11 +36,13 @@ def parse_infer_json(body: bytes, limits: Limits) -> svc.InferRequest:
         raise InvalidArgument('request body is empty; expected JSON like {"input": {"text": {"content": "..."}}}')
     try:
         data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidArgument(f"request body is not valid JSON: {exc}") from None
     except RecursionError:
         # The C decoder counts its recursion: thousands of nested brackets end here, not in a 500.
         raise InvalidArgument(f"request body nests deeper than {limits.max_json_depth} levels") from None
+    except ValueError as exc:
+        # Malformed JSON and bad UTF-8 (both ValueErrors), and an integer literal longer than
+        # Python converts (4,300 digits, sys.get_int_max_str_digits) anywhere in the body.
+        raise InvalidArgument(f"request body is not valid JSON: {exc}") from None
     check_json_depth(data, limits.max_json_depth)
     if not isinstance(data, dict):
         raise InvalidArgument("request body must be a JSON object with an 'input' field")
@@ -84,7 +86,7 @@ def check_request_id(request_id: str, field: str = "request_id") -> str:
     Raises:
         InvalidArgument: naming ``field`` (the body field, header or metadata key it came from).
     """
-    if not _REQUEST_ID_RE.match(request_id):
+    if not _REQUEST_ID_RE.fullmatch(request_id):  # match() would let "$" pass a trailing newline
         raise InvalidArgument(f"{field} must be 1-128 characters of letters, digits, '.', '_', ':' or '-'")
     return request_id
 

@@ -26,6 +26,7 @@ import contextlib
 from dataclasses import dataclass, field
 
 from modelweave.adapters.base import ModelAdapter
+from modelweave.errors import Unavailable
 from modelweave.model_calls import Outcome, predict_rows_async
 from modelweave.trace import request_trace
 from modelweave.v1 import messages_pb2 as pb
@@ -78,6 +79,17 @@ class InProcessBatcher:
         return await future
 
     async def _drain(self) -> None:
+        try:
+            await self._run_batches()
+        finally:
+            # The worker stopped while calls were still queued (cancelled with its event loop,
+            # or a BaseException out of the adapter): they get an answer, not a wait forever.
+            left, self._queue = self._queue, []
+            for c in left:
+                if not c.future.done():
+                    c.future.set_exception(self._stopped())
+
+    async def _run_batches(self) -> None:
         while self._queue:
             if self.wait_s > 0 and len(self._queue) < self.max_batch_size:
                 self._full.clear()
@@ -94,10 +106,15 @@ class InProcessBatcher:
             except BaseException as exc:  # only cancellation or a bug: never leave a caller hanging
                 for c in batch:
                     if not c.future.done():
-                        c.future.set_exception(exc if isinstance(exc, Exception) else RuntimeError(str(exc)))
+                        c.future.set_exception(exc if isinstance(exc, Exception) else self._stopped(exc))
                 if not isinstance(exc, Exception):
                     raise
                 continue
             for c, outcome in zip(batch, outcomes, strict=True):
                 if not c.future.done():
                     c.future.set_result(outcome)
+
+    def _stopped(self, exc: BaseException | None = None) -> Unavailable:
+        why = f" ({type(exc).__name__})" if exc is not None else ""
+        return Unavailable(f"the batch worker of model {type(self.adapter).__name__} stopped{why}; "
+                           "the call did not run")

@@ -46,7 +46,11 @@ def predict_rows(adapter: ModelAdapter, batch: Sequence[pb.Message],
         try:
             answers: list[Outcome] = _predict(adapter, rows)
         except Exception as exc:
-            answers = [typed_model_error(exc)] if len(rows) == 1 else [_predict_one(adapter, m) for m in rows]
+            if len(rows) == 1:
+                answers = [typed_model_error(exc)]
+            else:  # each row alone, unless its caller gave up while the batch ran
+                answers = [_predict_one(adapter, batch[i], deadlines[i] if deadlines is not None else None)
+                           for i in live]
         for i, answer in zip(live, answers, strict=True):
             outcomes[i] = answer
     return [o for o in outcomes if o is not None]
@@ -73,7 +77,9 @@ def _predict(adapter: ModelAdapter, batch: Sequence[pb.Message]) -> list[Outcome
     return [ModelReply(part, cpu_ms) for part in outputs]
 
 
-def _predict_one(adapter: ModelAdapter, message: pb.Message) -> Outcome:
+def _predict_one(adapter: ModelAdapter, message: pb.Message, deadline: float | None = None) -> Outcome:
+    if deadline is not None and deadline <= time.time():
+        return DeadlineExceeded("the caller's deadline passed while its batch ran and failed; not run alone")
     try:
         return _predict(adapter, [message])[0]
     except Exception as exc:

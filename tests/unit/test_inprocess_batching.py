@@ -10,9 +10,10 @@ from collections.abc import Sequence
 import pytest
 
 from modelweave.adapters.base import ModelAdapter, load_shared
-from modelweave.errors import DeadlineExceeded, ModelError
+from modelweave.errors import DeadlineExceeded, ModelError, Unavailable
 from modelweave.executor import ModelReply
 from modelweave.inprocess_batching import InProcessBatcher
+from modelweave.model_calls import predict_rows
 from modelweave.v1 import messages_pb2 as pb
 
 
@@ -135,3 +136,50 @@ async def test_serving_local_caller_shares_copies_and_batches_nodes_that_ask_for
     assert max(serving.batchers["first"].batch_sizes) > 1  # calls queued behind the first batch went together
     plain = LocalCaller(graph)  # evaluation / tests: one copy per node, no batching
     assert plain.adapters["first"] is not plain.adapters["again"] and not plain.batchers
+
+
+class Fatal(BaseException):
+    """Not an Exception: escapes the adapter's error handling, as a KeyboardInterrupt would."""
+
+
+async def test_a_worker_that_dies_answers_the_calls_still_queued() -> None:
+    adapter, batcher, first = await busy(max_batch_size=1)
+    queued = [asyncio.ensure_future(batcher.call(msg(t), None)) for t in ("b", "c")]
+    await asyncio.sleep(0)
+    assert batcher._worker is not None
+    batcher._worker.cancel()  # e.g. the event loop shutting down
+    adapter.gate.set()
+    outcomes = await asyncio.wait_for(asyncio.gather(first, *queued, return_exceptions=True), 2)
+    assert all(isinstance(o, Unavailable) and "stopped" in str(o) for o in outcomes), outcomes
+
+
+async def test_a_baseexception_from_the_adapter_fails_its_batch_and_the_queue_typed() -> None:
+    class Dies(Upper):
+        def predict(self, batch: Sequence[pb.Message]) -> list[pb.Text]:
+            if batch[0].text.content == "fatal":
+                raise Fatal()
+            return super().predict(batch)
+
+    batcher = InProcessBatcher(Dies(), max_batch_size=1)
+    calls = [asyncio.ensure_future(batcher.call(msg(t), None)) for t in ("fatal", "b", "c")]
+    outcomes = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 2)
+    assert isinstance(outcomes[0], Unavailable) and "Fatal" in str(outcomes[0])
+    assert all(isinstance(o, Unavailable) for o in outcomes[1:]), outcomes
+    # The next call starts a new worker.
+    assert (await asyncio.wait_for(batcher.call(msg("d"), None), 2)).part.content == "D"
+
+
+def test_rows_whose_caller_gave_up_during_a_failed_batch_are_not_run_alone() -> None:
+    soon = time.time() + 0.01  # passes while the failing batch runs (it sleeps 20 ms first)
+
+    class SlowFail(Upper):
+        def predict(self, batch: Sequence[pb.Message]) -> list[pb.Text]:
+            time.sleep(0.03)
+            return super().predict(batch)
+
+    adapter = SlowFail()
+    outcomes = predict_rows(adapter, [msg("boom"), msg("x"), msg("y")], [None, soon, None])
+    assert isinstance(outcomes[0], ModelError)
+    assert isinstance(outcomes[1], DeadlineExceeded) and "while its batch ran" in str(outcomes[1])
+    assert outcomes[2].part.content == "Y"
+    assert adapter.batches == [["boom", "x", "y"], ["boom"], ["y"]]

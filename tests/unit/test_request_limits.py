@@ -37,6 +37,19 @@ def test_deep_nesting_is_invalid_argument_not_recursion_error(body):
         parse_infer_json(body, LIMITS)
 
 
+@pytest.mark.parametrize("body", [
+    b'{"input": {"text": {"content": "hi"}}, "timeout_ms": ' + b"1" * 4301 + b"}",
+    b'{"input": {"text": {"content": "hi"}}, "x": -' + b"9" * 5000 + b"}",  # even in an unknown field
+    b'{"input": {"text": {"content": "hi"}}',
+    b'\xff\xfe{"input"',
+])
+def test_bodies_json_cannot_decode_are_invalid_argument(body):
+    # An integer literal over Python's 4,300-digit conversion limit is a plain ValueError in
+    # json.loads: it was answered 500 with a stack trace in the log.
+    with pytest.raises(InvalidArgument, match="request body is not valid JSON"):
+        parse_infer_json(body, LIMITS)
+
+
 def test_brackets_inside_strings_do_not_count_as_nesting():
     request = parse_infer_json(json.dumps({"input": {"text": {"content": "[" * 5000}}}).encode(), LIMITS)
     assert request.input.text.content == "[" * 5000
@@ -84,7 +97,7 @@ def test_grpc_sized_requests_are_bounded_like_http_bodies():
         check_request(big, LIMITS, ["Text"])
 
 
-@pytest.mark.parametrize("bad", ["a" * 129, "has space", "new\nline", "ümlaut", "semi;colon", ""])
+@pytest.mark.parametrize("bad", ["a" * 129, "has space", "new\nline", "trailing\n", "ümlaut", "semi;colon", "", "\n"])
 def test_request_ids_are_plain(bad):
     with pytest.raises(InvalidArgument, match="x-request-id header must be"):
         check_request_id(bad, "x-request-id header")
