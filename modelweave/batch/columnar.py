@@ -100,6 +100,9 @@ class ColumnarRunner(CacheColumns):
                              "co-located runs of model nodes (call_many), which go out row by row")
         self.ex = executor
         self._ctx: list[RequestContext] = []
+        # Rows the top-level chain dropped with their own error (a chain absorbs no failure):
+        # a deadline that cuts the walk short leaves them that error, not DEADLINE_EXCEEDED.
+        self._settled: dict[int, BaseException] = {}
 
     async def run(self, messages: list[pb.Message], *, timeout_s: float | None = None,
                   request_ids: list[str] | None = None) -> list[Result | BaseException]:
@@ -118,6 +121,7 @@ class ColumnarRunner(CacheColumns):
         ids = request_ids or [""] * len(messages)
         self._ctx = [RequestContext(request_id=rid or new_request_id(), deadline=now + budget, started=now)
                      for rid in ids]
+        self._settled = {}
         outcomes: list[Result | BaseException | None] = [None] * len(messages)
         rows: Rows = []
         for i, message in enumerate(messages):
@@ -133,8 +137,11 @@ class ColumnarRunner(CacheColumns):
             async with asyncio.timeout(budget):
                 done, failed = await self.node(ex.graph.spec.flow, rows, ex.graph.spec.name, 1)
         except TimeoutError:
-            done, failed = [], [(i, DeadlineExceeded(f"request deadline of {budget * 1000:.0f} ms exceeded"))
-                                for i, _ in rows]
+            # Every row still on its way fails; a row that had already failed keeps its error.
+            # (Rows are walked together, so a row that finished its branch of a route still
+            # waits for the other branches and fails with the rest: columnar runs share a deadline.)
+            done, failed = [], [(i, self._settled.get(i) or DeadlineExceeded(
+                f"request deadline of {budget * 1000:.0f} ms exceeded")) for i, _ in rows]
         finally:
             request_deadline.reset(token)
         for i, msg in done:
@@ -191,9 +198,12 @@ class ColumnarRunner(CacheColumns):
             return await self._model(node, rows, path, attempt)
         if isinstance(node, ChainNode):
             failed: Failures = []
+            final = node is self.ex.graph.spec.flow and node.fallback is None
             for step in node.steps:
                 rows, lost = await self.node(step, rows, path, attempt)
                 failed += lost
+                if final:
+                    self._settled.update(lost)
             return rows, failed
         if isinstance(node, RouteNode):
             return await self._route(node, rows, path, attempt)

@@ -244,6 +244,16 @@ async def test_the_batch_deadline_fails_every_unfinished_row() -> None:
     assert all(isinstance(o, DeadlineExceeded) and "request deadline of 100 ms" in str(o) for o in outcomes)
 
 
+async def test_a_row_that_failed_before_the_deadline_keeps_its_own_error() -> None:
+    ex, caller = build(graph(chain(fake("first", "FailOn"), model("slow", "Sleep", seconds=2.0))))
+    outcomes = await ColumnarRunner(ex).run([text("boom here"), text("b")], timeout_s=0.2)
+    caller.adapters["slow"].release.set()  # type: ignore[attr-defined]
+    # Row by row, "boom here" fails in its first step, long before the deadline: the same here.
+    assert isinstance(outcomes[0], ModelweaveError) and not isinstance(outcomes[0], DeadlineExceeded)
+    assert "boom" in str(outcomes[0]) and outcomes[0].trace.spans[-1].error
+    assert isinstance(outcomes[1], DeadlineExceeded)
+
+
 async def test_a_row_without_the_input_part_is_refused_by_name() -> None:
     ex, _ = build(graph(chain(fake("first", "FailOn"))))
     outcomes = await ColumnarRunner(ex).run([pb.Message(), text("fine")])
