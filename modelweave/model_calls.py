@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from modelweave.adapters.base import ModelAdapter, predict_measured
 from modelweave.errors import DeadlineExceeded, ModelError, ModelweaveError
 from modelweave.executor import ModelReply
-from modelweave.trace import row_traces
+from modelweave.trace import row_traces, rows_deadline
 from modelweave.v1 import messages_pb2 as pb
 
 Outcome = ModelReply | ModelweaveError
@@ -43,14 +43,17 @@ def predict_rows(adapter: ModelAdapter, batch: Sequence[pb.Message],
             live.append(i)
     if live:
         rows = [batch[i] for i in live]
+        row_deadlines = [deadlines[i] if deadlines is not None else None for i in live]
+        token = rows_deadline.set(None if None in row_deadlines else max(d for d in row_deadlines if d is not None))
         try:
             answers: list[Outcome] = _predict(adapter, rows)
         except Exception as exc:
             if len(rows) == 1:
                 answers = [typed_model_error(exc)]
             else:  # each row alone, unless its caller gave up while the batch ran
-                answers = [_predict_one(adapter, batch[i], deadlines[i] if deadlines is not None else None)
-                           for i in live]
+                answers = [_predict_one(adapter, m, d) for m, d in zip(rows, row_deadlines, strict=True)]
+        finally:
+            rows_deadline.reset(token)
         for i, answer in zip(live, answers, strict=True):
             outcomes[i] = answer
     return [o for o in outcomes if o is not None]
@@ -80,10 +83,13 @@ def _predict(adapter: ModelAdapter, batch: Sequence[pb.Message]) -> list[Outcome
 def _predict_one(adapter: ModelAdapter, message: pb.Message, deadline: float | None = None) -> Outcome:
     if deadline is not None and deadline <= time.time():
         return DeadlineExceeded("the caller's deadline passed while its batch ran and failed; not run alone")
+    token = rows_deadline.set(deadline)
     try:
         return _predict(adapter, [message])[0]
     except Exception as exc:
         return typed_model_error(exc)
+    finally:
+        rows_deadline.reset(token)
 
 
 def typed_model_error(exc: BaseException) -> ModelweaveError:

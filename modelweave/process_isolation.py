@@ -13,6 +13,10 @@ interpreter), called over a local socket pair with the envelopes as protobuf byt
   :class:`~modelweave.errors.ReplicaLost` (the executor retries idempotent models within the
   request's deadline), and the next call starts a fresh child. An input that kills a child
   twice is refused from then on (``ModelError``), so it cannot keep the model restarting.
+* **A hung model is stopped**: a child still working when every caller of its call has given
+  up (the rows' deadlines, :data:`~modelweave.trace.rows_deadline`) is killed, the call fails
+  ``DEADLINE_EXCEEDED`` and the next call starts a fresh child, instead of every later call
+  waiting behind an input the model never finishes. Such an input counts as a kill above.
 * **Model CPU stays honest**: each span's ``cpuMs`` is the child's thread CPU inside
   ``predict``, as in-process; pickling and the socket are framework cost and not counted.
 
@@ -34,6 +38,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Mapping, Sequence
 from multiprocessing.connection import Connection
@@ -42,8 +47,9 @@ from typing import Any
 from google.protobuf.message import Message as ProtoMessage
 
 from modelweave.adapters.base import ModelAdapter, build_adapter
-from modelweave.errors import FailedPrecondition, ModelError, ReplicaLost
+from modelweave.errors import DeadlineExceeded, FailedPrecondition, ModelError, ReplicaLost
 from modelweave.messages import PART_CLASSES
+from modelweave.trace import rows_deadline
 from modelweave.v1 import messages_pb2 as pb
 
 #: What a child runs (``python -m``), with the arguments ``<fd> <parent pid> <node name>``.
@@ -117,7 +123,8 @@ class ProcessAdapter(ModelAdapter):
 
         Raises:
             ReplicaLost: the child died during the call (it is restarted on the next one).
-            ModelError: a single input killed a child for the second time (see :data:`POISON_KILLS`).
+            ChildStopped: the child was still working when the rows' deadline passed; it was killed.
+            ModelError: a single input killed (or hung) a child for the second time (see :data:`POISON_KILLS`).
             ModelweaveError: the wrapped adapter's error, typed as in-process.
         """
         rows = [m.SerializeToString() for m in batch]
@@ -125,8 +132,8 @@ class ProcessAdapter(ModelAdapter):
         if key is not None and self._kills.get(key, 0) >= POISON_KILLS:
             raise self._poisoned()
         try:
-            reply = self._call(("predict", rows))
-        except ReplicaLost:
+            reply = self._call(("predict", rows), rows_deadline.get())
+        except (ReplicaLost, ChildStopped):
             if key is None:
                 raise
             # The executor retries a lost call; an input that kills the model every time would
@@ -160,7 +167,10 @@ class ProcessAdapter(ModelAdapter):
 
     # -- internals ------------------------------------------------------------------------
 
-    def _call(self, request: tuple[Any, ...]) -> Any:
+    def _call(self, request: tuple[Any, ...], deadline: float | None = None) -> Any:
+        """One exchange with the child. Past ``deadline`` (wall clock: no caller waits any more)
+        the child is killed and :class:`ChildStopped` raised, so a model stuck on one input does
+        not hold every later call behind it."""
         with self._lock:
             if self._conn is None:
                 self._start()  # the previous child died: a fresh one serves this call
@@ -168,6 +178,10 @@ class ProcessAdapter(ModelAdapter):
             assert conn is not None
             try:
                 conn.send(request)
+                if deadline is not None and not conn.poll(max(0.0, deadline - time.time())):
+                    self._kill_child()
+                    raise ChildStopped(f"model {self.name!r} had not answered when its callers' deadline passed; "
+                                       "its process was stopped and the next call starts a new one")
                 status, value = conn.recv()
             except (EOFError, OSError) as exc:
                 code = self._reap()
@@ -223,6 +237,17 @@ class ProcessAdapter(ModelAdapter):
         proc, conn = self._proc, self._conn
         self._proc = self._conn = None
         _stop([proc, conn])
+
+    def _kill_child(self) -> None:
+        """Kills a child that is busy (a closed socket would only be noticed after its call)."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+        self._stop_child()
+
+
+class ChildStopped(DeadlineExceeded):
+    """A child process was killed because it was still working when every caller had given up."""
 
 
 def lower_cpu_priority(nice: int) -> None:

@@ -17,6 +17,12 @@ from modelweave.v1 import messages_pb2 as pb
 #: branches inherit it).
 request_deadline: ContextVar[float | None] = ContextVar("modelweave_request_deadline", default=None)
 
+#: Wall-clock deadline after which no caller waits for the adapter call this thread runs: the
+#: latest deadline of its rows, None when a row has none. :func:`modelweave.model_calls.predict_rows`
+#: sets it; an adapter that can stop its model early reads it (a hung child process is stopped
+#: instead of holding the model for every later call: :mod:`modelweave.process_isolation`).
+rows_deadline: ContextVar[float | None] = ContextVar("modelweave_rows_deadline", default=None)
+
 #: W3C trace context ``(traceparent, tracestate)`` of the request the current task runs (see
 #: :mod:`modelweave.otel`). The ingress sets it; model callers send it along with every call,
 #: like the deadline, so adapters that call external services pass it on (:func:`trace_headers`).

@@ -28,9 +28,9 @@ class CrashyParams(BaseModel):
 class Crashy(ModelAdapter):
     """Text -> Classification labelled with the text; the process dies on ``"crash"``.
 
-    ``"invalid"`` raises a typed error, ``"oops"`` a plain one, ``"strange"`` a typed one that
-    does not pickle, ``"pid"`` answers with the
-    process id, ``"nice"`` with its niceness; each call first burns ``busy_ms`` of CPU per row.
+    ``"hang"`` sleeps for two minutes, ``"invalid"`` raises a typed error, ``"oops"`` a plain
+    one, ``"strange"`` a typed one that does not pickle, ``"pid"`` answers with the process id,
+    ``"nice"`` with its niceness; each call first burns ``busy_ms`` of CPU per row.
     """
 
     consumes = ("Text",)
@@ -50,6 +50,8 @@ class Crashy(ModelAdapter):
             text = m.text.content
             if text == "crash":
                 os._exit(3)  # a native crash, as far as the parent can tell
+            if text == "hang":
+                time.sleep(120)  # a model stuck on one input
             if text == "invalid":
                 raise InvalidArgument("text.content: 'invalid' is refused")
             if text == "oops":

@@ -27,7 +27,7 @@ from modelweave.errors import FailedPrecondition, GraphSpecError, InvalidArgumen
 from modelweave.layout import every_model_in_the_ingress, model_node_dicts
 from modelweave.local import LocalCaller
 from modelweave.model_calls import predict_rows
-from modelweave.process_isolation import ProcessAdapter
+from modelweave.process_isolation import ChildStopped, ProcessAdapter
 from modelweave.spec import parse_graph
 
 HERE = Path(__file__).parent
@@ -125,6 +125,38 @@ def test_a_killed_child_is_replaced_and_rows_of_a_batch_with_a_crash_are_isolate
     outcomes = predict_rows(crashy, [message_from_text(t) for t in ("a", "crash", "b")])
     assert [type(o).__name__ for o in outcomes] == ["ModelReply", "ReplicaLost", "ModelReply"]
     assert outcomes[0].part.label == "a" and outcomes[2].part.label == "b"
+
+
+def test_a_child_still_working_when_its_callers_gave_up_is_stopped(crashy: ProcessAdapter) -> None:
+    first = crashy.pid
+    assert first is not None
+    start = time.monotonic()
+    (outcome,) = predict_rows(crashy, [message_from_text("hang")], [time.time() + 0.3])
+    assert isinstance(outcome, ChildStopped) and outcome.status.value == "DEADLINE_EXCEEDED"
+    assert time.monotonic() - start < 5.0  # not the two minutes the input would take
+    assert _wait_gone(first)
+    # The next call gets a fresh child at once instead of waiting behind the stuck input.
+    assert crashy.predict([message_from_text("fine")])[0].label == "fine" and crashy.pid != first
+
+
+def test_a_batch_waits_for_its_latest_deadline_and_a_row_without_one_waits_as_before(crashy: ProcessAdapter) -> None:
+    start = time.monotonic()
+    outcomes = predict_rows(crashy, [message_from_text("hang"), message_from_text("x")],
+                            [time.time() + 0.2, time.time() + 0.8])
+    waited = time.monotonic() - start
+    # Stopped when the later caller gave up; neither row is then run alone (both deadlines passed).
+    assert 0.7 < waited < 5.0
+    assert [type(o).__name__ for o in outcomes] == ["DeadlineExceeded", "DeadlineExceeded"]
+    assert crashy.predict([message_from_text("y")])[0].label == "y"
+
+
+def test_an_input_that_hangs_the_child_twice_is_refused(crashy: ProcessAdapter) -> None:
+    for _ in range(2):
+        predict_rows(crashy, [message_from_text("hang")], [time.time() + 0.2])
+    starts = crashy.starts
+    (outcome,) = predict_rows(crashy, [message_from_text("hang")], [time.time() + 0.2])
+    assert isinstance(outcome, ModelError) and "2 times" in str(outcome)
+    assert crashy.starts == starts
 
 
 def test_a_model_that_cannot_load_is_a_failed_precondition_and_leaves_no_process() -> None:
