@@ -33,7 +33,7 @@ from modelweave.semantic_cache import MemorySemanticCache, SemanticCacheBackend,
 from modelweave.shadow_outcome import ShadowOutcome
 from modelweave.spec import AdaptiveValue, CacheNode, ModelNode, Node
 from modelweave.state import CacheBackend, MemoryCache, MemoryState, StateStore
-from modelweave.trace import RequestContext, new_request_id, request_deadline
+from modelweave.trace import RequestContext, new_request_id, node_deadline, request_deadline
 from modelweave.v1 import messages_pb2 as pb
 
 __all__ = [
@@ -237,12 +237,17 @@ class Executor:
         try:
             if node.timeout_s is None:
                 return await kind.run(self, node, work, ctx, path, attempt)
+            ends = time.monotonic() + node.timeout_s
+            outer = node_deadline.get()
+            token = node_deadline.set(ends if outer is None else min(outer, ends))
             try:
                 async with asyncio.timeout(node.timeout_s):
                     return await kind.run(self, node, work, ctx, path, attempt)
             except TimeoutError:
                 raise DeadlineExceeded(f"node timeout of {node.timeout_s * 1000:.0f} ms exceeded",
                                        node=path) from None
+            finally:
+                node_deadline.reset(token)
         except ModelweaveError as exc:
             if not take_fallback(node, exc, ctx, path, attempt):
                 raise

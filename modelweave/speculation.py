@@ -42,6 +42,12 @@ def start(body: Coroutine[Any, Any, T]) -> tuple[asyncio.Future[bool], asyncio.T
     return gate, loop.create_task(body, context=context)
 
 
+def discarded() -> bool:
+    """Whether an enclosing speculation has already thrown the running work away (its lookup
+    hit, or its request ended); never waits."""
+    return any(g.done() and (g.cancelled() or not g.result()) for g in _GATES.get())
+
+
 async def committed() -> bool:
     """Waits until the enclosing speculations are decided; True when every one missed.
 

@@ -23,6 +23,11 @@ request_deadline: ContextVar[float | None] = ContextVar("modelweave_request_dead
 #: instead of holding the model for every later call: :mod:`modelweave.process_isolation`).
 rows_deadline: ContextVar[float | None] = ContextVar("modelweave_rows_deadline", default=None)
 
+#: Monotonic time by which the innermost enclosing node with its own ``timeout_s`` must end
+#: (None: no such node). The executor sets it around such a node; a model call cut off by it
+#: records its span as DEADLINE_EXCEEDED, as one cut off by the request's deadline does.
+node_deadline: ContextVar[float | None] = ContextVar("modelweave_node_deadline", default=None)
+
 #: W3C trace context ``(traceparent, tracestate)`` of the request the current task runs (see
 #: :mod:`modelweave.otel`). The ingress sets it; model callers send it along with every call,
 #: like the deadline, so adapters that call external services pass it on (:func:`trace_headers`).

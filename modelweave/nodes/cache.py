@@ -257,9 +257,9 @@ def _quiet(task: asyncio.Future[pb.Message]) -> None:
 
 async def _run_semantic(ex: Executor, node: CacheNode, msg: pb.Message, ctx: RequestContext, path: str,
                         attempt: int) -> pb.Message:
+    start = time.monotonic()  # the span covers the key's embedding too, a child of this node
     if node.embed is not None:
         msg = await ex.run_node(node.embed, msg, ctx, path, attempt)
-    start = time.monotonic()
     vector = list(msg.embedding.values)
     text = str(read_field(msg, node.text) or "")
     answer_parts = ex.graph.info(node.body).writes  # not the embedding: this request's own stays

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from google.protobuf.message import Message as ProtoMessage
 from pydantic import Field
 
+from modelweave import speculation
 from modelweave.adapters.base import resolve_adapter
 from modelweave.errors import DeadlineExceeded, GraphSpecError, ModelError, ModelweaveError, ReplicaLost
 from modelweave.fields import fmt_types
@@ -19,6 +20,7 @@ from modelweave.messages import part_name, set_part
 from modelweave.nodes.base import NodeKind, TypeRule
 from modelweave.retry import backoff_s
 from modelweave.spec_base import BatchOverrides, DeploymentSettings, NodeBase
+from modelweave.trace import node_deadline
 from modelweave.v1 import messages_pb2 as pb
 
 if TYPE_CHECKING:
@@ -144,6 +146,15 @@ async def _call_model(ex: Executor, node: ModelNode, msg: pb.Message, ctx: Reque
     try:
         reply: Any = await ex.caller.call(node, msg)
     except asyncio.CancelledError:
+        # Cut off by a node timeout, the request's deadline or the client: the hop still shows
+        # in the trace (and in the node error metrics), unless speculative work was thrown away.
+        if not speculation.discarded():
+            cut = node_deadline.get()
+            late = ctx.remaining_s() <= 0 or (cut is not None and time.monotonic() >= cut)
+            span.error = DeadlineExceeded.status.value if late else "CANCELLED"
+            span.detail = "cut off before the model answered"
+            span.latency_ms = (time.monotonic() - start) * 1000.0
+            ctx.record(span)
         raise
     except Exception as exc:  # typed (or wrapped) by finish_model_call
         reply = exc

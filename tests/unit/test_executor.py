@@ -1130,3 +1130,34 @@ async def test_result_keeps_only_declared_output_parts():
     wide = check_graph(parse_graph({"name": "g", "flow": flow}))
     out = (await Executor(wide, LocalCaller(wide)).run(pb.Message(text=pb.Text(content="great")))).message
     assert out.HasField("generation") and out.HasField("classification") and out.HasField("text")
+
+
+async def test_a_model_cut_off_by_a_node_timeout_shows_in_the_error_trace():
+    ex, caller = build(graph(chain(model("fast", "Tag"), {**model("slow", "Sleep", seconds=2.0), "timeout_s": 0.1})))
+    with pytest.raises(DeadlineExceeded) as err:
+        await run(ex)
+    caller.adapters["slow"].release.set()
+    slow = next(s for s in err.value.trace.spans if s.node == "g/main/slow")
+    assert slow.error == "DEADLINE_EXCEEDED" and slow.detail == "cut off before the model answered"
+    assert 90 <= slow.latency_ms < 1000
+
+
+async def test_a_model_cut_off_by_the_request_deadline_shows_in_the_error_trace():
+    ex, caller = build(graph(chain(model("fast", "Tag"), model("slow", "Sleep", seconds=2.0))))
+    with pytest.raises(DeadlineExceeded) as err:
+        await run(ex, timeout_s=0.15)
+    caller.adapters["slow"].release.set()
+    assert [(s.node, s.error) for s in err.value.trace.spans] == [
+        ("g/main/fast", ""), ("g/main/slow", "DEADLINE_EXCEEDED")]
+
+
+async def test_a_model_whose_request_is_cancelled_is_recorded_as_cancelled():
+    ex, caller = build(graph(chain(model("slow", "Sleep", seconds=2.0))))
+    spans: list[pb.Span] = []
+    task = asyncio.ensure_future(ex.run(text(), on_span=spans.append))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    caller.adapters["slow"].release.set()
+    assert [(s.node, s.error) for s in spans] == [("g/main/slow", "CANCELLED")]

@@ -95,3 +95,12 @@ def test_round_trip_and_hop_paths_include_the_embed_model():
 
     (path,) = hop_paths(check_graph(spec))
     assert [m for h in path.hops for m in h.models] == ["embed", "expensive"]
+
+
+async def test_the_cache_span_covers_the_embedding_of_its_key():
+    ex, _ = build(semantic_graph())
+    for _ in range(2):  # a miss, then a hit
+        spans = {s.node: s for s in (await ex.run(text("where is my parcel today"))).trace.spans}
+        c, embed = spans["g/c"], spans["g/c/embed"]
+        assert c.start_ms <= embed.start_ms
+        assert embed.start_ms + embed.latency_ms <= c.start_ms + c.latency_ms + 1e-6

@@ -247,3 +247,19 @@ async def test_shadow_comparison_inside_a_hit_is_discarded():
     await ex.mirrors.drain(1.0)
     assert ex.mirrors.count("g/c/s", "compared") == 1
     assert ex.mirrors.count("g/c/s", "discarded") == 1
+
+
+async def test_a_hit_leaves_no_span_of_the_cancelled_body():
+    held = HeldCache()
+    ex, caller = build(graph(chain(cache(model("slow", "Sleep", seconds=2.0)))), cache_factory=lambda *_: held)
+    caller.adapters["slow"].release.set()  # the first request's body answers at once
+    first = await run(ex)
+    assert first.message.classification.label == "slow" and held.stores == 1
+    caller.adapters["slow"].release.clear()
+    held.hold = True
+    pending = asyncio.ensure_future(run(ex))
+    await asyncio.sleep(0.05)  # the body's model call is running
+    held.release.set()
+    hit = await pending
+    caller.adapters["slow"].release.set()
+    assert [s.kind for s in hit.trace.spans] == ["cache"] and hit.trace.spans[0].cache_hit
