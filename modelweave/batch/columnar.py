@@ -50,7 +50,14 @@ from modelweave.nodes.model import finish_model_call, model_span
 from modelweave.nodes.parallel import join_branches
 from modelweave.nodes.route import choose_branch, read_thresholds, route_feedback, watched_fields
 from modelweave.nodes.split import choose_split
-from modelweave.nodes.validate import attempt_count, attempt_input, exhausted, record_passed, validation_feedback
+from modelweave.nodes.validate import (
+    attempt_count,
+    attempt_input,
+    exhausted,
+    record_escalated,
+    record_passed,
+    validation_feedback,
+)
 from modelweave.retry import backoff_s
 from modelweave.spec import CacheNode, ChainNode, ModelNode, Node, ParallelNode, RouteNode, SplitNode, ValidateNode
 from modelweave.trace import RequestContext, new_request_id, request_deadline
@@ -392,7 +399,11 @@ class ColumnarRunner(CacheColumns):
                 escalations.append((i, escalation))
         if escalations:
             assert node.escalate is not None
-            outs, lost = await self.node(node.escalate, escalations, path, attempts + 1)
+            try:
+                outs, lost = await self.node(node.escalate, escalations, path, attempts + 1)
+            finally:
+                for i, _ in escalations:
+                    record_escalated(node, last[i], self._ctx[i], path, start)
             done += outs
             failed += lost
         return done, failed

@@ -120,7 +120,10 @@ class ValidateKind(NodeKind):
         assert last is not None
         escalation = exhausted(node, base, last, ctx, path, start)
         if escalation is not None:
-            return await ex.run_node(node.escalate, escalation, ctx, path, attempts + 1)  # type: ignore[arg-type]
+            try:
+                return await ex.run_node(node.escalate, escalation, ctx, path, attempts + 1)  # type: ignore[arg-type]
+            finally:
+                record_escalated(node, last, ctx, path, start)
         return last
 
     def draw_lines(self, node: ValidateNode, info: NodeInfo, graph: CheckedGraph) -> list[str]:
@@ -188,6 +191,14 @@ def record_passed(ctx: RequestContext, path: str, n: int, start: float) -> None:
                        latency_ms=(time.monotonic() - start) * 1000.0))
 
 
+def record_escalated(node: ValidateNode, last: pb.Message, ctx: RequestContext, path: str, start: float) -> None:
+    """The node's span once its escalation (a child of the node) has ended, so the span covers it."""
+    reason = last.verdict.reason or "validator said no"
+    ctx.record(pb.Span(node=path, kind="validate", attempt=attempt_count(node), start_ms=ctx.offset_ms(start),
+                       verdict="failed", route="escalate", detail=f"escalating: {reason}"[:300],
+                       latency_ms=(time.monotonic() - start) * 1000.0))
+
+
 def exhausted(node: ValidateNode, base: pb.Message, last: pb.Message, ctx: RequestContext, path: str,
               start: float) -> pb.Message | None:
     """Ends a validation whose every attempt failed: records its span.
@@ -201,10 +212,7 @@ def exhausted(node: ValidateNode, base: pb.Message, last: pb.Message, ctx: Reque
     """
     attempts = attempt_count(node)
     reason = last.verdict.reason or "validator said no"
-    if node.escalate is not None:
-        ctx.record(pb.Span(node=path, kind="validate", attempt=attempts, start_ms=ctx.offset_ms(start),
-                           verdict="failed", route="escalate", detail=f"escalating: {reason}"[:300],
-                           latency_ms=(time.monotonic() - start) * 1000.0))
+    if node.escalate is not None:  # its span is recorded when the escalation ends (record_escalated)
         work = clone(base)
         work.verdict.CopyFrom(last.verdict)
         work.metadata["escalated"] = path

@@ -554,8 +554,10 @@ async def test_escalate_after_one_failure():
     vspan = spans_of(result.trace, "validate")[0]
     assert (vspan.verdict, vspan.route) == ("failed", "escalate")
     assert vspan.detail == "escalating: missing 'zzz'"
-    assert result.trace.spans[-1].node == "g/main/v/human"
-    assert result.trace.spans[-1].attempt == 2
+    human = result.trace.spans[-2]  # spans are listed as hops end: the node's own span ends last
+    assert human.node == "g/main/v/human" and human.attempt == 2
+    assert result.trace.spans[-1] == vspan
+    assert vspan.start_ms <= human.start_ms and human.start_ms + human.latency_ms <= vspan.start_ms + vspan.latency_ms
 
 
 async def test_retry_then_escalate():
@@ -565,7 +567,7 @@ async def test_retry_then_escalate():
     result = await run(ex)  # escalation wins over on_exhausted
     assert caller.adapters["reply"].calls == 2
     assert result.message.generation.text == "human"
-    assert result.trace.spans[-1].attempt == 3
+    assert [(s.node, s.attempt) for s in result.trace.spans[-2:]] == [("g/v/human", 3), ("g/v", 2)]
 
 
 async def test_validate_target_error_propagates():
