@@ -129,11 +129,13 @@ async def _call_run(ex: Executor, run: Sequence[ModelNode], paths: list[str], ms
         raise err from exc
     wall_ms = (time.monotonic() - start) * 1000.0
     inner_ms = sum(o.latency_ms for o in outcomes if not isinstance(o, ModelweaveError))
+    # The time no member measured goes to one span, so the spans still add up to the wall time:
+    # a failing member's (an error carries no latency; its time is most of what is left), else
+    # the first's (the transport cost belongs to the call, which the first node opened).
+    failing = next((i for i, o in enumerate(outcomes) if isinstance(o, ModelweaveError)), 0)
     for i, (node, outcome) in enumerate(zip(run, outcomes, strict=False)):
-        # The transport cost belongs to the call, which the first node opened: the spans still
-        # add up to the wall time, and each later node shows its own in-process latency.
         latency = (outcome.latency_ms if not isinstance(outcome, ModelweaveError) else 0.0) + (
-            max(0.0, wall_ms - inner_ms) if i == 0 else 0.0)
+            max(0.0, wall_ms - inner_ms) if i == failing else 0.0)
         span = pb.Span(node=paths[i], kind="model", model=node.impl, attempt=attempt, start_ms=offset,
                        retry=retry, latency_ms=latency)
         offset += latency

@@ -167,6 +167,7 @@ class Fail(_Recording):
 class SleepParams(_Params):
     seconds: float = 0.2
     label: str = "slow"
+    fail: bool = False  # raise after the sleep
 
 
 class Sleep(ModelAdapter):
@@ -190,6 +191,8 @@ class Sleep(ModelAdapter):
         self.started += 1
         self.release.wait(self.params.seconds)
         self.finished += 1
+        if self.params.fail:
+            raise RuntimeError("failed after the sleep")
         return [pb.Classification(label=self.params.label, confidence=1.0) for _ in batch]
 
 

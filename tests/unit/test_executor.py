@@ -1163,3 +1163,18 @@ async def test_a_model_whose_request_is_cancelled_is_recorded_as_cancelled():
         await task
     caller.adapters["slow"].release.set()
     assert [(s.node, s.error) for s in spans] == [("g/main/slow", "CANCELLED")]
+
+
+async def test_a_failing_member_of_a_co_located_run_is_charged_its_own_time():
+    def grouped(node: dict[str, Any]) -> dict[str, Any]:
+        return {**node, "deployment": {"group": "prep"}}
+
+    ex, _ = build(graph(chain(grouped(model("fast", "Sleep", seconds=0.01)),
+                              grouped(model("slowfail", "Sleep", seconds=0.08, fail=True)))))
+    assert ex.runs  # one call_many for both
+    with pytest.raises(ModelError) as err:
+        await run(ex)
+    fast, slow = err.value.trace.spans
+    assert (fast.node, slow.node, slow.error) == ("g/main/fast", "g/main/slowfail", "INTERNAL")
+    assert 10 <= fast.latency_ms < 60 and slow.latency_ms >= 75  # not 0 ms, and not added to "fast"
+    assert slow.start_ms >= fast.start_ms + fast.latency_ms - 1e-6
