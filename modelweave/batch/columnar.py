@@ -55,6 +55,7 @@ from modelweave.nodes.validate import (
     attempt_input,
     exhausted,
     record_escalated,
+    record_failed_attempt,
     record_passed,
     validation_feedback,
 )
@@ -372,11 +373,13 @@ class ColumnarRunner(CacheColumns):
                 break
             work = [(i, attempt_input(node, base[i], n, last.get(i))) for i in pending]
             outs, lost = await self.node(node.target, work, path, n)
-            failed += lost
             for _, out in outs:
                 out.ClearField("verdict")
-            outs, lost = await self.node(node.validator, outs, path, n)
-            failed += lost
+            more, lost_too = await self.node(node.validator, outs, path, n)
+            outs = more
+            for i, exc in lost + lost_too:
+                record_failed_attempt(self._ctx[i], path, n, start, exc)
+            failed += lost + lost_too
             pending = []
             for i, out in outs:
                 await validation_feedback(self.ex, node, passed=out.verdict.passed)
@@ -399,11 +402,13 @@ class ColumnarRunner(CacheColumns):
                 escalations.append((i, escalation))
         if escalations:
             assert node.escalate is not None
+            lost = []
             try:
                 outs, lost = await self.node(node.escalate, escalations, path, attempts + 1)
             finally:
+                errors = {i: exc for i, exc in lost if isinstance(exc, ModelweaveError)}
                 for i, _ in escalations:
-                    record_escalated(node, last[i], self._ctx[i], path, start)
+                    record_escalated(node, last[i], self._ctx[i], path, start, errors.get(i))
             done += outs
             failed += lost
         return done, failed

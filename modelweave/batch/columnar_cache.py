@@ -14,7 +14,7 @@ import time
 
 from modelweave.executor import Executor
 from modelweave.messages import copy_parts
-from modelweave.nodes.cache import _answer_hit, _key_payload, _lookup, _store
+from modelweave.nodes.cache import _answer_hit, _key_payload, _lookup, _store, record_failed_miss
 from modelweave.spec import CacheNode, Node
 from modelweave.state import cache_key
 from modelweave.trace import RequestContext
@@ -85,6 +85,8 @@ class CacheColumns:
         writes = ex.graph.info(node).writes
         degraded_before = {i: self._ctx[i].degraded for i, _ in rows}
         outs, lost = await self.node(node.body, rows, path, attempt)
+        for i, exc in lost:
+            record_failed_miss(self._ctx[i], path, attempt, start, exc)
         for i, out in outs:
             ctx = self._ctx[i]
             detail = await _store(ex, out, writes, ctx, path, keys[i], degraded_before[i])

@@ -22,7 +22,7 @@ from pydantic import Field, model_validator
 
 from modelweave import speculation
 from modelweave.conditions import read_field
-from modelweave.errors import GraphSpecError
+from modelweave.errors import GraphSpecError, ModelweaveError
 from modelweave.fields import field_part
 from modelweave.messages import clone, copy_parts, full_name
 from modelweave.nodes.base import DictSlot, NodeKind, TypeRule
@@ -177,11 +177,23 @@ class CacheKind(NodeKind):
         hit = await _lookup(ex.caches[path].get(key), path)
         if hit is not None:
             return _answer_hit(msg, hit, info.writes, ctx, path, attempt, start)
-        out = await ex.run_node(node.body, msg, ctx, path, attempt)
+        try:
+            out = await ex.run_node(node.body, msg, ctx, path, attempt)
+        except ModelweaveError as exc:
+            record_failed_miss(ctx, path, attempt, start, exc)
+            raise
         detail = await _store(ex, out, info.writes, ctx, path, key, degraded_before)
         ctx.record(pb.Span(node=path, kind="cache", attempt=attempt, start_ms=ctx.offset_ms(start), cache_hit=False,
                            detail=detail, latency_ms=(time.monotonic() - start) * 1000.0))
         return out
+
+
+def record_failed_miss(ctx: RequestContext, path: str, attempt: int, start: float, error: BaseException) -> None:
+    """The node's span when its body failed on a miss (a typed error ends the node; nothing stored)."""
+    if isinstance(error, ModelweaveError):
+        ctx.record(pb.Span(node=path, kind="cache", attempt=attempt, start_ms=ctx.offset_ms(start), cache_hit=False,
+                           error=error.status.value, detail="not stored: the body failed",
+                           latency_ms=(time.monotonic() - start) * 1000.0))
 
 
 async def _lookup(get: Awaitable[bytes | None], path: str) -> bytes | None:
@@ -234,7 +246,11 @@ async def _run_speculative(ex: Executor, node: CacheNode, msg: pb.Message, ctx: 
             body.cancel()
             return _answer_hit(msg, hit, writes, ctx, path, attempt, start, "speculative body cancelled")
         gate.set_result(True)
-        out = await body
+        try:
+            out = await body
+        except ModelweaveError as exc:
+            record_failed_miss(ctx, path, attempt, start, exc)
+            raise
     finally:
         if not gate.done():  # this request was cancelled (deadline, client gone)
             gate.cancel()
@@ -282,7 +298,11 @@ async def _run_semantic(ex: Executor, node: CacheNode, msg: pb.Message, ctx: Req
         rule = found.reason.split(":", 1)[0]
         detail = f"{GUARD_REJECTED} ({rule}, similarity {found.rejected.score:.3f})"
     degraded_before = ctx.degraded
-    out = await ex.run_node(node.body, msg, ctx, path, attempt)
+    try:
+        out = await ex.run_node(node.body, msg, ctx, path, attempt)
+    except ModelweaveError as exc:
+        record_failed_miss(ctx, path, attempt, start, exc)
+        raise
     if ctx.degraded > degraded_before:
         detail = "not stored: degraded answer (fallback or validation exhausted)"
     elif vector and not await speculation.committed():

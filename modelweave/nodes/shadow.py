@@ -124,6 +124,10 @@ class ShadowKind(NodeKind):
             if not primary.done():  # candidates then finish without a comparison
                 status = exc.status.value if isinstance(exc, ModelweaveError) else type(exc).__name__
                 primary.set_result(Snapshot({}, (time.monotonic() - start) * 1000.0, status))
+            if isinstance(exc, ModelweaveError):  # the node's span, as when the primary answers
+                ctx.record(pb.Span(node=path, kind="shadow", attempt=attempt, start_ms=ctx.offset_ms(start),
+                                   route=route, detail=detail, error=exc.status.value,
+                                   latency_ms=(time.monotonic() - start) * 1000.0))
             raise
         primary.set_result(snapshot(out, node.compare, (time.monotonic() - start) * 1000.0))
         if tasks and mirrors.inline:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, model_validator
 
-from modelweave.errors import FailedPrecondition, GraphSpecError
+from modelweave.errors import FailedPrecondition, GraphSpecError, ModelweaveError
 from modelweave.messages import clone, full_name
 from modelweave.nodes.base import DictSlot, NodeKind, TypeRule
 from modelweave.nodes.model import ModelNode
@@ -109,9 +109,13 @@ class ValidateKind(NodeKind):
         last: pb.Message | None = None
         attempts = attempt_count(node)
         for n in range(1, attempts + 1):
-            out = await ex.run_node(node.target, attempt_input(node, base, n, last), ctx, path, n)
-            out.ClearField("verdict")
-            out = await ex.run_node(node.validator, out, ctx, path, n)
+            try:
+                out = await ex.run_node(node.target, attempt_input(node, base, n, last), ctx, path, n)
+                out.ClearField("verdict")
+                out = await ex.run_node(node.validator, out, ctx, path, n)
+            except ModelweaveError as exc:
+                record_failed_attempt(ctx, path, n, start, exc)
+                raise
             await validation_feedback(ex, node, passed=out.verdict.passed)
             if out.verdict.passed:
                 record_passed(ctx, path, n, start)
@@ -120,10 +124,14 @@ class ValidateKind(NodeKind):
         assert last is not None
         escalation = exhausted(node, base, last, ctx, path, start)
         if escalation is not None:
+            failed: ModelweaveError | None = None
             try:
                 return await ex.run_node(node.escalate, escalation, ctx, path, attempts + 1)  # type: ignore[arg-type]
+            except ModelweaveError as exc:
+                failed = exc
+                raise
             finally:
-                record_escalated(node, last, ctx, path, start)
+                record_escalated(node, last, ctx, path, start, failed)
         return last
 
     def draw_lines(self, node: ValidateNode, info: NodeInfo, graph: CheckedGraph) -> list[str]:
@@ -191,12 +199,22 @@ def record_passed(ctx: RequestContext, path: str, n: int, start: float) -> None:
                        latency_ms=(time.monotonic() - start) * 1000.0))
 
 
-def record_escalated(node: ValidateNode, last: pb.Message, ctx: RequestContext, path: str, start: float) -> None:
+def record_escalated(node: ValidateNode, last: pb.Message, ctx: RequestContext, path: str, start: float,
+                     error: ModelweaveError | None = None) -> None:
     """The node's span once its escalation (a child of the node) has ended, so the span covers it."""
     reason = last.verdict.reason or "validator said no"
     ctx.record(pb.Span(node=path, kind="validate", attempt=attempt_count(node), start_ms=ctx.offset_ms(start),
                        verdict="failed", route="escalate", detail=f"escalating: {reason}"[:300],
+                       error=error.status.value if error is not None else "",
                        latency_ms=(time.monotonic() - start) * 1000.0))
+
+
+def record_failed_attempt(ctx: RequestContext, path: str, n: int, start: float, error: BaseException) -> None:
+    """The node's span when attempt ``n``'s target or validator failed (a typed error ends the node)."""
+    if isinstance(error, ModelweaveError):
+        ctx.record(pb.Span(node=path, kind="validate", attempt=n, start_ms=ctx.offset_ms(start),
+                           error=error.status.value, detail=f"attempt {n} failed: {error.message}"[:300],
+                           latency_ms=(time.monotonic() - start) * 1000.0))
 
 
 def exhausted(node: ValidateNode, base: pb.Message, last: pb.Message, ctx: RequestContext, path: str,

@@ -81,6 +81,15 @@ GRAPHS: dict[str, dict[str, Any]] = {
     "parallel mean, every branch needed": chain({
         "kind": "parallel", "name": "mean", "aggregate": {"strategy": "mean"},
         "branches": [fake("a", "FailOn", marker="zzz", label="a"), fake("b", "FailOn")]}),
+    "validate whose target fails on some rows": chain(
+        {"kind": "validate", "name": "check", "max_attempts": 2, "validator": fake("second", "PassOnSecond"),
+         "target": chain(fake("first", "FailOn"), fake("echo", "Echo"), name="answer")}),
+    "validate whose escalation fails on some rows": chain(
+        fake("first", "FailOn", marker="zzz"),
+        {"kind": "validate", "name": "check", "on_failure": "escalate", "target": fake("echo", "Echo"),
+         "validator": fake("second", "PassOnSecond"), "escalate": fake("human", "FailOn")}),
+    "cache whose body fails on some rows": chain(
+        {"kind": "cache", "name": "c", "body": fake("first", "FailOn")}, fake("echo", "Echo")),
     "cache around failing and degraded rows": chain(
         {"kind": "cache", "name": "c", "body": chain(fake("first", "FailOn"), check_reply(), name="body")},
         fake("after", "FailOn", marker="zzz", label="after")),

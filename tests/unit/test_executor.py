@@ -1178,3 +1178,19 @@ async def test_a_failing_member_of_a_co_located_run_is_charged_its_own_time():
     assert (fast.node, slow.node, slow.error) == ("g/main/fast", "g/main/slowfail", "INTERNAL")
     assert 10 <= fast.latency_ms < 60 and slow.latency_ms >= 75  # not 0 ms, and not added to "fast"
     assert slow.start_ms >= fast.start_ms + fast.latency_ms - 1e-6
+
+
+@pytest.mark.parametrize(("flow", "kind"), [
+    (validate(model("bad", "Fail", produces="Generation", typed=True), model("judge", "Judge")), "validate"),
+    (cache(model("bad", "Fail", produces="Classification", typed=True)), "cache"),
+    ({"kind": "shadow", "name": "s", "primary": model("bad", "Fail", produces="Classification", typed=True),
+      "candidates": [model("other", "Label")]}, "shadow"),
+])
+async def test_a_node_whose_child_fails_still_records_its_span(flow, kind):
+    ex, _ = build(graph(flow))
+    with pytest.raises(Unavailable) as err:
+        await run(ex)
+    spans = [s for s in err.value.trace.spans if s.kind in ("model", kind)]
+    assert [(s.kind, s.error) for s in spans][:1] == [("model", "UNAVAILABLE")]
+    own = next(s for s in spans if s.kind == kind)
+    assert own.error == "UNAVAILABLE" and own.node.endswith(("/v", "/c", "/s"))
