@@ -13,8 +13,8 @@ interpreter), called over a local socket pair with the envelopes as protobuf byt
   :class:`~modelweave.errors.ReplicaLost` (the executor retries idempotent models within the
   request's deadline), and the next call starts a fresh child. An input that kills a child
   twice is refused from then on (``ModelError``), so it cannot keep the model restarting.
-* **A hung model is stopped**: a child still working when every caller of its call has given
-  up (the rows' deadlines, :data:`~modelweave.trace.rows_deadline`) is killed, the call fails
+* **A hung model is stopped**: a child still working :data:`HANG_GRACE_S` after every caller of
+  its call gave up (the rows' deadlines, :data:`~modelweave.trace.rows_deadline`) is killed, the call fails
   ``DEADLINE_EXCEEDED`` and the next call starts a fresh child, instead of every later call
   waiting behind an input the model never finishes. Such an input counts as a kill above.
 * **Model CPU stays honest**: each span's ``cpuMs`` is the child's thread CPU inside
@@ -58,6 +58,10 @@ CHILD_MODULE = "modelweave.process_isolation"
 LOAD_TIMEOUT_S = 600.0
 #: How long :meth:`ProcessAdapter.close` waits for a child to exit before killing it.
 EXIT_TIMEOUT_S = 5.0
+#: How long past every caller's deadline a child may go on with a call before it is killed as hung.
+#: Killing costs a model reload (spaCy: ~3 s), so a call that merely overran (a busy machine)
+#: finishes; a model stuck on an input is stopped.
+HANG_GRACE_S = 5.0
 #: A single input that killed this many children is refused (ModelError, not retried) from then on.
 POISON_KILLS = 2
 #: Inputs whose kills are remembered (the oldest are forgotten first).
@@ -168,9 +172,9 @@ class ProcessAdapter(ModelAdapter):
     # -- internals ------------------------------------------------------------------------
 
     def _call(self, request: tuple[Any, ...], deadline: float | None = None) -> Any:
-        """One exchange with the child. Past ``deadline`` (wall clock: no caller waits any more)
-        the child is killed and :class:`ChildStopped` raised, so a model stuck on one input does
-        not hold every later call behind it."""
+        """One exchange with the child. :data:`HANG_GRACE_S` past ``deadline`` (wall clock: no
+        caller waits any more) the child is killed and :class:`ChildStopped` raised, so a model
+        stuck on one input does not hold every later call behind it."""
         with self._lock:
             if self._conn is None:
                 self._start()  # the previous child died: a fresh one serves this call
@@ -178,7 +182,7 @@ class ProcessAdapter(ModelAdapter):
             assert conn is not None
             try:
                 conn.send(request)
-                if deadline is not None and not conn.poll(max(0.0, deadline - time.time())):
+                if deadline is not None and not conn.poll(max(0.0, deadline + HANG_GRACE_S - time.time())):
                     self._kill_child()
                     raise ChildStopped(f"model {self.name!r} had not answered when its callers' deadline passed; "
                                        "its process was stopped and the next call starts a new one")

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from modelweave import process_isolation
 from modelweave.adapters.base import build_adapter, predict_measured
 from modelweave.checker import check_graph
 from modelweave.codecs import message_from_text
@@ -127,6 +128,25 @@ def test_a_killed_child_is_replaced_and_rows_of_a_batch_with_a_crash_are_isolate
     assert outcomes[0].part.label == "a" and outcomes[2].part.label == "b"
 
 
+@pytest.fixture
+def no_grace(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(process_isolation, "HANG_GRACE_S", 0.0)
+
+
+def test_a_call_that_overruns_its_deadline_by_less_than_the_grace_finishes(crashy: ProcessAdapter,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(process_isolation, "HANG_GRACE_S", 2.0)
+    slow = ProcessAdapter("process_fakes:Crashy", {"busy_ms": 400.0}, name="slow")
+    slow.load()
+    try:
+        first = slow.pid
+        (outcome,) = predict_rows(slow, [message_from_text("a")], [time.time() + 0.1])
+        assert outcome.part.label == "a" and slow.pid == first  # answered late, not killed
+    finally:
+        slow.close()
+
+
+@pytest.mark.usefixtures("no_grace")
 def test_a_child_still_working_when_its_callers_gave_up_is_stopped(crashy: ProcessAdapter) -> None:
     first = crashy.pid
     assert first is not None
@@ -139,7 +159,8 @@ def test_a_child_still_working_when_its_callers_gave_up_is_stopped(crashy: Proce
     assert crashy.predict([message_from_text("fine")])[0].label == "fine" and crashy.pid != first
 
 
-def test_a_batch_waits_for_its_latest_deadline_and_a_row_without_one_waits_as_before(crashy: ProcessAdapter) -> None:
+@pytest.mark.usefixtures("no_grace")
+def test_a_batch_waits_for_its_latest_deadline(crashy: ProcessAdapter) -> None:
     start = time.monotonic()
     outcomes = predict_rows(crashy, [message_from_text("hang"), message_from_text("x")],
                             [time.time() + 0.2, time.time() + 0.8])
@@ -150,6 +171,7 @@ def test_a_batch_waits_for_its_latest_deadline_and_a_row_without_one_waits_as_be
     assert crashy.predict([message_from_text("y")])[0].label == "y"
 
 
+@pytest.mark.usefixtures("no_grace")
 def test_an_input_that_hangs_the_child_twice_is_refused(crashy: ProcessAdapter) -> None:
     for _ in range(2):
         predict_rows(crashy, [message_from_text("hang")], [time.time() + 0.2])
