@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -39,10 +40,13 @@ def parse_infer_json(body: bytes, limits: Limits) -> svc.InferRequest:
     except RecursionError:
         # The C decoder counts its recursion: thousands of nested brackets end here, not in a 500.
         raise InvalidArgument(f"request body nests deeper than {limits.max_json_depth} levels") from None
-    except ValueError as exc:
-        # Malformed JSON and bad UTF-8 (both ValueErrors), and an integer literal longer than
-        # Python converts (4,300 digits, sys.get_int_max_str_digits) anywhere in the body.
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidArgument(f"request body is not valid JSON: {exc}") from None
+    except ValueError:
+        # json.loads refuses an integer literal longer than Python converts (4,300 digits,
+        # sys.get_int_max_str_digits) anywhere in the body; its message advises raising the limit.
+        raise InvalidArgument("request body is not valid JSON: it holds an integer literal of more than "
+                              f"{sys.get_int_max_str_digits()} digits") from None
     check_json_depth(data, limits.max_json_depth)
     if not isinstance(data, dict):
         raise InvalidArgument("request body must be a JSON object with an 'input' field")
