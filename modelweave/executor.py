@@ -89,6 +89,7 @@ def take_fallback(node: Node, exc: BaseException, ctx: RequestContext, path: str
                        start_ms=ctx.elapsed_ms(), error=exc.status.value,
                        detail=f"fallback after {exc.status.value}: {exc.message}"[:300]))
     ctx.degraded += 1
+    speculation.note_degraded()
     return True
 
 

@@ -27,19 +27,43 @@ T = TypeVar("T")
 #: The gates of the speculations enclosing the running task, outermost first; each resolves
 #: to True (the lookup missed: the body's answer is used) or False (hit: it is discarded).
 _GATES: ContextVar[tuple[asyncio.Future[bool], ...]] = ContextVar("modelweave_speculation", default=())
+#: Per enclosing speculation (same order), how many degraded answers its body has produced.
+_DEGRADED: ContextVar[tuple[list[int], ...]] = ContextVar("modelweave_speculation_degraded", default=())
 
 
-def start(body: Coroutine[Any, Any, T]) -> tuple[asyncio.Future[bool], asyncio.Task[T]]:
-    """Starts ``body`` as a task under one more gate; returns the gate (the caller resolves it) and the task.
+def start(body: Coroutine[Any, Any, T]) -> tuple[asyncio.Future[bool], asyncio.Task[T], list[int]]:
+    """Starts ``body`` as a task under one more gate.
 
     The task runs in a copy of the caller's context with the gate added, so every task it
     starts inherits the gate and the caller's own context stays as it was.
+
+    Returns:
+        The gate (the caller resolves it), the task, and the one-item count of degraded
+        answers the body produces (:func:`note_degraded`), which a hit takes back.
     """
     loop = asyncio.get_running_loop()
     gate: asyncio.Future[bool] = loop.create_future()
+    degraded = [0]
     context = copy_context()
     context.run(_GATES.set, (*_GATES.get(), gate))
-    return gate, loop.create_task(body, context=context)
+    context.run(_DEGRADED.set, (*_DEGRADED.get(), degraded))
+    return gate, loop.create_task(body, context=context), degraded
+
+
+def take_back_degraded(body_degraded: list[int]) -> int:
+    """On a hit: the number of degraded answers the discarded body produced, taken back from the
+    speculations enclosing the caller too (they counted the same answers)."""
+    n = body_degraded[0]
+    for count in _DEGRADED.get():
+        count[0] -= n
+    return n
+
+
+def note_degraded() -> None:
+    """Counts one degraded answer (a fallback, an exhausted validation) for every enclosing
+    speculation: a hit that discards the body takes its count back from the request."""
+    for count in _DEGRADED.get():
+        count[0] += 1
 
 
 def discarded() -> bool:

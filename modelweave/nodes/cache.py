@@ -236,7 +236,7 @@ async def _run_speculative(ex: Executor, node: CacheNode, msg: pb.Message, ctx: 
     degraded_before = ctx.degraded
     writes = ex.graph.info(node).writes
     # On its own copy: a hit answers on ``msg`` while the body may still be writing.
-    gate, body = speculation.start(ex.run_node(node.body, clone(msg), ctx, path, attempt))
+    gate, body, body_degraded = speculation.start(ex.run_node(node.body, clone(msg), ctx, path, attempt))
     try:
         # Awaited here, not in a task: the lookup's call goes out in this step, before the
         # body's first step runs.
@@ -244,6 +244,8 @@ async def _run_speculative(ex: Executor, node: CacheNode, msg: pb.Message, ctx: 
         if hit is not None:
             gate.set_result(False)
             body.cancel()
+            # What the discarded body degraded is not this request's: an enclosing cache may store.
+            ctx.degraded -= speculation.take_back_degraded(body_degraded)
             return _answer_hit(msg, hit, writes, ctx, path, attempt, start, "speculative body cancelled")
         gate.set_result(True)
         try:

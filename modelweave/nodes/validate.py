@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, model_validator
 
+from modelweave import speculation
 from modelweave.errors import FailedPrecondition, GraphSpecError, ModelweaveError
 from modelweave.messages import clone, full_name
 from modelweave.nodes.base import DictSlot, NodeKind, TypeRule
@@ -241,4 +242,5 @@ def exhausted(node: ValidateNode, base: pb.Message, last: pb.Message, ctx: Reque
     if node.on_exhausted == "error":
         raise FailedPrecondition(f"validation failed after {attempts} attempt(s): {reason}", node=path)
     ctx.degraded += 1
+    speculation.note_degraded()
     return None

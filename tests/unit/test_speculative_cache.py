@@ -263,3 +263,38 @@ async def test_a_hit_leaves_no_span_of_the_cancelled_body():
     hit = await pending
     caller.adapters["slow"].release.set()
     assert [s.kind for s in hit.trace.spans] == ["cache"] and hit.trace.spans[0].cache_hit
+
+
+class AlwaysHit(MemoryCache):
+    """A shared cache that has every answer, one round trip away."""
+
+    def __init__(self) -> None:
+        super().__init__(300.0, 100)
+
+    async def get(self, key: str) -> bytes | None:
+        await asyncio.sleep(0.02)
+        return pb.Message(classification=pb.Classification(label="cached", confidence=1.0)).SerializeToString()
+
+
+@pytest.mark.parametrize("nested", [False, True])
+async def test_a_discarded_body_that_fell_back_does_not_make_the_answer_degraded(nested: bool) -> None:
+    failing = {**model("cls", "Fail", typed=True), "fallback": model("fb", "Label", label="fallback")}
+    inner = cache(failing, name="inner")
+    if nested:  # the same body under two speculations: the inner hit takes it back from both
+        inner = cache(chain(inner, name="mid"), name="middle")
+    outer = {"kind": "cache", "name": "outer", "body": chain(inner, model("after", "Tag", suffix="+"), name="body")}
+    stores: list[str] = []
+
+    class Counting(MemoryCache):
+        async def put(self, key: str, value: bytes) -> None:
+            stores.append(key)
+            await super().put(key, value)
+
+    def factory(path: str, node: Any) -> MemoryCache:
+        return Counting(300.0, 100) if path.endswith("/outer") else AlwaysHit()
+
+    ex, _ = build(graph(outer), cache_factory=factory)
+    result = await run(ex)
+    assert result.message.classification.label == "cached"
+    (span,) = [s for s in spans_of(result.trace, "cache") if s.node.endswith("/outer")]
+    assert span.detail == "" and len(stores) == 1  # stored: the answer is not degraded
