@@ -6,6 +6,7 @@ import re
 from functools import lru_cache
 from typing import Any
 
+from modelweave.errors import FailedPrecondition
 from modelweave.spec_base import Condition
 from modelweave.v1 import messages_pb2 as pb
 
@@ -44,7 +45,20 @@ def _regex(pattern: str) -> re.Pattern[str]:
 
 
 def evaluate(cond: Condition, message: pb.Message, threshold: float | None = None) -> bool:
-    """Tests one condition; ``threshold`` replaces ``value`` for adaptive conditions."""
+    """Tests one condition; ``threshold`` replaces ``value`` for adaptive conditions.
+
+    Raises:
+        FailedPrecondition: the field's value cannot be compared as the rule asks (a tensor
+            field of another type than the rule's value; the checker refuses the static cases).
+    """
+    try:
+        return _evaluate(cond, message, threshold)
+    except TypeError as exc:
+        raise FailedPrecondition(f"route condition {cond.field!r} {cond.op} cannot compare this "
+                                 f"request's value: {exc}") from None
+
+
+def _evaluate(cond: Condition, message: pb.Message, threshold: float | None) -> bool:
     actual = read_field(message, cond.field)
     if cond.op == "exists":
         present = actual is not None and actual != "" and actual != 0

@@ -53,6 +53,9 @@ def field_part(path_expr: str, available: frozenset[str], where: str) -> tuple[s
 def check_condition(cond: Condition, available: frozenset[str], where: str) -> set[str]:
     """Type-checks one route condition; returns the part types it reads."""
     part, fd = field_part(cond.field, available, where)
+    if fd is None and part != "Tensor" and cond.op in ("lt", "le", "gt", "ge"):
+        what = "a metadata value (text)" if cond.field.startswith("metadata.") else "a whole message part"
+        raise GraphSpecError(f"{where}: operator {cond.op!r} needs a numeric field; {cond.field!r} is {what}")
     if fd is not None and cond.op in ("lt", "le", "gt", "ge"):
         numeric = {FieldDescriptor.CPPTYPE_FLOAT, FieldDescriptor.CPPTYPE_DOUBLE,
                    FieldDescriptor.CPPTYPE_INT32, FieldDescriptor.CPPTYPE_INT64,

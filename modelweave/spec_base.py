@@ -199,6 +199,11 @@ class Condition(_Strict):
             raise ValueError("give 'value' or 'value_from', not both")
         if self.op in ("in", "not_in") and not isinstance(self.value, list):
             raise ValueError(f"operator {self.op!r} needs a list value")
+        if self.op == "matches" and self.value is not None:
+            try:
+                re.compile(str(self.value))
+            except re.error as exc:  # else every request that reaches the rule fails
+                raise ValueError(f"operator 'matches' needs a valid regular expression: {exc}") from None
         return self
 
 

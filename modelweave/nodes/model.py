@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -207,6 +208,12 @@ def finish_model_call(ex: Executor, node: ModelNode, msg: pb.Message, ctx: Reque
         span.error = ModelError.status.value
         ctx.record(span)
         raise ModelError(f"model returned {got}, declared {expected}", node=path)
+    bad = _non_finite(part)
+    if bad:
+        # NaN fails every comparison, so a route rule would silently take its default branch.
+        span.error = ModelError.status.value
+        ctx.record(span)
+        raise ModelError(f"model answered a non-finite {bad}", node=path)
     set_part(msg, part, tensor_name=node.name)
     if isinstance(part, pb.Verdict):
         span.verdict = "passed" if part.passed else "failed"
@@ -214,3 +221,17 @@ def finish_model_call(ex: Executor, node: ModelNode, msg: pb.Message, ctx: Reque
     if observe:
         ex.observe_hop(node.name, span.latency_ms / 1000.0)
     return msg
+
+
+def _non_finite(part: ProtoMessage) -> str:
+    """The first score field of ``part`` that is NaN or infinite ("" when none): the values routes
+    and aggregations compare (confidences and scores; embeddings and tensors are not read by rules)."""
+    if isinstance(part, pb.Classification):
+        if not math.isfinite(part.confidence):
+            return f"classification.confidence ({part.confidence})"
+        for s in part.scores:
+            if not math.isfinite(s.score):
+                return f"classification.scores score of {s.label!r} ({s.score})"
+    elif isinstance(part, pb.Verdict | pb.Generation) and not math.isfinite(part.score):
+        return f"{part_name(part.DESCRIPTOR.name)}.score ({part.score})"
+    return ""

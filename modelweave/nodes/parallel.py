@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Literal
@@ -43,6 +44,11 @@ class AggregateSpec(_Strict):
             raise ValueError("strategy 'custom' needs 'function' and 'produces'")
         if self.strategy != "custom" and self.function:
             raise ValueError("'function' is only used with strategy 'custom'")
+        if self.weights is not None and (
+                not all(math.isfinite(w) and w >= 0 for w in self.weights) or not sum(self.weights) > 0):
+            # A negative weight turns a score into a negative probability; all zero leaves the
+            # label to branch order; NaN makes the confidence NaN, which no route rule matches.
+            raise ValueError(f"aggregate.weights must be finite, >= 0 and not all 0, got {self.weights}")
         if self.strategy == "merge" and (self.weights is not None or self.min_successful is not None):
             # Every branch contributes its own parts: a missing branch would leave a hole that
             # later nodes read as "not produced", so all of them must succeed, none outweighs another.

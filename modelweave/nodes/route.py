@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Literal
 
+from google.protobuf.message import Message as ProtoMessage
 from pydantic import Field, model_validator
 
 from modelweave.conditions import evaluate, read_field
@@ -45,8 +46,8 @@ class ChangeFeedback(_Strict):
 
     state: str
     field: str = "classification.label"
-    on_changed: float = 0.0
-    on_unchanged: float = 0.0
+    on_changed: float = Field(0.0, allow_inf_nan=False)
+    on_unchanged: float = Field(0.0, allow_inf_nan=False)
     branches: list[str] | None = Field(None, description="branches it applies to; default: all non-null")
 
 
@@ -68,6 +69,8 @@ class RouteNode(NodeBase):
             for name in fb.branches or []:
                 if name not in self.branches:
                     raise ValueError(f"feedback[{i}].branches: {name!r} is not one of {sorted(self.branches)}")
+                if self.branches[name] is None:  # it runs nothing, so it changes nothing to compare
+                    raise ValueError(f"feedback[{i}].branches: {name!r} is a pass-through (null) branch")
         if self.default not in self.branches:
             raise ValueError(f"default branch {self.default!r} is not one of {sorted(self.branches)}")
         for i, rule in enumerate(self.rules):
@@ -224,14 +227,24 @@ def _watched(node: RouteNode, chosen: str) -> list[ChangeFeedback]:
 
 def watched_fields(node: RouteNode, chosen: str, msg: pb.Message) -> list[Any]:
     """The fields the branch's feedback watches, as they are before the branch runs."""
-    return [read_field(msg, fb.field) for fb in _watched(node, chosen)]
+    return [_frozen(read_field(msg, fb.field)) for fb in _watched(node, chosen)]
+
+
+def _frozen(value: Any) -> Any:
+    """A copy of a field's value that the branch cannot change: message values and repeated
+    fields are live views of the envelope, which the branch overwrites in place."""
+    if isinstance(value, ProtoMessage):
+        return value.SerializeToString(deterministic=True)
+    if isinstance(value, str | bytes | int | float | bool) or value is None:
+        return value
+    return [_frozen(v) for v in value]  # a repeated field
 
 
 async def route_feedback(ex: Executor, node: RouteNode, chosen: str, before: list[Any], out: pb.Message,
                          ctx: RequestContext, path: str, attempt: int) -> None:
     """Moves the feedback variables by whether the branch changed the watched fields."""
     for fb, old in zip(_watched(node, chosen), before, strict=True):
-        changed = read_field(out, fb.field) != old
+        changed = _frozen(read_field(out, fb.field)) != old
         delta = fb.on_changed if changed else fb.on_unchanged
         value = await ex.adjust(fb.state, delta)
         if value is not None:

@@ -54,8 +54,11 @@ class SplitNode(NodeBase):
         for name, w in self.weights.items():
             if w < 0 or w != w or w == float("inf"):
                 raise ValueError(f"weights.{name} must be a finite number >= 0, got {w}")
-        if sum(self.weights.values()) <= 0:
+        total = sum(self.weights.values())
+        if total <= 0:
             raise ValueError("at least one weight must be > 0")
+        if total == float("inf"):  # every share would read 0: all traffic to the last branch
+            raise ValueError(f"weights must add up to a finite number, got {dict(self.weights)}")
         return self
 
     def cumulative(self) -> list[tuple[float, str]]:

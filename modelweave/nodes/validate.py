@@ -29,8 +29,8 @@ class FeedbackUpdate(_Strict):
     """Cross-request feedback: nudge a shared state variable after a verdict."""
 
     state: str
-    on_pass: float = 0.0
-    on_fail: float = 0.0
+    on_pass: float = Field(0.0, allow_inf_nan=False)
+    on_fail: float = Field(0.0, allow_inf_nan=False)
 
 
 class ValidateNode(NodeBase):
