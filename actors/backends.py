@@ -38,7 +38,7 @@ import numpy as np
 from actors.key_index import KeyMirror
 from actors.resilience import NEAR_MAX_ENTRIES, Breaker, NearCache, RateLimitedLog, near_ttl
 from modelweave.observe import MetricsSink
-from modelweave.semantic_cache import SemanticHit, SemanticLookup
+from modelweave.semantic_cache import SemanticHit, SemanticLookup, vector_key
 from modelweave.spec import AdaptiveValue, CacheNode
 from modelweave.state import clamped
 
@@ -369,9 +369,10 @@ class ActorSemanticCache:
 
     Same rules as :class:`ActorCache`: the lookup has the link's timeout, an open breaker or a
     failed call is a miss (counted in ``state_errors_total{op="semantic_lookup"}`` and logged),
-    stores are fire-and-forget. The per-replica near cache is keyed by the exact *text* (same
-    text, same vector), never by similarity: a near cache that matched by similarity would chain
-    approximations (A hits B locally, C hits A, ...) beyond what the shared index allows.
+    stores are fire-and-forget. The per-replica near cache is keyed by the exact text *and*
+    vector (:func:`~modelweave.semantic_cache.vector_key`), never by similarity: a near cache
+    that matched by similarity would chain approximations (A hits B locally, C hits A, ...)
+    beyond what the shared index allows.
 
     Args:
         link: The replica's link to the state actor.
@@ -391,22 +392,27 @@ class ActorSemanticCache:
 
     async def lookup(self, vector: Any, text: str) -> SemanticLookup:
         """Near cache (exact text), then the shared index; a miss when the actor cannot answer."""
-        value = self.near.get(text)
+        near_key = vector_key(vector, text)
+        value = self.near.get(near_key)
         if value is not None:
             return SemanticLookup(SemanticHit(value, text, 1.0, 0.0), best_score=1.0)
-        ok, found = await self._link.call("semantic_lookup", "semantic_lookup", self._path,
-                                          np.asarray(vector, dtype=np.float32), text, self._spec)
+        v = np.asarray(vector, dtype=np.float32)
+        if not v.size or not np.isfinite(v).all() or not v.any():
+            # Matches nothing; asked of the actor, its refusal would count as an outage and
+            # open the link's breaker for every state call of this replica.
+            return SemanticLookup()
+        ok, found = await self._link.call("semantic_lookup", "semantic_lookup", self._path, v, text, self._spec)
         if not ok or not isinstance(found, SemanticLookup):
             return SemanticLookup()
         if found.hit is not None:
-            self.near.put(text, found.hit.value)
+            self.near.put(near_key, found.hit.value)
         elif found.rejected is not None:
             self.guard_rejections += 1
         return found
 
     async def store(self, vector: Any, text: str, value: bytes) -> None:
-        """Stores locally at once (exact text) and in the shared index in the background."""
-        self.near.put(text, value)
+        """Stores locally at once (exact text and vector) and in the shared index in the background."""
+        self.near.put(vector_key(vector, text), value)
         self._link.write("semantic_store", "semantic_store", self._path, np.asarray(vector, dtype=np.float32),
                         text, value, self._spec)
 
@@ -449,7 +455,10 @@ class ActorState:
             return self.last[var.state]
         ok, value = await self._link.read("state_get", "get_state", var.model_dump())
         if ok:
-            self._confirmed[var.state] = self.last[var.state] = float(value)
+            self._confirmed[var.state] = float(value)
+            if var.state in self._pending or var.state in self._inflight:
+                return self.last[var.state]  # a delta of ours left meanwhile: the copy has it, the answer not
+            self.last[var.state] = float(value)
             return float(value)
         return self.last.get(var.state, var.initial)
 

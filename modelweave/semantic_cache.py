@@ -17,6 +17,7 @@ share an index. Measured cost: see ``benchmarks/semantic_cache.py``.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections import OrderedDict
@@ -87,6 +88,17 @@ class SemanticCacheBackend(Protocol):
         ...
 
 
+#: float32 rounding leaves a unit vector's similarity to itself a little under 1.0: without
+#: the tolerance, ``threshold: 1.0`` missed a quarter of exact repeats.
+SCORE_TOLERANCE = 1e-5
+
+
+def vector_key(vector: Sequence[float] | np.ndarray, text: str) -> str:
+    """A key for one exact (text, vector) pair: the same text with another vector is another entry."""
+    raw = np.asarray(vector, dtype=np.float32).tobytes()
+    return f"{text}\0{hashlib.blake2b(raw, digest_size=12).hexdigest()}"
+
+
 def unit_vector(vector: Sequence[float] | np.ndarray, dim: int | None = None) -> np.ndarray:
     """``vector`` as a unit-length float32 row; raises ``InvalidArgument`` naming ``embedding``."""
     v = np.asarray(vector, dtype=np.float32).reshape(-1)
@@ -132,7 +144,8 @@ class SemanticIndex:
         self._values: list[bytes] = []
         self._lru: OrderedDict[int, None] = OrderedDict()  # live slots, least recently used first
         self._free: list[int] = []
-        self._by_text: dict[str, int] = {}
+        self._by_key: dict[str, int] = {}  # vector_key -> slot
+        self._key_of: dict[int, str] = {}
         self.hits = 0
         self.misses = 0
         self.guard_rejections = 0
@@ -147,7 +160,11 @@ class SemanticIndex:
             if self._dim is None or not self._lru:
                 self.misses += 1
                 return SemanticLookup()
-            q = unit_vector(vector, self._dim)
+            try:
+                q = unit_vector(vector, self._dim)
+            except InvalidArgument:  # a zero, non-finite or other-sized vector matches nothing
+                self.misses += 1
+                return SemanticLookup()
             n = len(self._texts)
             scores = self._vecs[:n] @ q
             # Free slots expire at -inf, so "expired or empty" is one comparison.
@@ -160,7 +177,7 @@ class SemanticIndex:
             reason = ""
             for slot in top:
                 score = float(scores[slot])
-                if score < self.threshold:
+                if score < self.threshold - SCORE_TOLERANCE:
                     break
                 age = now - (float(self._expires[slot]) - self.ttl_s)
                 entry = SemanticHit(self._values[slot], self._texts[slot], score, age)
@@ -183,16 +200,18 @@ class SemanticIndex:
         return self.search(vector, text).hit
 
     def store(self, vector: Sequence[float] | np.ndarray, text: str, value: bytes) -> None:
-        """Stores ``value`` for ``text`` (replacing an entry for the same text)."""
+        """Stores ``value`` for ``text`` (replacing an entry for the same text and vector)."""
         now = self._clock()
         with self._lock:
             v = unit_vector(vector, self._dim)
             if self._dim is None:
                 self._dim = int(v.size)
-            slot = self._by_text.get(text)
+            key = vector_key(vector, text)
+            slot = self._by_key.get(key)
             if slot is None:
                 slot = self._take_slot(now)
-                self._by_text[text] = slot
+                self._by_key[key] = slot
+                self._key_of[slot] = key
             self._vecs[slot] = v
             self._expires[slot] = now + self.ttl_s
             self._texts[slot] = text
@@ -228,8 +247,9 @@ class SemanticIndex:
 
     def _release(self, slot: int) -> None:
         self._lru.pop(slot, None)
-        if self._by_text.get(self._texts[slot]) == slot:
-            del self._by_text[self._texts[slot]]
+        key = self._key_of.pop(slot, None)
+        if key is not None and self._by_key.get(key) == slot:
+            del self._by_key[key]
         self._texts[slot] = ""
         self._values[slot] = b""
         self._expires[slot] = -np.inf

@@ -123,8 +123,10 @@ def test_index_grows_past_its_first_block():
 def test_bad_vectors_and_settings_name_the_field():
     index = SemanticIndex(0.9)
     index.store(vec(1), "a", b"A")
-    with pytest.raises(InvalidArgument, match="embedding"):
-        index.lookup(np.ones(3, dtype=np.float32), "q")
+    # A vector that can match nothing is a miss: raised in the shared state actor, it read as
+    # an outage and opened the replica's breaker for every state call.
+    for odd in (np.ones(3, dtype=np.float32), np.zeros(8), np.full(8, np.nan)):
+        assert index.lookup(odd, "q") is None
     with pytest.raises(InvalidArgument, match="embedding"):
         index.store(np.zeros(8), "z", b"Z")
     with pytest.raises(InvalidArgument, match="threshold"):
@@ -238,3 +240,43 @@ async def test_actor_semantic_cache_shares_hits_and_degrades_to_a_miss():
     res = await other.lookup(at_cos(0.97), "please cancel my order")  # near cache: exact text
     assert res.hit is not None
     assert ("semantic_lookup", "timeout") in other._link.errors
+
+
+def test_threshold_one_hits_exact_repeats():
+    index = SemanticIndex(1.0, guard=False)
+    rng = np.random.default_rng(7)
+    data = rng.standard_normal((200, 384)).astype(np.float32)
+    for i, v in enumerate(data):
+        index.store(v, f"t{i}", str(i).encode())
+    assert all(index.lookup(v, f"t{i}") is not None for i, v in enumerate(data))  # float32 rounding
+
+
+def test_the_same_text_with_another_vector_is_another_entry():
+    index = SemanticIndex(0.99, guard=False)
+    index.store(vec(1), "", b"A")
+    index.store(vec(0, 1), "", b"B")
+    assert len(index) == 2
+    assert index.lookup(vec(1), "").value == b"A" and index.lookup(vec(0, 1), "").value == b"B"
+
+
+async def test_a_bad_vector_is_a_miss_that_does_not_open_the_replicas_breaker():
+    clock = Clock()
+    actor = GraphState()
+    link = StateLink(Handle(actor), "g", timeout_s=0.05, write_timeout_s=0.05, clock=clock)
+    cache = ActorSemanticCache(link, "g/c", ttl_s=60, max_entries=100, threshold=0.9, clock=clock)
+    await cache.store(vec(1), "cancel my order", b"CANCELLED")
+    await link.drain()
+    for odd in (np.zeros(8), np.full(8, np.nan), np.ones(3, dtype=np.float32)):  # the last: another size
+        assert (await cache.lookup(odd, "cancel my order")).hit is None
+    assert not link.breaker.tripped and link.errors == {}
+    assert (await cache.lookup(vec(1), "cancel my order")).hit is not None
+
+
+async def test_the_near_cache_does_not_answer_another_vector_with_the_same_text():
+    clock = Clock()
+    link = StateLink(Handle(GraphState()), "g", timeout_s=0.05, write_timeout_s=0.05, clock=clock)
+    cache = ActorSemanticCache(link, "g/c", ttl_s=60, max_entries=100, threshold=0.9, clock=clock)
+    await cache.store(vec(1), "", b"answer for A")  # no text field: "" for every request
+    await link.drain()
+    assert (await cache.lookup(vec(0, 1), "")).hit is None  # orthogonal: no hit, near cache or actor
+    assert (await cache.lookup(vec(1), "")).hit is not None

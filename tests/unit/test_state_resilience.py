@@ -434,3 +434,26 @@ async def test_flush_now_sends_the_queued_writes_at_once():
 def test_flush_now_without_an_event_loop_does_nothing():
     link = StateLink(Handle(GraphState()), "g")
     link.flush_now()  # interpreter teardown: no loop, no error
+
+
+async def test_a_read_that_crosses_an_own_delta_does_not_hide_it():
+    clock = Clock()
+    actor = GraphState()
+    link, _ = link_over(actor, clock)
+    state = ActorState(link, flush_delay_s=0.05)
+    release = asyncio.Event()
+    original = actor.get_state
+
+    async def slow(var: dict[str, Any]) -> float:
+        await release.wait()
+        return await original(var)
+
+    actor.get_state = slow  # type: ignore[method-assign]
+    read = asyncio.ensure_future(state.get(VAR))  # asks the actor: 0.5 ...
+    await asyncio.sleep(0.01)
+    assert await state.adjust(VAR, 0.1) == pytest.approx(0.6)  # ... while this replica moves it
+    release.set()
+    assert await read == pytest.approx(0.6)  # the answer predates the delta: the copy answers
+    assert await state.get(VAR) == pytest.approx(0.6)
+    await state.drain()
+    assert await state.get(VAR) == pytest.approx(0.6)
