@@ -16,6 +16,7 @@ Pure functions over pyarrow schemas and tables: no Ray.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -268,7 +269,12 @@ def derive_mapping(schema: pa.Schema, inputs: Sequence[str], *, required: Collec
 def _tensor(value: Any, dtype: pa.DataType) -> pb.Tensor:
     import numpy as np
 
-    code, np_dtype = _TENSOR_DTYPES[_leaf(dtype)]
+    leaf = _leaf(dtype)
+    if leaf not in _TENSOR_DTYPES:  # a later file's column typed otherwise than the first's
+        raise InvalidArgument(f"holds {leaf} values, which no tensor dtype takes")
+    code, np_dtype = _TENSOR_DTYPES[leaf]
+    if _has_null(value):  # numpy would raise (ints) or turn it into NaN or False without a word
+        raise InvalidArgument("has a null value in this row")
     try:
         array = np.asarray(value, dtype=np_dtype)
     except ValueError as exc:  # ragged nested lists
@@ -276,13 +282,24 @@ def _tensor(value: Any, dtype: pa.DataType) -> pb.Tensor:
     return pb.Tensor(dtype=code, shape=list(array.shape), data=array.tobytes())
 
 
+def _has_null(value: Any) -> bool:
+    if value is None:
+        return True
+    return isinstance(value, list) and any(_has_null(v) for v in value)
+
+
 def _message(value: Any, column: str, max_depth: int) -> pb.Message:
     if value is None:
         raise InvalidArgument(f"column {column!r} is null in this row")
     try:
         data = json.loads(value)
-    except (json.JSONDecodeError, RecursionError) as exc:
+    except RecursionError as exc:
         raise InvalidArgument(f"column {column!r} is not JSON: {exc}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidArgument(f"column {column!r} is not JSON: {exc}") from None
+    except ValueError:  # an integer literal longer than Python converts (4,300 digits)
+        raise InvalidArgument(f"column {column!r} is not JSON: it holds an integer literal of more than "
+                              f"{sys.get_int_max_str_digits()} digits") from None
     check_json_depth(data, max_depth)
     if not isinstance(data, dict):
         raise InvalidArgument(f"column {column!r} must hold a Message as a JSON object")
@@ -290,6 +307,28 @@ def _message(value: Any, column: str, max_depth: int) -> pb.Message:
         return json_format.ParseDict(data, pb.Message())
     except json_format.ParseError as exc:
         raise InvalidArgument(f"column {column!r}: not a modelweave.v1.Message: {exc}") from None
+
+
+def _text_message(value: Any, column: str) -> pb.Message | InvalidArgument:
+    """A text row; bytes (a CSV file that is not UTF-8 reads as binary) decode as UTF-8 or fail the row.
+
+    Other scalars (a CSV column of digits reads as int64) become their ``str()``: ``007``
+    arrives as ``7``. JSON lines and Parquet keep strings as they are.
+    """
+    if value is None:
+        return message_from_text("")
+    if isinstance(value, bytes):
+        try:
+            return message_from_text(value.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            return InvalidArgument(f"column {column!r} is not UTF-8 text in this row: {exc}")
+    return message_from_text(str(value))
+
+
+def _with_nulls(table: pa.Table, columns: list[str]) -> pa.Table:
+    for column in columns:
+        table = table.append_column(column, pa.nulls(table.num_rows))
+    return table
 
 
 def messages_from_table(table: pa.Table, mapping: InputMapping, *, max_json_depth: int = 32
@@ -300,6 +339,11 @@ def messages_from_table(table: pa.Table, mapping: InputMapping, *, max_json_dept
     tensor leaves the part unset (the executor says the part is required).
     """
     n = table.num_rows
+    absent = [c for c in mapping.columns() if c not in table.schema.names]
+    if absent:
+        # The mapping comes from the first file or block; a JSON-lines file whose rows never
+        # hold a key yields blocks without that column: its values are null in these rows.
+        table = _with_nulls(table, absent)
     if mapping.message:
         out: list[pb.Message | InvalidArgument] = []
         for value in table.column(mapping.message).to_pylist():
@@ -310,7 +354,7 @@ def messages_from_table(table: pa.Table, mapping: InputMapping, *, max_json_dept
         return out
     if mapping.text:
         texts = table.column(mapping.text).to_pylist()
-        out = [message_from_text("" if t is None else str(t)) for t in texts]
+        out = [_text_message(t, mapping.text) for t in texts]
     else:
         out = [pb.Message() for _ in range(n)]
     if mapping.embedding:
@@ -324,6 +368,8 @@ def messages_from_table(table: pa.Table, mapping: InputMapping, *, max_json_dept
                 msg.embedding.values.extend(float(v) for v in values)
     for name, column in mapping.tensors:
         dtype = table.schema.field(column).type
+        if pa.types.is_null(_leaf(dtype)):  # only nulls and empty lists in this block: no tensor
+            continue
         for i, value in enumerate(table.column(column).to_pylist()):
             msg = out[i]
             if value is None or not isinstance(msg, pb.Message):

@@ -93,6 +93,38 @@ def test_rows_become_envelopes_and_bad_rows_become_their_errors() -> None:
     assert np.frombuffer(floats.tensors["t"].data, dtype=np.float64).tolist() == [0.5, 1.5]
 
 
+def test_rows_a_block_cannot_convert_fail_alone_instead_of_the_whole_block() -> None:
+    # Each of these raised out of the conversion before, losing every row of the batch.
+    ints = pa.table({"px": pa.array([[1, None], [3, 4]], type=pa.list_(pa.int64()))})
+    bad, good = messages_from_table(ints, InputMapping(tensors=(("px", "px"),)))
+    assert isinstance(bad, InvalidArgument) and "'px': has a null value" in str(bad)
+    assert isinstance(good, pb.Message) and list(good.tensors["px"].shape) == [2]
+    floats = pa.table({"px": pa.array([[1.0, None]], type=pa.list_(pa.float32()))})
+    (nan,) = messages_from_table(floats, InputMapping(tensors=(("px", "px"),)))
+    assert isinstance(nan, InvalidArgument)  # not a silent NaN
+    huge = pa.table({"m": ['{"text": {"content": "x"}, "n": ' + "1" * 5000 + "}", '{"text": {"content": "ok"}}']})
+    too_long, fine = messages_from_table(huge, InputMapping(message="m"))
+    assert isinstance(too_long, InvalidArgument) and "integer literal" in str(too_long)
+    assert isinstance(fine, pb.Message)
+    latin1 = pa.table({"body": pa.array([b"caf\xe9", "caf\u00e9".encode()], type=pa.binary())})
+    not_utf8, utf8 = messages_from_table(latin1, InputMapping(text="body"))
+    assert isinstance(not_utf8, InvalidArgument) and "not UTF-8" in str(not_utf8)
+    assert isinstance(utf8, pb.Message) and utf8.text.content == "caf\u00e9"  # not "b'caf\\xc3\\xa9'"
+
+
+def test_a_later_block_without_a_mapped_column_or_with_another_type_converts_its_rows() -> None:
+    # The mapping comes from the first file: a JSON-lines file whose rows never hold a key
+    # yields blocks without that column, or with a column of nulls.
+    (row,) = messages_from_table(pa.table({"other": ["x"]}), InputMapping(text="body"))
+    assert isinstance(row, pb.Message) and row.text.content == ""  # as a null text: the executor names it
+    empty = pa.table({"px": pa.array([[], None], type=pa.list_(pa.null()))})
+    assert all(isinstance(m, pb.Message) and not m.tensors for m in
+               messages_from_table(empty, InputMapping(tensors=(("px", "px"),))))
+    shorts = pa.table({"px": pa.array([[1, 2]], type=pa.list_(pa.int16()))})
+    (odd,) = messages_from_table(shorts, InputMapping(tensors=(("px", "px"),)))
+    assert isinstance(odd, InvalidArgument) and "int16" in str(odd)
+
+
 def test_a_message_column_carries_any_parts_as_protobuf_json() -> None:
     good = json.dumps({"text": {"content": "hi"}, "embedding": {"values": [0.5]}, "metadata": {"k": "v"}})
     deep = json.dumps({"metadata": {"k": "v"}, "x": [[[[[[[[1]]]]]]]]})
