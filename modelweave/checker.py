@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from modelweave.adapters.base import import_object
 from modelweave.errors import GraphSpecError
 from modelweave.fields import field_part, fmt_types
 from modelweave.messages import full_name, part_name
@@ -95,6 +96,12 @@ def check_graph(spec: GraphSpec) -> CheckedGraph:
         raise GraphSpecError(f"graph {spec.name!r} input: {exc}") from None
     if not available:
         raise GraphSpecError(f"graph {spec.name!r}: 'input' must name at least one message type")
+    for i, hook in enumerate(spec.prepare):  # else `check` said ok and `prepare` failed on it
+        try:
+            if not callable(import_object(hook)):
+                raise GraphSpecError(f"{hook!r} is not callable")
+        except GraphSpecError as exc:
+            raise GraphSpecError(f"graph {spec.name!r} prepare[{i}]: {exc.message}") from None
     walker = Walker(checked)
     out = walker.walk(spec.flow, spec.name, available, "input")
     for wanted in spec.output:

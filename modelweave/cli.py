@@ -22,6 +22,15 @@ from modelweave.messages import full_name
 from modelweave.spec import GraphSpec, load_graph
 
 
+def write_output(path: str, flag: str, text: str) -> None:
+    """Writes a file the user named; an unwritable path is a one-line error (exit 2)."""
+    try:
+        pathlib.Path(path).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        click.echo(f"error: {flag} {path}: {exc.strerror or exc}", err=True)
+        sys.exit(2)
+
+
 def load_checked(paths: tuple[str, ...]) -> list[CheckedGraph]:
     """Loads and type-checks every graph before any side effect; exits 2 on a bad graph."""
     checked = []
@@ -121,8 +130,8 @@ def prepare(graphs: tuple[str, ...], data_dir: str | None, quiet: bool, publish_
 @click.argument("graphs", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Serve config file to write")
 @click.option("--host", default="0.0.0.0", show_default=True)
-@click.option("--http-port", default=8000, show_default=True)
-@click.option("--grpc-port", default=9000, show_default=True)
+@click.option("--http-port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--grpc-port", default=9000, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--working-dir", default=None, help="runtime_env working_dir URI for every app (e.g. local:///abs/dir)")
 @fit_options(target=True)
 @edge_options
@@ -145,19 +154,21 @@ def build(graphs: tuple[str, ...], output: str, host: str, http_port: int, grpc_
     if not auth_tokens:
         header += ("# INSECURE: built without --auth-tokens, so anyone who reaches the ports can call the graphs.\n"
                    "# Keep it on a private network or behind an authenticating proxy, or rebuild with --auth-tokens.\n")
-    pathlib.Path(output).write_text(header + yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    write_output(output, "-o", header + yaml.safe_dump(config, sort_keys=False))
     click.echo(f"wrote {output}: {len(checked)} application(s); run it with `serve run {output}`")
 
 
 @main.command()
 @click.argument("graphs", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--host", default="127.0.0.1", show_default=True, help="address HTTP and gRPC listen on")
-@click.option("--http-port", default=8000, show_default=True)
-@click.option("--grpc-port", default=9000, show_default=True)
-@click.option("--dashboard-port", default=8265, show_default=True)
+@click.option("--http-port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--grpc-port", default=9000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--dashboard-port", default=8265, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--address", default=None, help="join an existing Ray cluster instead of starting one")
-@click.option("--num-cpus", default=None, type=int, help="logical CPUs of the embedded Ray (default max(4, cores))")
-@click.option("--metrics-port", default=8080, show_default=True, help="Prometheus endpoint of the embedded Ray")
+@click.option("--num-cpus", default=None, type=click.IntRange(min=1),
+              help="logical CPUs of the embedded Ray (default max(4, cores))")
+@click.option("--metrics-port", default=8080, show_default=True, type=click.IntRange(1, 65535),
+              help="Prometheus endpoint of the embedded Ray")
 @click.option("--data-dir", default=None, help="artifact dir (default $MODELWEAVE_DATA_DIR or ~/.cache/modelweave)")
 @click.option("--direct-ingress", is_flag=True,
               help="the graph's ingress replicas listen on the HTTP and gRPC ports themselves, sharing them "
@@ -242,28 +253,38 @@ def draw(graph: str, output: str | None, mermaid_path: str | None, stats_source:
     checked = load_checked((graph,))[0]
     stats = None
     if stats_source:
-        if stats_source.startswith(("http://", "https://")):
-            import httpx
+        try:
+            if stats_source.startswith(("http://", "https://")):
+                import httpx
 
-            stats = stats_from_prometheus(httpx.get(stats_source, timeout=30).text, checked.spec.name)
-        else:
-            raw = json.loads(pathlib.Path(stats_source).read_text())
-            if isinstance(raw, list):  # `modelweave eval --json` output: take this graph's report
-                report = next((r for r in raw if r["name"] == checked.spec.name and not r.get("removed")), None)
-                if report is None:
-                    click.echo(f"error: {stats_source} has no report for graph {checked.spec.name!r}", err=True)
-                    sys.exit(2)
-                stats = {node: NodeStats(share=report["node_share"].get(node, 0.0), mean_ms=ms)
-                         for node, ms in report["node_ms"].items()}
+                stats = stats_from_prometheus(httpx.get(stats_source, timeout=30).text, checked.spec.name)
             else:
-                stats = {k: NodeStats(**v) for k, v in raw.items()}
+                raw = json.loads(pathlib.Path(stats_source).read_text(encoding="utf-8"))
+                if isinstance(raw, list):  # `modelweave eval --json` output: take this graph's report
+                    report = next((r for r in raw if r["name"] == checked.spec.name and not r.get("removed")),
+                                  None)
+                    if report is None:
+                        click.echo(f"error: {stats_source} has no report for graph {checked.spec.name!r}", err=True)
+                        sys.exit(2)
+                    stats = {node: NodeStats(share=report["node_share"].get(node, 0.0), mean_ms=ms)
+                             for node, ms in report["node_ms"].items()}
+                else:
+                    stats = {k: NodeStats(**v) for k, v in raw.items()}
+        except Exception as exc:  # unreachable URL, missing file, bad JSON or a JSON of another shape
+            click.echo(f"error: --stats {stats_source}: cannot read node statistics from it: "
+                       f"{type(exc).__name__}: {exc}", err=True)
+            sys.exit(2)
     text = to_mermaid(checked, stats)
     if mermaid_path:
-        pathlib.Path(mermaid_path).write_text(text, encoding="utf-8")
+        write_output(mermaid_path, "--mermaid", text)
     elif not output:
         click.echo(text, nl=False)
     if output:
-        render_image(checked, output, stats)
+        try:
+            render_image(checked, output, stats)
+        except OSError as exc:
+            click.echo(f"error: -o {output}: {exc.strerror or exc}", err=True)
+            sys.exit(2)
         click.echo(f"wrote {output}", err=True)
 
 
@@ -273,7 +294,7 @@ def draw(graph: str, output: str | None, mermaid_path: str | None, stats_source:
 @click.option("--http", "http_url", default="http://127.0.0.1:8000", show_default=True, help="HTTP base URL")
 @click.option("--grpc", "grpc_addr", default=None, help="call over gRPC at HOST:PORT instead of HTTP")
 @click.option("--stream", is_flag=True, help="print each hop as it finishes")
-@click.option("--timeout-ms", default=0, type=int, help="request deadline (0 = graph default)")
+@click.option("--timeout-ms", default=0, type=click.IntRange(0, 2**32 - 1), help="request deadline (0 = graph default)")
 @click.option("--request-id", default="", help="request id to propagate")
 @click.option("--json", "as_json", is_flag=True, help="print the raw JSON response")
 @click.option("--token", default="", envvar="MODELWEAVE_TOKEN", help="bearer token (default $MODELWEAVE_TOKEN)")
@@ -309,7 +330,8 @@ def call(graph_name: str, text: str, http_url: str, grpc_addr: str | None, strea
 @click.option("--trace", "include_trace", is_flag=True, help="add a trace_json column with each row's full trace")
 @click.option("--overwrite", is_flag=True, help="replace an existing output")
 @click.option("--address", default=None, help="join an existing Ray cluster instead of starting one")
-@click.option("--num-cpus", default=None, type=int, help="logical CPUs of the embedded Ray (default max(4, cores))")
+@click.option("--num-cpus", default=None, type=click.IntRange(min=1),
+              help="logical CPUs of the embedded Ray (default max(4, cores))")
 @click.option("--inline", type=click.Choice(["none", "cheap"]), default="cheap", show_default=True,
               help="cheap: run rule-based (non-blocking) models inside the graph stage; none: a pool for each")
 @click.option("--row-by-row", is_flag=True,

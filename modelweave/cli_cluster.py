@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -15,6 +16,19 @@ from modelweave.layout import every_model_in_the_ingress
 from modelweave.spec import GraphSpec, dump_graph, parse_graph
 
 PROFILES = ("default", "laptop", "replicated", "isolated")
+
+
+class _FiniteCpus(click.FloatRange):
+    """``> 0`` and finite: click's FloatRange lets ``nan`` and ``inf`` through."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number of CPUs", param, ctx)
+        return number
+
+
+FINITE_CPUS = _FiniteCpus(min=0, min_open=True)
 
 
 def fit_options(target: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -34,7 +48,7 @@ def fit_options(target: bool = False) -> Callable[[Callable[..., Any]], Callable
         if target:
             command = click.option("--address", default=None,
                                    help="check the fit against the live Ray cluster at this address")(command)
-            command = click.option("--num-cpus", default=None, type=click.FloatRange(min=0, min_open=True),
+            command = click.option("--num-cpus", default=None, type=FINITE_CPUS,
                                    help="check the fit against one machine with this many logical CPUs")(command)
         return command
 

@@ -23,7 +23,7 @@ from modelweave.serving import embedded_num_cpus
 @click.option("--label-column", default="label", show_default=True)
 @click.option("--predicted", default="classification.label", show_default=True,
               help="envelope field compared with the label column (e.g. classification.label, metadata.KEY)")
-@click.option("--limit", default=None, type=int, help="first N rows only")
+@click.option("--limit", default=None, type=click.IntRange(min=1), help="first N rows only")
 @click.option("--runner", type=click.Choice(["batch", "local"]), default="batch", show_default=True,
               help="batch: Ray Data job (same executor as online); local: in this process")
 @click.option("--ablate", is_flag=True, help="also evaluate the last graph with each removable node taken out")
@@ -35,7 +35,8 @@ from modelweave.serving import embedded_num_cpus
 @click.option("--reach", "reach_of", multiple=True, metavar="NODE",
               help="model node whose share of requests gets a column (repeatable; default: up to three nodes "
                    "some but not all requests reach)")
-@click.option("--num-cpus", default=None, type=int, help="logical CPUs of the embedded Ray (batch runner)")
+@click.option("--num-cpus", default=None, type=click.IntRange(min=1),
+              help="logical CPUs of the embedded Ray (batch runner)")
 @click.option("--sweep", "sweep_text", default=None, metavar="ROUTE[@FIELD]=LO:HI:STEPS",
               help="also sweep the numeric threshold of route ROUTE in every graph that has it (two extra runs "
                    "per graph, any number of thresholds) and report quality vs the share of requests taken into "
@@ -60,8 +61,8 @@ def eval_command(graphs: tuple[str, ...], data_path: str, text_column: str | Non
 
         try:
             click.echo(shadow_report.markdown(shadow_report.load(shadow_log)))
-        except OSError as exc:
-            click.echo(f"error: --shadow-log {shadow_log}: {exc.strerror or exc}", err=True)
+        except (OSError, UnicodeDecodeError) as exc:
+            click.echo(f"error: --shadow-log {shadow_log}: {getattr(exc, 'strerror', None) or exc}", err=True)
             sys.exit(2)
         return
     if not graphs:

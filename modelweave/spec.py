@@ -186,10 +186,50 @@ def parse_graph(data: Any, source: str = "<dict>") -> GraphSpec:
     """
     if not isinstance(data, dict):
         raise GraphSpecError(f"invalid graph {source}: top level must be a mapping")
+    _check_size(data, source)
     try:
         return GraphSpec.model_validate(data)
     except ValidationError as exc:
         raise GraphSpecError(_format_validation_error(exc, source)) from None
+    except RecursionError:
+        raise GraphSpecError(f"invalid graph {source}: nested too deeply") from None
+
+
+#: Most values (mappings, lists, scalars) a graph may hold once YAML aliases are expanded: a
+#: 600-byte file of aliases to aliases expands to millions, which validation would walk for minutes.
+MAX_GRAPH_VALUES = 200_000
+
+
+def _check_size(data: Any, source: str) -> None:
+    seen, stack = 0, [data]
+    while stack:
+        value = stack.pop()
+        seen += 1
+        if seen > MAX_GRAPH_VALUES:
+            raise GraphSpecError(f"invalid graph {source}: more than {MAX_GRAPH_VALUES:,} values "
+                                 "(YAML aliases that expand exponentially?)")
+        if isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+
+
+class _GraphLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last silently:
+    a route with branch ``a`` twice lost the first branch's model)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        keys: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if not isinstance(key, str | int | float | bool):
+                continue  # an unhashable key: the base class reports it
+            if key in keys:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark, f"found duplicate key {key!r}",
+                    key_node.start_mark)
+            keys.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def load_graph(path: str | pathlib.Path) -> GraphSpec:
@@ -203,10 +243,14 @@ def load_graph(path: str | pathlib.Path) -> GraphSpec:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise GraphSpecError(f"cannot read graph file {p}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise GraphSpecError(f"graph file {p} is not UTF-8 text: {exc}") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_GraphLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise GraphSpecError(f"graph file {p} is not valid YAML: {exc}") from None
+    except RecursionError:
+        raise GraphSpecError(f"graph file {p} is nested too deeply") from None
     return parse_graph(data, str(p))
 
 

@@ -20,7 +20,7 @@ _NAME_RE = re.compile(NAME_PATTERN)
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=False)
+    model_config = ConfigDict(extra="forbid", frozen=False, allow_inf_nan=False)  # .inf CPUs or weights: refused
 
 
 class AutoscalingSettings(_Strict):

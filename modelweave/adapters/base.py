@@ -173,6 +173,9 @@ def import_object(path: str) -> Any:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise GraphSpecError(f"cannot import module {module_name!r} for {path!r}: {exc}") from None
+    except Exception as exc:  # the module itself fails (a syntax error, a relative name, its own code)
+        raise GraphSpecError(f"cannot import module {module_name!r} for {path!r}: "
+                             f"{type(exc).__name__}: {exc}") from None
     obj: Any = module
     for piece in attr.split("."):
         try:
