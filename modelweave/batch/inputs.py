@@ -158,6 +158,10 @@ def _is_tensor(dtype: pa.DataType) -> bool:
     return _is_list(storage) and _leaf(dtype) in _TENSOR_DTYPES
 
 
+def _is_scalar(dtype: pa.DataType) -> bool:
+    return not (_is_list(dtype) or pa.types.is_struct(dtype) or pa.types.is_null(dtype))
+
+
 def _is_text(dtype: pa.DataType) -> bool:
     return bool(pa.types.is_string(dtype) or pa.types.is_large_string(dtype))
 
@@ -173,7 +177,7 @@ def _column(schema: pa.Schema, column: str, part: str, flag: str) -> str:
     fits, wanted = _FITS[part]
     dtype = schema.field(column).type
     # A named text column may be any scalar (CSV reads a column of digits as int64).
-    scalar_text = part == "Text" and not (_is_list(dtype) or pa.types.is_struct(dtype))
+    scalar_text = part == "Text" and _is_scalar(dtype)
     if not fits(dtype) and not scalar_text and not pa.types.is_null(dtype):
         raise InvalidArgument(f"{flag}: column {column!r} is {dtype}; {part} needs {wanted} column")
     return column
@@ -183,8 +187,9 @@ def _only(schema: pa.Schema, part: str, taken: Collection[str]) -> str | None:
     """The column named like the part's envelope field, else the only free column of a fitting type."""
     fits, _ = _FITS[part]
     field = PART_FIELDS[part]
-    if field in schema.names and field not in taken and fits(schema.field(field).type):
-        return field
+    if field in schema.names and field not in taken and (
+            fits(schema.field(field).type) or (part == "Text" and _is_scalar(schema.field(field).type))):
+        return field  # a "text" column of digits reads as numbers from CSV: still the text (read as strings)
     candidates = [f.name for f in schema if f.name not in taken and fits(f.type)]
     return candidates[0] if len(candidates) == 1 else None
 

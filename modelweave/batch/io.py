@@ -11,6 +11,7 @@ to files as the job produces them (Ray Data writes a folder of part files).
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Sequence
 from typing import Any
 
 from modelweave.batch.job import configure_context
@@ -101,13 +102,16 @@ def _folder_format(filesystem: Any, inner: str, path: str) -> str:
     raise InvalidArgument(f"cannot tell the format of the files in {path!r}; pass a format (--format)")
 
 
-def read_input(path: str, fmt: str | None = None, *, num_cpus: float | None = None) -> Any:
+def read_input(path: str, fmt: str | None = None, *, num_cpus: float | None = None,
+               text_columns: Sequence[str] = ()) -> Any:
     """Lazily reads a file, folder or glob of parquet / CSV / JSON lines into a dataset.
 
     Args:
         path: Local path or URI; a file, a folder or a glob.
         fmt: ``parquet``, ``csv`` or ``json`` (JSON lines); default: from the extension(s).
         num_cpus: CPUs per read task (Ray Data's default when None).
+        text_columns: CSV columns read as strings, whatever they look like: Arrow infers a
+            column of digits as numbers, and ``007`` would reach the model as ``7``.
 
     Raises:
         InvalidArgument: missing path, no matching files, or an unknown format.
@@ -139,6 +143,11 @@ def read_input(path: str, fmt: str | None = None, *, num_cpus: float | None = No
     if chosen == "parquet":
         ds = _read_parquet(target, file_extensions=extensions, **kwargs)
     elif chosen == "csv":
+        if text_columns:
+            import pyarrow as pa
+            import pyarrow.csv as pacsv
+
+            kwargs["convert_options"] = pacsv.ConvertOptions(column_types={c: pa.string() for c in text_columns})
         ds = ray.data.read_csv(target, file_extensions=extensions, **kwargs)
     else:
         if extensions:

@@ -96,7 +96,8 @@ def run_job(graph_path: str, options: JobOptions, *, log: Callable[[str], None] 
             f"{len(job.inline)} model(s) inline, {job.concurrency} graph stage(s), "
             f"{_how(job)})")
         start = time.monotonic()
-        dataset = read_input(options.input_path, options.fmt)
+        text = [checked.mapping.text] if checked.mapping.text else []
+        dataset = read_input(options.input_path, options.fmt, text_columns=text)
         results = job.run(dataset, mapping=checked.mapping, timeout_s=options.timeout_s,
                           prefix=options.prefix, include_trace=options.include_trace)
         write_output(results, options.output_path, checked.output_format, overwrite=options.overwrite)

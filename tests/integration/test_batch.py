@@ -316,6 +316,24 @@ def test_cli_batch_command(ray_cluster: None, tmp_path: pathlib.Path) -> None:
         (r["body"], r["mw_label"], r["mw_error"]) for r in rows)
 
 
+def test_a_csv_text_column_that_looks_like_numbers_reaches_the_model_as_written(ray_cluster: None,
+                                                                                tmp_path: pathlib.Path) -> None:
+    from modelweave.cli import main
+
+    graph = tmp_path / "echo.yaml"
+    graph.write_text(
+        "name: echo\ninput: [Text]\nflow: {kind: model, name: echo, impl: 'slow_models:text_as_label',\n"
+        "  params: {produces: Classification}}\n", encoding="utf-8")
+    # Arrow infers this column as numbers: 007 would become 7 and 1.50 would become 1.5.
+    (tmp_path / "in.csv").write_text("text,id\n007,1\n1.50,2\n1e3,3\n", encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    result = CliRunner().invoke(main, ["batch", str(graph), "--input", str(tmp_path / "in.csv"),
+                                       "--output", str(out), "--inline", "cheap"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for p in sorted(out.iterdir()) for line in p.read_text().splitlines()]
+    assert sorted((r["id"], r["label"]) for r in rows) == [(1, "007"), (2, "1.50"), (3, "1e3")]
+
+
 # -- planning and paths (no Ray needed) ----------------------------------------------------
 
 
