@@ -88,8 +88,7 @@ def take_fallback(node: Node, exc: BaseException, ctx: RequestContext, path: str
     ctx.record(pb.Span(node=f"{path}/{node.fallback.name}", kind="fallback", attempt=attempt,
                        start_ms=ctx.elapsed_ms(), error=exc.status.value,
                        detail=f"fallback after {exc.status.value}: {exc.message}"[:300]))
-    ctx.degraded += 1
-    speculation.note_degraded()
+    ctx.mark_degraded()
     return True
 
 

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
+from modelweave import speculation
 from modelweave.v1 import messages_pb2 as pb
 
 #: Wall-clock (Unix time) deadline of the request the current task runs. The executor sets
@@ -106,6 +107,12 @@ class RequestContext:
         and an exported trace nests its children inside it.
         """
         return (at - self.started) * 1000.0
+
+    def mark_degraded(self) -> None:
+        """Counts one degraded answer (a fallback ran, a validation was exhausted), here and in
+        every enclosing speculation, which takes it back if a cache hit discards the work."""
+        self.degraded += 1
+        speculation.note_degraded()
 
     def remaining_s(self) -> float:
         """Seconds left before the deadline (may be negative)."""

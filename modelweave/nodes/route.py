@@ -46,8 +46,8 @@ class ChangeFeedback(_Strict):
 
     state: str
     field: str = "classification.label"
-    on_changed: float = Field(0.0, allow_inf_nan=False)
-    on_unchanged: float = Field(0.0, allow_inf_nan=False)
+    on_changed: float = 0.0
+    on_unchanged: float = 0.0
     branches: list[str] | None = Field(None, description="branches it applies to; default: all non-null")
 
 

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, model_validator
 
-from modelweave import speculation
 from modelweave.errors import FailedPrecondition, GraphSpecError, ModelweaveError
 from modelweave.messages import clone, full_name
 from modelweave.nodes.base import DictSlot, NodeKind, TypeRule
@@ -29,8 +28,8 @@ class FeedbackUpdate(_Strict):
     """Cross-request feedback: nudge a shared state variable after a verdict."""
 
     state: str
-    on_pass: float = Field(0.0, allow_inf_nan=False)
-    on_fail: float = Field(0.0, allow_inf_nan=False)
+    on_pass: float = 0.0
+    on_fail: float = 0.0
 
 
 class ValidateNode(NodeBase):
@@ -241,6 +240,5 @@ def exhausted(node: ValidateNode, base: pb.Message, last: pb.Message, ctx: Reque
                        latency_ms=(time.monotonic() - start) * 1000.0))
     if node.on_exhausted == "error":
         raise FailedPrecondition(f"validation failed after {attempts} attempt(s): {reason}", node=path)
-    ctx.degraded += 1
-    speculation.note_degraded()
+    ctx.mark_degraded()
     return None
