@@ -36,17 +36,10 @@ def parse_infer_json(body: bytes, limits: Limits) -> svc.InferRequest:
     if not body.strip():
         raise InvalidArgument('request body is empty; expected JSON like {"input": {"text": {"content": "..."}}}')
     try:
-        data = json.loads(body)
+        data = load_json(body, "request body is not valid JSON")
     except RecursionError:
         # The C decoder counts its recursion: thousands of nested brackets end here, not in a 500.
         raise InvalidArgument(f"request body nests deeper than {limits.max_json_depth} levels") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidArgument(f"request body is not valid JSON: {exc}") from None
-    except ValueError:
-        # json.loads refuses an integer literal longer than Python converts (4,300 digits,
-        # sys.get_int_max_str_digits) anywhere in the body; its message advises raising the limit.
-        raise InvalidArgument("request body is not valid JSON: it holds an integer literal of more than "
-                              f"{sys.get_int_max_str_digits()} digits") from None
     check_json_depth(data, limits.max_json_depth)
     if not isinstance(data, dict):
         raise InvalidArgument("request body must be a JSON object with an 'input' field")
@@ -56,6 +49,23 @@ def parse_infer_json(body: bytes, limits: Limits) -> svc.InferRequest:
     except json_format.ParseError as exc:
         raise InvalidArgument(f"invalid request: {exc}") from None
     return request
+
+
+def load_json(raw: str | bytes, not_json: str) -> Any:
+    """``json.loads`` of client data; what it cannot decode is an ``InvalidArgument`` starting with
+    ``not_json``. A ``RecursionError`` (thousands of nested brackets) passes: callers word nesting.
+
+    Raises:
+        InvalidArgument: bad UTF-8, bad syntax, or an integer literal longer than Python converts
+            (4,300 digits, ``sys.get_int_max_str_digits``), anywhere in ``raw``.
+    """
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidArgument(f"{not_json}: {exc}") from None
+    except ValueError:  # the integer literal; its own message advises raising the limit
+        raise InvalidArgument(f"{not_json}: it holds an integer literal of more than "
+                              f"{sys.get_int_max_str_digits()} digits") from None
 
 
 def check_json_depth(data: Any, max_depth: int) -> None:

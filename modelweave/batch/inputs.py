@@ -15,8 +15,6 @@ Pure functions over pyarrow schemas and tables: no Ray.
 
 from __future__ import annotations
 
-import json
-import sys
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +23,7 @@ import pyarrow as pa
 from google.protobuf import json_format
 
 from modelweave.checker import CheckedGraph
-from modelweave.codecs import check_json_depth, message_from_text
+from modelweave.codecs import check_json_depth, load_json, message_from_text
 from modelweave.errors import GraphSpecError, InvalidArgument
 from modelweave.messages import FIELD_TO_PART, PART_FIELDS, part_name
 from modelweave.v1 import messages_pb2 as pb
@@ -297,14 +295,9 @@ def _message(value: Any, column: str, max_depth: int) -> pb.Message:
     if value is None:
         raise InvalidArgument(f"column {column!r} is null in this row")
     try:
-        data = json.loads(value)
+        data = load_json(value, f"column {column!r} is not JSON")
     except RecursionError as exc:
         raise InvalidArgument(f"column {column!r} is not JSON: {exc}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidArgument(f"column {column!r} is not JSON: {exc}") from None
-    except ValueError:  # an integer literal longer than Python converts (4,300 digits)
-        raise InvalidArgument(f"column {column!r} is not JSON: it holds an integer literal of more than "
-                              f"{sys.get_int_max_str_digits()} digits") from None
     check_json_depth(data, max_depth)
     if not isinstance(data, dict):
         raise InvalidArgument(f"column {column!r} must hold a Message as a JSON object")
