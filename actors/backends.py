@@ -37,8 +37,9 @@ import numpy as np
 
 from actors.key_index import KeyMirror
 from actors.resilience import NEAR_MAX_ENTRIES, Breaker, NearCache, RateLimitedLog, near_ttl
+from modelweave.errors import InvalidArgument
 from modelweave.observe import MetricsSink
-from modelweave.semantic_cache import SemanticHit, SemanticLookup, vector_key
+from modelweave.semantic_cache import SemanticHit, SemanticLookup, unit_vector, vector_key
 from modelweave.spec import AdaptiveValue, CacheNode
 from modelweave.state import clamped
 
@@ -397,9 +398,11 @@ class ActorSemanticCache:
         if value is not None:
             return SemanticLookup(SemanticHit(value, text, 1.0, 0.0), best_score=1.0)
         v = np.asarray(vector, dtype=np.float32)
-        if not v.size or not np.isfinite(v).all() or not v.any():
-            # Matches nothing; asked of the actor, its refusal would count as an outage and
-            # open the link's breaker for every state call of this replica.
+        try:
+            unit_vector(v)  # the index's own check: an empty, zero or non-finite vector matches nothing
+        except InvalidArgument:
+            # Not asked of the actor: an actor of an older version refuses it, and the refusal
+            # would count as an outage and open the link's breaker for every state call.
             return SemanticLookup()
         ok, found = await self._link.call("semantic_lookup", "semantic_lookup", self._path, v, text, self._spec)
         if not ok or not isinstance(found, SemanticLookup):
