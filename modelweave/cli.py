@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import click
@@ -22,10 +24,11 @@ from modelweave.messages import full_name
 from modelweave.spec import GraphSpec, load_graph
 
 
-def write_output(path: str, flag: str, text: str) -> None:
-    """Writes a file the user named; an unwritable path is a one-line error (exit 2)."""
+@contextlib.contextmanager
+def user_output(flag: str, path: str) -> Iterator[None]:
+    """Writing a file the user named: an unwritable path is a one-line error (exit 2)."""
     try:
-        pathlib.Path(path).write_text(text, encoding="utf-8")
+        yield
     except OSError as exc:
         click.echo(f"error: {flag} {path}: {exc.strerror or exc}", err=True)
         sys.exit(2)
@@ -154,7 +157,8 @@ def build(graphs: tuple[str, ...], output: str, host: str, http_port: int, grpc_
     if not auth_tokens:
         header += ("# INSECURE: built without --auth-tokens, so anyone who reaches the ports can call the graphs.\n"
                    "# Keep it on a private network or behind an authenticating proxy, or rebuild with --auth-tokens.\n")
-    write_output(output, "-o", header + yaml.safe_dump(config, sort_keys=False))
+    with user_output("-o", output):
+        pathlib.Path(output).write_text(header + yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     click.echo(f"wrote {output}: {len(checked)} application(s); run it with `serve run {output}`")
 
 
@@ -276,15 +280,13 @@ def draw(graph: str, output: str | None, mermaid_path: str | None, stats_source:
             sys.exit(2)
     text = to_mermaid(checked, stats)
     if mermaid_path:
-        write_output(mermaid_path, "--mermaid", text)
+        with user_output("--mermaid", mermaid_path):
+            pathlib.Path(mermaid_path).write_text(text, encoding="utf-8")
     elif not output:
         click.echo(text, nl=False)
     if output:
-        try:
+        with user_output("-o", output):
             render_image(checked, output, stats)
-        except OSError as exc:
-            click.echo(f"error: -o {output}: {exc.strerror or exc}", err=True)
-            sys.exit(2)
         click.echo(f"wrote {output}", err=True)
 
 
